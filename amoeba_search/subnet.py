@@ -109,8 +109,7 @@ class Subnet:
 
     def summary(self, dims: ModelDims) -> str:
         shape = self.uniform_shape(dims)
-        width = (f"{shape[0]}/{dims.num_heads} heads, {shape[2]}/{dims.intermediate_size} MLP channels"
-                 if shape else "per-layer widths")
+        width = f"{shape[0]} heads, {shape[2]} mlp" if shape else "per-layer widths"
         return f"{len(self.layers)}/{dims.num_layers} layers, {width}"
 
     def is_full(self, dims: ModelDims) -> bool:

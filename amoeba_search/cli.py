@@ -1,0 +1,203 @@
+"""The `amoeba` command: thin typer wrappers that parse, call one public function, and print with rich."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Select, extract, evaluate (and later profile and search) elastic-LLM subnets. "
+                       "MODEL is 'default' (the embedded SmolLM2-135M-Instruct) or a local HF checkpoint dir.")
+# Piped output (make, CI logs) would otherwise be squeezed into 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=140)
+err_console = Console(stderr=True)
+
+ModelOption = typer.Option("default", "--model", "-m", help="'default' (embedded SmolLM2-135M) or a HF checkpoint dir.")
+ThreadsOption = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice); recorded in results.")
+
+
+def _setup(threads: int | None):
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _load(model: str):
+    from .models import load_model
+
+    with console.status(f"loading model {model!r} (the first load of the default converts its GGUF once, ~20 s)"):
+        return load_model(model)
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+    """'0-16,27-29' -> [0..16, 27, 28, 29]; ranges are inclusive."""
+    layers: list[int] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        try:
+            if "-" in part:
+                low, high = (int(x) for x in part.split("-", 1))
+                layers.extend(range(low, high + 1))
+            else:
+                layers.append(int(part))
+        except ValueError:
+            raise UserError(f"--keep: {part!r} is not a layer index or range like 0-16 (layers are 0..{num_layers - 1})")
+    return layers
+
+
+@app.command()
+def info(model: str = ModelOption) -> None:
+    """Show a model's shape, parameter count, fingerprint and the widths a subnet may use."""
+    _setup(None)
+    from .subnet import ModelDims
+
+    loaded = _load(model)
+    dims = ModelDims.from_config(loaded.model.config)
+    table = Table(show_header=False)
+    for key, value in [("path", loaded.path), ("fingerprint", loaded.fingerprint),
+                       ("layers", dims.num_layers), ("hidden", dims.hidden_size),
+                       ("heads / kv heads / head_dim", f"{dims.num_heads} / {dims.num_kv_heads} / {dims.head_dim}"),
+                       ("valid head counts", dims.head_counts()), ("mlp channels", dims.intermediate_size),
+                       ("parameters (M)", f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.1f}")]:
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+def subnet(
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the subnet JSON."),
+    model: str = ModelOption,
+    keep: Optional[str] = typer.Option(None, help="Kept layers, e.g. '0-16,27-29' (inclusive ranges)."),
+    num_layers: Optional[int] = typer.Option(None, "--num-layers", help="Keep the first N layers (drop-last-k)."),
+    heads: Optional[int] = typer.Option(None, help="Query heads per layer (whole KV groups or equal per group)."),
+    mlp: Optional[float] = typer.Option(None, help="MLP width: ratio in (0,1] (e.g. 0.75) or a channel count (> 1)."),
+) -> None:
+    """Write a uniform-width subnet spec (layers + heads + MLP channels) as validated JSON."""
+    _setup(None)
+    from .subnet import ModelDims, Subnet
+
+    if keep is not None and num_layers is not None:
+        raise UserError("give either --keep or --num-layers, not both")
+    loaded = _load(model)
+    dims = ModelDims.from_config(loaded.model.config)
+    if num_layers is not None and not 1 <= num_layers <= dims.num_layers:
+        raise UserError(f"--num-layers must be in 1..{dims.num_layers}, got {num_layers}")
+    layers = (parse_layers(keep, dims.num_layers) if keep is not None
+              else list(range(num_layers if num_layers is not None else dims.num_layers)))
+    width = None if mlp is None else (int(mlp) if mlp > 1 else float(mlp))
+    spec = Subnet.uniform(dims, layers, heads=heads, mlp=width)
+    spec.save(out, loaded.fingerprint)
+    console.print(f"wrote {out}: {spec.summary(dims)}")
+
+
+@app.command()
+def extract(
+    subnet_file: Path = typer.Option(..., "--subnet", "-s", help="Subnet JSON (from `amoeba subnet`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output checkpoint directory (must not exist)."),
+    model: str = ModelOption,
+    overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
+) -> None:
+    """Write the subnet as a dense HF checkpoint that plain `AutoModelForCausalLM.from_pretrained` loads."""
+    _setup(None)
+    from .extract import extract as extract_checkpoint
+    from .subnet import ModelDims, Subnet
+
+    loaded = _load(model)
+    dims = ModelDims.from_config(loaded.model.config)
+    spec = Subnet.load(subnet_file, dims)
+    with console.status("extracting"):
+        path = extract_checkpoint(loaded, spec, out, overwrite=overwrite)
+    size_mb = sum(f.stat().st_size for f in path.iterdir()) / 2**20
+    console.print(f"wrote {path} ({spec.summary(dims)}, {size_mb:.1f} MiB); load it with "
+                  f"AutoModelForCausalLM.from_pretrained('{path}')")
+
+
+@app.command()
+def evaluate(
+    model: str = ModelOption,
+    subnet_file: Optional[Path] = typer.Option(None, "--subnet", "-s", help="Evaluate this subnet via the in-place view."),
+    tasks: str = typer.Option("wikitext2,arc_easy", help="Comma list of: wikitext2, wikitext2_valid, arc_easy, "
+                                                        "arc_challenge, mmlu."),
+    limit: Optional[int] = typer.Option(None, help="First N questions per MC task / N windows for perplexity."),
+    seq_len: int = typer.Option(512, "--seq-len", help="Perplexity window length (non-overlapping windows)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: $AMOEBA_DATA_DIR or ../shared/data)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the full JSON record here."),
+    threads: Optional[int] = ThreadsOption,
+) -> None:
+    """Perplexity (WikiText-2) and multiple-choice accuracy (ARC, MMLU) of a model or subnet -> table + JSON."""
+    _setup(threads)
+    from .artifacts import write_json_atomic
+    from .data import data_root
+    from .subnet import ModelDims, Subnet
+    from .tasks import evaluate_tasks, parse_tasks
+
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1, got {limit}")
+    if seq_len < 2:
+        raise UserError(f"--seq-len must be >= 2, got {seq_len}")
+    selected = parse_tasks(tasks)
+    root = data_root(data_dir)
+    loaded = _load(model)
+    spec = Subnet.load(subnet_file, ModelDims.from_config(loaded.model.config)) if subnet_file else None
+    record = evaluate_tasks(loaded, selected, root, subnet=spec, limit=limit, seq_len=seq_len)
+    console.print(results_table(record))
+    if out:
+        write_json_atomic(out, record)
+        console.print(f"wrote {out}")
+
+
+def results_table(record: dict) -> Table:
+    title = record["model"]["name"] + (f" [{record['subnet']['summary']}]" if record["subnet"] else "")
+    table = Table(title=title)
+    for column in ("task", "metric", "value", "acc_norm", "n", "seconds", "tokens/s"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for name, r in record["tasks"].items():
+        if "ppl" in r:
+            table.add_row(name, f"ppl (seq {r['seq_len']})", f"{r['ppl']:.2f}", "", f"{r['scored_tokens']} tok",
+                          f"{r['seconds']:.1f}", f"{r['tokens_per_s']:.0f}")
+        else:
+            table.add_row(name, "acc %", f"{r['acc']:.2f}", f"{r['acc_norm']:.2f}", f"{r['questions']} q",
+                          f"{r['seconds']:.1f}", f"{r['tokens_per_s']:.0f}")
+    return table
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), help="Where the extracted demo subnets are written."),
+    limit: int = typer.Option(100, help="ARC-easy questions per model."),
+    windows: int = typer.Option(8, help="WikiText-2 test windows (512 tokens) per model."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: ../shared/data)."),
+    threads: Optional[int] = ThreadsOption,
+) -> None:
+    """Full model vs two extracted subnets: size, forward latency, perplexity and ARC-easy accuracy."""
+    _setup(threads)
+    from .demo import run_demo
+
+    run_demo(console, _load("default"), out, limit=limit, windows=windows, data_dir=data_dir)
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app()
+    except UserError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,85 @@
+"""Readers for the evaluation data in ../shared/data: WikiText text and multiple-choice JSONL (ARC, MMLU)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UserError
+
+DATA_ENV = "AMOEBA_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class MCItem:
+    """One multiple-choice question: a context, continuations to score (with their leading delimiter), the answer."""
+
+    context: str
+    continuations: tuple[str, ...]
+    gold: int
+    # Length used by acc_norm: lm-evaluation-harness divides by the character length of the choice text.
+    choice_lengths: tuple[int, ...]
+
+
+def data_root(override: str | os.PathLike | None = None) -> Path:
+    """--data-dir, else $AMOEBA_DATA_DIR, else ../shared/data relative to the working dir or to this project."""
+    candidates = [Path(override)] if override else []
+    if not candidates and os.environ.get(DATA_ENV):
+        candidates = [Path(os.environ[DATA_ENV])]
+    if not candidates:
+        candidates = [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise UserError(f"data directory not found (looked in {', '.join(str(p) for p in candidates)}): "
+                    f"pass --data-dir DIR or set {DATA_ENV}")
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise UserError(f"{what} file {path} not found: check --data-dir (expected the layout of ../shared/data)")
+    return path
+
+
+def read_text(path: Path) -> str:
+    return require_file(path, "text").read_text(encoding="utf-8")
+
+
+def _jsonl(path: Path) -> Iterator[dict]:
+    with require_file(path, "JSONL").open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{number} is not valid JSON ({exc.msg})") from exc
+
+
+def read_arc(path: Path) -> list[MCItem]:
+    """AI2 ARC records scored as lm-eval's arc tasks: `Question: q\\nAnswer:` + ' ' + choice."""
+    items = []
+    for record in _jsonl(path):
+        texts, labels = record["choices"]["text"], record["choices"]["label"]
+        if record["answerKey"] not in labels:
+            raise UserError(f"{path}: question {record.get('id')} has answerKey {record['answerKey']!r} "
+                            f"not among its labels {labels}")
+        items.append(MCItem(context=f"Question: {record['question']}\nAnswer:",
+                            continuations=tuple(f" {t}" for t in texts),
+                            gold=labels.index(record["answerKey"]),
+                            choice_lengths=tuple(len(t) for t in texts)))
+    return items
+
+
+def read_mmlu(path: Path) -> list[MCItem]:
+    """MMLU zero-shot prompts ending in 'Answer:', scored over the letters ' A'..' D'."""
+    letters = ("A", "B", "C", "D")
+    items = []
+    for record in _jsonl(path):
+        if record["output"] not in letters:
+            raise UserError(f"{path}: answer {record['output']!r} is not one of {letters}")
+        items.append(MCItem(context=record["input"], continuations=tuple(f" {c}" for c in letters),
+                            gold=letters.index(record["output"]), choice_lengths=(1, 1, 1, 1)))
+    return items

@@ -1,0 +1,172 @@
+"""Batched scoring: WikiText perplexity over non-overlapping windows, multiple-choice log-likelihood with a shared context."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .data import MCItem
+
+HEAD_CHUNK = 1024  # positions per LM-head chunk: bounds the (positions, vocab) logits tensor
+
+
+def token_logprobs(model: PreTrainedModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) for (N, D) hidden states, applying the LM head only where a prediction is scored."""
+    head = model.get_output_embeddings()
+    out = torch.empty(len(targets), dtype=torch.float32)
+    for start in range(0, len(targets), HEAD_CHUNK):
+        logits = head(hidden[start:start + HEAD_CHUNK]).float()                    # (n, V)
+        logprobs = F.log_softmax(logits, dim=-1)
+        out[start:start + HEAD_CHUNK] = logprobs.gather(1, targets[start:start + HEAD_CHUNK, None]).squeeze(1).cpu()
+    return out
+
+
+def _device(model: PreTrainedModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, seq_len: int = 512,
+               max_windows: int | None = None, batch_size: int = 4, progress: bool = True) -> dict:
+    """exp(mean NLL) over non-overlapping seq_len windows; each window's first token is context only."""
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
+    n_windows = len(ids) // seq_len
+    if max_windows is not None:
+        n_windows = min(n_windows, max_windows)
+    if n_windows == 0:
+        raise ValueError(f"text has {len(ids)} tokens, fewer than one window of {seq_len}")
+    windows = ids[: n_windows * seq_len].view(n_windows, seq_len)
+    device, start_time, nll = _device(model), time.perf_counter(), 0.0
+    for start in tqdm(range(0, n_windows, batch_size), desc="perplexity", unit="batch", disable=not progress,
+                      leave=False):
+        batch = windows[start:start + batch_size].to(device)                      # (B, T)
+        hidden = model.base_model(input_ids=batch, use_cache=False).last_hidden_state  # (B, T, D)
+        scored = hidden[:, :-1].reshape(-1, hidden.shape[-1])                   # predict tokens 1..T-1
+        nll -= token_logprobs(model, scored, batch[:, 1:].reshape(-1)).double().sum().item()
+    seconds = time.perf_counter() - start_time
+    scored_tokens = n_windows * (seq_len - 1)
+    return {"ppl": math.exp(nll / scored_tokens), "nll_per_token": nll / scored_tokens, "seq_len": seq_len,
+            "windows": n_windows, "scored_tokens": scored_tokens, "seconds": seconds,
+            "tokens_per_s": n_windows * seq_len / seconds}
+
+
+@dataclass
+class _Packed:
+    """One question packed as context + every continuation, each continuation attending to the context only."""
+
+    item_index: int
+    tokens: list[int]
+    segments: list[int]                 # 0 = context, i + 1 = continuation i
+    positions: list[int]
+    predictions: list[list[tuple[int, int]]] = field(default_factory=list)  # per choice: (position, target)
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's split: trailing context spaces move to the continuation; continuation = whole[len(context):]."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    return context_ids, whole[len(context_ids):]
+
+
+def _pack(tokenizer: PreTrainedTokenizerBase, index: int, item: MCItem) -> _Packed:
+    context_ids: list[int] | None = None
+    continuations = []
+    for continuation in item.continuations:
+        ctx, cont = _encode(tokenizer, item.context, continuation)
+        if context_ids is not None and ctx != context_ids:
+            raise ValueError("context tokenization differs between choices")
+        context_ids = ctx
+        continuations.append(cont)
+    if not context_ids:
+        raise ValueError(f"question {index} has an empty context; multiple-choice scoring needs one")
+    n_ctx = len(context_ids)
+    packed = _Packed(index, list(context_ids), [0] * n_ctx, list(range(n_ctx)))
+    for choice, cont in enumerate(continuations):
+        offset = len(packed.tokens)
+        # The first continuation token is predicted from the last context token, the rest from their predecessor.
+        sources = [n_ctx - 1] + [offset + j for j in range(len(cont) - 1)]
+        packed.predictions.append(list(zip(sources, cont)))
+        packed.tokens += cont
+        packed.segments += [choice + 1] * len(cont)
+        packed.positions += list(range(n_ctx, n_ctx + len(cont)))
+    return packed
+
+
+def _batches(packed: list[_Packed], max_batch_tokens: int) -> list[list[_Packed]]:
+    """Group questions of similar length so that batch_size * longest <= max_batch_tokens."""
+    order = sorted(packed, key=lambda p: len(p.tokens), reverse=True)
+    batches, current = [], []
+    for item in order:
+        if current and (len(current) + 1) * len(current[0].tokens) > max_batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(item)
+    return batches + ([current] if current else [])
+
+
+def _forward_packed(model: PreTrainedModel, batch: list[_Packed]) -> list[list[float]]:
+    """One forward for a batch of packed questions; returns the log-likelihood of every continuation."""
+    device, dtype = _device(model), model.dtype
+    length = max(len(p.tokens) for p in batch)
+    tokens = torch.zeros(len(batch), length, dtype=torch.long)
+    positions = torch.zeros(len(batch), length, dtype=torch.long)
+    segments = torch.full((len(batch), length), -1, dtype=torch.long)            # -1 = padding
+    for row, p in enumerate(batch):
+        n = len(p.tokens)
+        tokens[row, :n] = torch.tensor(p.tokens)
+        positions[row, :n] = torch.tensor(p.positions)
+        segments[row, :n] = torch.tensor(p.segments)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    query_seg, key_seg = segments[:, :, None], segments[:, None, :]                # (B, T, 1), (B, 1, T)
+    allowed = causal & ((key_seg == 0) | (key_seg == query_seg))                  # (B, T, T)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    hidden = model.base_model(input_ids=tokens.to(device), position_ids=positions.to(device),
+                              attention_mask=mask.to(device), use_cache=False).last_hidden_state
+    rows, cols, targets, owners = [], [], [], []
+    for row, p in enumerate(batch):
+        for choice, preds in enumerate(p.predictions):
+            for source, target in preds:
+                rows.append(row), cols.append(source), targets.append(target), owners.append((row, choice))
+    logprobs = token_logprobs(model, hidden[torch.tensor(rows), torch.tensor(cols)], torch.tensor(targets).to(device))
+    sums = [[0.0] * len(p.predictions) for p in batch]
+    for (row, choice), value in zip(owners, logprobs.tolist()):
+        sums[row][choice] += value
+    return sums
+
+
+def _argmax(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))  # first index wins ties, like numpy
+
+
+@torch.inference_mode()
+def multiple_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[MCItem],
+                    max_batch_tokens: int = 2048, progress: bool = True) -> dict:
+    """acc and acc_norm (log-likelihood / choice length in characters) as lm-evaluation-harness defines them."""
+    start_time = time.perf_counter()
+    packed = [_pack(tokenizer, i, item) for i, item in enumerate(items)]
+    loglikelihoods: list[list[float]] = [[] for _ in items]
+    batches = _batches(packed, max_batch_tokens)
+    with tqdm(total=len(items), desc="multiple choice", unit="q", disable=not progress, leave=False) as bar:
+        for batch in batches:
+            for p, sums in zip(batch, _forward_packed(model, batch)):
+                loglikelihoods[p.item_index] = sums
+            bar.update(len(batch))
+    correct = [_argmax(ll) == item.gold for ll, item in zip(loglikelihoods, items)]
+    correct_norm = [_argmax([v / n for v, n in zip(ll, item.choice_lengths)]) == item.gold
+                    for ll, item in zip(loglikelihoods, items)]
+    seconds = time.perf_counter() - start_time
+    return {"acc": 100.0 * sum(correct) / len(items), "acc_norm": 100.0 * sum(correct_norm) / len(items),
+            "questions": len(items), "choices": sum(len(i.continuations) for i in items),
+            "tokens": sum(len(p.tokens) for p in packed), "seconds": seconds,
+            "questions_per_s": len(items) / seconds, "tokens_per_s": sum(len(p.tokens) for p in packed) / seconds,
+            "loglikelihoods": loglikelihoods}
