@@ -26,6 +26,9 @@ def subnet_config(config, subnet: Subnet):
         raise UserError("this subnet has different widths per layer, which a standard transformers config cannot "
                         "express; extract a uniform-width subnet (per-layer widths work with the in-place view)")
     heads, kv_heads, channels = shape
+    if config.hidden_size % heads:
+        raise UserError(f"heads: transformers' {type(config).__name__} requires hidden_size ({config.hidden_size}) to be "
+                        f"divisible by num_attention_heads ({heads}); keep a head count that divides it")
     new = config.__class__.from_dict(config.to_dict())
     for attr in ("quantization_config",):
         if hasattr(new, attr):

@@ -1,0 +1,63 @@
+"""The `amoeba` command end to end on the tiny model, and its one-line errors on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+AMOEBA = [sys.executable, "-c", "from amoeba_search.cli import main; main()"]
+
+
+def amoeba(*args, cwd=None):
+    env = {**os.environ, "AMOEBA_DATA_DIR": ""}
+    return subprocess.run([*AMOEBA, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_help_lists_commands():
+    run = amoeba("--help")
+    assert run.returncode == 0
+    for command in ("info", "subnet", "extract", "evaluate", "demo"):
+        assert command in run.stdout
+
+
+def test_subnet_extract_evaluate_pipeline(tiny_dir, tiny_data, tmp_path):
+    spec = tmp_path / "s.json"
+    run = amoeba("subnet", "--model", tiny_dir, "--keep", "0-1,4", "--heads", "4", "--mlp", "0.5", "--out", spec)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(spec.read_text())["layers"] == [0, 1, 4]
+    run = amoeba("extract", "--model", tiny_dir, "--subnet", spec, "--out", tmp_path / "ckpt")
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "ckpt" / "config.json").is_file()
+    record = tmp_path / "eval.json"
+    run = amoeba("evaluate", "--model", tiny_dir, "--subnet", spec, "--tasks", "wikitext2,arc_easy,mmlu",
+                 "--seq-len", "64", "--limit", "2", "--data-dir", tiny_data, "--out", record)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(record.read_text())
+    assert result["tasks"]["wikitext2"]["windows"] == 2 and result["tasks"]["arc_easy"]["questions"] == 2
+    assert result["environment"]["torch"] and result["subnet"]["summary"].startswith("3/5 layers")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "--model", "/no/such/model"], "does not exist"),
+    (["evaluate", "--model", "{tiny}", "--tasks", "arc_esy", "--data-dir", "{data}"], "did you mean 'arc_easy'"),
+    (["evaluate", "--model", "{tiny}", "--data-dir", "/no/such/data"], "data directory not found"),
+    (["evaluate", "--model", "{tiny}", "--subnet", "{bad}", "--data-dir", "{data}"], "not valid JSON"),
+    (["extract", "--model", "{tiny}", "--subnet", "{out_of_range}", "--out", "{tmp}/x"], "layer 7 out of range 0..4"),
+    (["subnet", "--model", "{tiny}", "--heads", "5", "--out", "{tmp}/s.json"], "allowed: [2, 3, 4, 6]"),
+    (["subnet", "--model", "{tmp}", "--out", "{tmp}/s.json"], "has no config.json"),
+])
+def test_bad_input_is_one_line_exit_2(args, message, tiny_dir, tiny_data, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    out_of_range = tmp_path / "range.json"
+    out_of_range.write_text(json.dumps({"layers": [0, 7]}))
+    fill = {"tiny": tiny_dir, "data": tiny_data, "bad": bad, "out_of_range": out_of_range, "tmp": tmp_path}
+    run = amoeba(*[a.format(**fill) for a in args])
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], run.stderr
+    assert not Path(tmp_path / "x").exists()

@@ -1,0 +1,56 @@
+"""A few checks on the embedded SmolLM2-135M (converted once to a safetensors cache, then loads in seconds)."""
+
+import pytest
+import torch
+
+from amoeba_search.data import data_root, read_arc
+from amoeba_search.errors import UserError
+from amoeba_search.evaluate import multiple_choice
+from amoeba_search.extract import extract_model
+from amoeba_search.models import DEFAULT_MODEL, load_model
+from amoeba_search.subnet import ModelDims, Subnet
+from amoeba_search.view import subnet_view
+
+from .test_evaluate import _naive_loglikelihoods
+
+pytestmark = pytest.mark.embedded
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_model("default")
+
+
+def test_embedded_model_shape_and_fingerprint(smol):
+    dims = ModelDims.from_config(smol.model.config)
+    assert (dims.num_layers, dims.hidden_size, dims.intermediate_size, dims.num_heads, dims.num_kv_heads) == \
+        (30, 576, 1536, 9, 3)
+    assert smol.model.dtype == torch.float32
+    assert smol.fingerprint["name"] == DEFAULT_MODEL and len(smol.fingerprint["config_sha256"]) == 16
+    assert not hasattr(smol.model.config, "quantization_config")
+
+
+@pytest.mark.parametrize("layers, heads, mlp", [(list(range(10)) + list(range(20, 30)), None, None),
+                                                (list(range(30)), None, 0.75),
+                                                ([0, 1, 2, 5, 8, 13, 21, 28, 29], 6, 0.5)])
+def test_view_equals_extracted_on_embedded(smol, layers, heads, mlp):
+    dims = ModelDims.from_config(smol.model.config)
+    subnet = Subnet.uniform(dims, layers, heads=heads, mlp=mlp)
+    ids = smol.tokenizer("Elastic language models shrink to fit the device.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        with subnet_view(smol.model, subnet):
+            viewed = smol.model(input_ids=ids).logits
+        small = extract_model(smol.model, subnet)
+        extracted = small(input_ids=ids).logits
+    assert (viewed - extracted).abs().max().item() <= 1e-4
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in smol.model.parameters())
+
+
+def test_packed_scoring_on_real_arc_questions(smol):
+    try:
+        items = read_arc(data_root() / "arc/arc_easy_validation.jsonl")[:6]
+    except UserError:
+        pytest.skip("../shared/data is not present")
+    result = multiple_choice(smol.model, smol.tokenizer, items, progress=False)
+    for item, got in zip(items, result["loglikelihoods"]):
+        assert got == pytest.approx(_naive_loglikelihoods(smol.model, smol.tokenizer, item), abs=1e-3)

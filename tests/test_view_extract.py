@@ -1,0 +1,116 @@
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from amoeba_search.errors import UserError
+from amoeba_search.extract import SUBNET_FILE, extract, extract_model
+from amoeba_search.subnet import ModelDims, Subnet
+from amoeba_search.view import subnet_view
+
+IDS = torch.tensor([[5, 17, 99, 3, 250, 42, 7, 7, 130, 64, 1, 200]])
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+def _subnets(dims):
+    return {
+        "full": Subnet.full(dims),
+        "depth": Subnet.uniform(dims, [0, 2, 4]),
+        "mlp": Subnet.uniform(dims, range(5), mlp=0.5),
+        "heads-per-group": Subnet.uniform(dims, range(5), heads=4),
+        "heads-whole-group": Subnet.uniform(dims, [1, 3, 4], heads=3, mlp=20),
+        "chosen-indices": Subnet.from_dict({"layers": [0, 1, 3],
+                                            "heads": [[3, 4, 5]] * 3, "mlp_channels": [[1, 5, 9, 40, 47]] * 3}, dims),
+    }
+
+
+def _zeroed_reference(model, subnet, dims):
+    """Independent reference: delete layers and zero the o_proj / down_proj input columns of dropped heads/channels."""
+    ref = copy.deepcopy(model)
+    layers = ref.model.layers
+    with torch.no_grad():
+        for layer_idx, heads, channels in zip(subnet.layers, subnet.heads, subnet.mlp_channels):
+            block = layers[layer_idx]
+            for h in set(range(dims.num_heads)) - set(heads):
+                block.self_attn.o_proj.weight[:, h * dims.head_dim:(h + 1) * dims.head_dim] = 0
+            for c in set(range(dims.intermediate_size)) - set(channels):
+                block.mlp.down_proj.weight[:, c] = 0
+    ref.model.layers = nn.ModuleList([layers[i] for i in subnet.layers])
+    return ref
+
+
+@pytest.mark.parametrize("name", ["full", "depth", "mlp", "heads-per-group", "heads-whole-group", "chosen-indices"])
+def test_view_matches_zeroed_reference_and_extraction(tiny, name):
+    dims = ModelDims.from_config(tiny.model.config)
+    subnet = _subnets(dims)[name]
+    with subnet_view(tiny.model, subnet):
+        viewed = _logits(tiny.model)
+    reference = _logits(_zeroed_reference(tiny.model, subnet, dims))
+    extracted = _logits(extract_model(tiny.model, subnet))
+    assert torch.allclose(viewed, reference, atol=1e-5)
+    assert (viewed - extracted).abs().max().item() <= 1e-4
+    if name != "full":
+        assert not torch.allclose(viewed, _logits(tiny.model), atol=1e-3)  # the subnet really differs
+
+
+def test_view_restores_model_even_after_error(tiny):
+    dims = ModelDims.from_config(tiny.model.config)
+    before = _logits(tiny.model)
+    with pytest.raises(RuntimeError):
+        with subnet_view(tiny.model, Subnet.uniform(dims, [0, 1], heads=2, mlp=0.5)):
+            raise RuntimeError("boom")
+    assert len(tiny.model.model.layers) == 5
+    assert all(block.self_attn.num_key_value_groups == 3 for block in tiny.model.model.layers)
+    assert torch.equal(_logits(tiny.model), before)
+
+
+def test_extracted_checkpoint_loads_with_plain_transformers(tiny, tmp_path):
+    dims = ModelDims.from_config(tiny.model.config)
+    subnet = Subnet.uniform(dims, [0, 2, 3], heads=4, mlp=0.5)
+    out = extract(tiny, subnet, tmp_path / "sub")
+    with subnet_view(tiny.model, subnet):
+        expected = _logits(tiny.model)
+    torch.save(IDS, tmp_path / "ids.pt")
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+        f"AutoTokenizer.from_pretrained({str(out)!r})\n"
+        f"ids = torch.load({str(tmp_path / 'ids.pt')!r})\n"
+        f"torch.save(m(input_ids=ids).logits.detach(), {str(tmp_path / 'logits.pt')!r})\n"
+        "assert not any(name.startswith('amoeba_search') for name in sys.modules)\n"
+        "print(m.config.num_hidden_layers, m.config.num_attention_heads, m.config.num_key_value_heads, "
+        "m.config.intermediate_size)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["3", "4", "2", "24"]
+    assert (torch.load(tmp_path / "logits.pt") - expected).abs().max().item() <= 1e-4
+    provenance = json.loads((out / SUBNET_FILE).read_text())
+    assert provenance["layers"] == [0, 2, 3] and provenance["model"] == tiny.fingerprint
+
+
+def test_extraction_refuses_per_layer_widths_and_existing_output(tiny, tmp_path):
+    dims = ModelDims.from_config(tiny.model.config)
+    per_layer = Subnet.from_dict({"layers": [0, 1], "mlp_channels": [[0, 1], [0, 1, 2]]}, dims)
+    with pytest.raises(UserError, match="different widths per layer"):
+        extract(tiny, per_layer, tmp_path / "x")
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(UserError, match="already exists"):
+        extract(tiny, Subnet.full(dims), tmp_path / "exists")
+
+
+def test_interrupted_extract_leaves_nothing(tiny, tmp_path, monkeypatch):
+    dims = ModelDims.from_config(tiny.model.config)
+    monkeypatch.setattr(type(tiny.tokenizer), "save_pretrained", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        extract(tiny, Subnet.full(dims), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
