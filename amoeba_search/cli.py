@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -82,6 +83,8 @@ def info(model: str = ModelOption) -> None:
 def subnet(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the subnet JSON."),
     model: str = ModelOption,
+    strategy: Optional[Path] = typer.Option(None, help="Strategy JSON from `amoeba select`; use with --layers."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Depth to take from --strategy (kept layer count)."),
     keep: Optional[str] = typer.Option(None, help="Kept layers, e.g. '0-16,27-29' (inclusive ranges)."),
     num_layers: Optional[int] = typer.Option(None, "--num-layers", help="Keep the first N layers (drop-last-k)."),
     heads: Optional[int] = typer.Option(None, help="Query heads per layer (whole KV groups or equal per group)."),
@@ -91,18 +94,77 @@ def subnet(
     _setup(None)
     from .subnet import ModelDims, Subnet
 
-    if keep is not None and num_layers is not None:
-        raise UserError("give either --keep or --num-layers, not both")
+    if sum(x is not None for x in (keep, num_layers, strategy)) > 1:
+        raise UserError("give one of --keep, --num-layers or --strategy (with --layers)")
+    if (strategy is None) != (layers is None):
+        raise UserError("--strategy and --layers go together: --strategy s.json --layers 20")
     loaded = _load(model)
     dims = ModelDims.from_config(loaded.model.config)
     if num_layers is not None and not 1 <= num_layers <= dims.num_layers:
         raise UserError(f"--num-layers must be in 1..{dims.num_layers}, got {num_layers}")
-    layers = (parse_layers(keep, dims.num_layers) if keep is not None
-              else list(range(num_layers if num_layers is not None else dims.num_layers)))
+    if strategy is not None:
+        from .selection.strategy import Strategy
+
+        chosen = Strategy.load(strategy)
+        chosen.check_model(loaded.fingerprint)
+        kept = chosen.layers_for(layers)
+    elif keep is not None:
+        kept = parse_layers(keep, dims.num_layers)
+    else:
+        kept = list(range(num_layers if num_layers is not None else dims.num_layers))
     width = None if mlp is None else (int(mlp) if mlp > 1 else float(mlp))
-    spec = Subnet.uniform(dims, layers, heads=heads, mlp=width)
+    spec = Subnet.uniform(dims, kept, heads=heads, mlp=width)
     spec.save(out, loaded.fingerprint)
     console.print(f"wrote {out}: {spec.summary(dims)}")
+
+
+@app.command()
+def select(
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the strategy JSON."),
+    model: str = ModelOption,
+    method: str = typer.Option("dp", help="dp (AmoebaLLM dynamic programming), drop_last, shortgpt, shortened_ppl, "
+                                          "random."),
+    max_removed: int = typer.Option(15, "--max-removed", help="Compute every depth from N down to N - this."),
+    samples: int = typer.Option(16, help="Calibration windows."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration window."),
+    seed: int = typer.Option(0, help="Seed for drawing calibration windows (and the random baseline)."),
+    calib_file: Optional[Path] = typer.Option(None, "--calib-file", help="Calibration text (default: WikiText-2 "
+                                                                        "valid split under the data root)."),
+    keep_first: int = typer.Option(0, "--keep-first", help="Never remove the first k layers."),
+    keep_last: int = typer.Option(1, "--keep-last", help="Never remove the last k layers (AmoebaLLM keeps 1)."),
+    cache: Optional[Path] = typer.Option(None, help="DP state cache (default: OUT.cache.jsonl); reruns resume from it."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: ../shared/data)."),
+    threads: Optional[int] = ThreadsOption,
+) -> None:
+    """Choose which layers to drop for every depth, scored on calibration data -> strategy JSON (resumable)."""
+    _setup(threads)
+    from .data import data_root, read_text
+    from .selection.calibration import text_calibration
+    from .selection.select import DEPTH_SELECTORS, select_depth
+
+    DEPTH_SELECTORS.get(method)
+    text_path = calib_file or data_root(data_dir) / "wikitext2" / "valid.txt"
+    loaded = _load(model)
+    try:
+        calibration = text_calibration(loaded.tokenizer, read_text(Path(text_path)), samples, seq_len, seed,
+                                       name=str(text_path))
+    except ValueError as exc:
+        raise UserError(f"{exc}: lower --samples/--seq-len or use a longer --calib-file") from exc
+    cache_path = cache or out.with_name(out.name + ".cache.jsonl")
+    result = select_depth(loaded, calibration, method, max_removed, keep_first, keep_last,
+                          cache_path=cache_path if method == "dp" else None)
+    result.save(out)
+    table = Table(title=f"{method}: layers kept per depth ({result.depth['evaluations']} evaluations, "
+                        f"{result.depth['seconds']:.0f} s)")
+    for column in ("layers", "removed layers", "calibration ppl"):
+        table.add_column(column)
+    for row in result.depth["table"]:
+        removed = sorted(set(range(row["num_layers"] + row["removed"])) - set(row["layers"]))
+        loss = row.get("calibration_loss")
+        table.add_row(str(row["num_layers"]), ",".join(map(str, removed)) or "-",
+                      f"{math.exp(loss):.2f}" if loss is not None else "")
+    console.print(table)
+    console.print(f"wrote {out}; make a subnet with `amoeba subnet --strategy {out} --layers N --out s.json`")
 
 
 @app.command()

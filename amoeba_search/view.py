@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -65,11 +65,22 @@ def _block_slices(dims: ModelDims, heads: tuple[int, ...], groups: tuple[int, ..
 
 
 @contextlib.contextmanager
+def kept_layers(model: PreTrainedModel, layer_indices: Sequence[int]) -> Iterator[PreTrainedModel]:
+    """Temporarily run only these decoder layers (any number, including none); restored on exit."""
+    base = model.base_model
+    original = decoder_layers(model)
+    base.layers = nn.ModuleList([original[i] for i in layer_indices])
+    try:
+        yield model
+    finally:
+        base.layers = original
+
+
+@contextlib.contextmanager
 def subnet_view(model: PreTrainedModel, subnet: Subnet) -> Iterator[PreTrainedModel]:
     """Temporarily turn `model` into `subnet` in place; the original structure is restored on exit, even on error."""
     dims = ModelDims.from_config(model.config)
     subnet.validate(dims)
-    base = model.base_model
     original = decoder_layers(model)
     patched: list[nn.Module] = []
     attention_groups: list[tuple[nn.Module, int]] = []
@@ -86,10 +97,9 @@ def subnet_view(model: PreTrainedModel, subnet: Subnet) -> Iterator[PreTrainedMo
                 # repeat_kv must map the remaining query heads onto the remaining KV heads.
                 attention_groups.append((block.self_attn, block.self_attn.num_key_value_groups))
                 block.self_attn.num_key_value_groups = len(heads) // len(groups)
-        base.layers = nn.ModuleList([original[i] for i in subnet.layers])
-        yield model
+        with kept_layers(model, subnet.layers):
+            yield model
     finally:
-        base.layers = original
         for module in patched:
             del module.forward  # drop the instance attribute; the class forward applies again
         for attention, groups in attention_groups:

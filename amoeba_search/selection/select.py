@@ -1,0 +1,87 @@
+"""`amoeba select`: run a registered depth selector on calibration data and write the strategy file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from ..artifacts import environment
+from ..errors import UserError
+from ..models import LoadedModel
+from ..registry import Registry
+from .calibration import Calibration, LayerRunner
+from .depth_baselines import drop_last, random_layers, shortened_ppl, shortgpt
+from .depth_dp import DepthTable, PrefixCachedLoss, cached, dp_select
+from .strategy import Strategy
+
+DepthSelector = Callable[..., DepthTable]
+DEPTH_SELECTORS: Registry[DepthSelector] = Registry("depth selector")
+
+
+@DEPTH_SELECTORS.register("dp")
+def dp(runner: LayerRunner, max_removed: int, protected: frozenset[int], progress: bool = True,
+       cache_path: Path | None = None, cache_header: dict | None = None) -> DepthTable:
+    """AmoebaLLM's DP on calibration loss, with prefix reuse and an on-disk cache of every evaluated state."""
+    scorer = PrefixCachedLoss(runner)
+    if cache_path is None:
+        return dp_select(runner.num_layers, max_removed, scorer, protected, progress)
+    store = _open_cache(cache_path, cache_header or {})
+    with open(cache_path, "a") as handle:
+        def append(key: str, value: float) -> None:
+            handle.write(json.dumps({"removed": key, "loss": value}) + "\n")
+            handle.flush()
+
+        return dp_select(runner.num_layers, max_removed, cached(scorer, store, append), protected, progress)
+
+
+for _name, _fn in (("drop_last", drop_last), ("shortgpt", shortgpt), ("shortened_ppl", shortened_ppl),
+                   ("random", random_layers)):
+    DEPTH_SELECTORS.register(_name)(_fn)
+
+
+def _open_cache(path: Path, header: dict) -> dict[str, float]:
+    """Load evaluated states from a JSONL cache whose first line must match this run's settings."""
+    if not path.exists() or path.stat().st_size == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"header": header}) + "\n")
+        return {}
+    lines = path.read_text().splitlines()
+    if json.loads(lines[0]).get("header") != header:
+        raise UserError(f"cache {path} was written for other settings (model, calibration or metric): "
+                        "delete it or pass another --cache")
+    store = {}
+    for line in lines[1:]:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by an interruption; that state is simply evaluated again
+        store[row["removed"]] = row["loss"]
+    return store
+
+
+def select_depth(loaded: LoadedModel, calibration: Calibration, method: str = "dp", max_removed: int = 15,
+                 keep_first: int = 0, keep_last: int = 0, cache_path: Path | None = None,
+                 progress: bool = True) -> Strategy:
+    """Compute the kept layers for every depth N..N-max_removed with one selector; returns the strategy."""
+    selector = DEPTH_SELECTORS.get(method)
+    num_layers = loaded.model.config.num_hidden_layers
+    protected = frozenset(range(keep_first)) | frozenset(range(num_layers - keep_last, num_layers))
+    limit = num_layers - max(1, len(protected))  # at least one layer always remains
+    if not 0 <= max_removed <= limit:
+        raise UserError(f"--max-removed must be in 0..{limit} for a {num_layers}-layer model with "
+                        f"{len(protected)} protected layers, got {max_removed}")
+    runner = LayerRunner(loaded.model, calibration)
+    kwargs = {}
+    if method == "dp":
+        kwargs = {"cache_path": cache_path,
+                  "cache_header": {"model": loaded.fingerprint, "calibration": calibration.source,
+                                   "metric": "calibration_loss", "protected": sorted(protected)}}
+    table = selector(runner, max_removed, protected, progress=progress, **kwargs)
+    rows = [{"removed": m, "num_layers": num_layers - m, "layers": table.kept[m],
+             **({"calibration_loss": table.score[m]} if m in table.score else {})} for m in sorted(table.kept)]
+    depth = {"method": method, "metric": "calibration_loss (mean next-token NLL, lower is better)",
+             "max_removed": max_removed, "protected_layers": sorted(protected), "evaluations": table.evaluations,
+             "seconds": table.seconds, "table": rows}
+    return Strategy(model=loaded.fingerprint, calibration=calibration.source, depth=depth,
+                    metadata={"environment": environment()})

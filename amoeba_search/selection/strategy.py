@@ -1,0 +1,62 @@
+"""The strategy file: per-depth kept layers (and later width rankings) with the model and calibration it came from."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import SCHEMA_VERSION, environment, write_json_atomic
+from ..errors import UserError
+
+STRATEGY_KIND = "amoeba_search.strategy"
+
+
+@dataclass
+class Strategy:
+    """What selection decided: kept layers for every depth, scored on a recorded calibration set."""
+
+    model: dict
+    calibration: dict
+    depth: dict                      # method, metric, table rows {removed, num_layers, layers, calibration_loss}
+    metadata: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "kind": STRATEGY_KIND, "model": self.model,
+                "calibration": self.calibration, "depth": self.depth,
+                "metadata": self.metadata or {"environment": environment()}}
+
+    def save(self, path: str | Path) -> Path:
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Strategy":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"strategy file {path} not found: create one with `amoeba select --out {path}`")
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"strategy file {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+        if payload.get("kind") != STRATEGY_KIND or payload.get("schema_version") != SCHEMA_VERSION:
+            raise UserError(f"{path} is not a version-{SCHEMA_VERSION} strategy file (kind {payload.get('kind')!r})")
+        return cls(payload["model"], payload["calibration"], payload["depth"], payload.get("metadata", {}))
+
+    def check_model(self, fingerprint: dict) -> None:
+        """Refuse to apply a strategy computed for another model."""
+        if self.model != fingerprint:
+            raise UserError(f"strategy was computed for model {self.model} but the loaded model is {fingerprint}: "
+                            "run `amoeba select` on this model")
+
+    def depths(self) -> list[int]:
+        return sorted(row["num_layers"] for row in self.depth["table"])
+
+    def layers_for(self, num_layers: int) -> list[int]:
+        """Kept layers for a depth the strategy computed; the error lists the depths it has."""
+        for row in self.depth["table"]:
+            if row["num_layers"] == num_layers:
+                return list(row["layers"])
+        depths = self.depths()
+        raise UserError(f"--layers {num_layers}: this strategy has depths {depths[0]}..{depths[-1]}; rerun "
+                        f"`amoeba select` with a larger --max-removed to get {num_layers}")
