@@ -41,7 +41,7 @@ def test_subnet_extract_evaluate_pipeline(tiny_dir, tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["evaluate", "--model", "/no/such/model"], "does not exist"),
+    (["evaluate", "--model", "/no/such/model", "--data-dir", "{data}"], "does not exist"),
     (["evaluate", "--model", "{tiny}", "--tasks", "arc_esy", "--data-dir", "{data}"], "did you mean 'arc_easy'"),
     (["evaluate", "--model", "{tiny}", "--data-dir", "/no/such/data"], "data directory not found"),
     (["evaluate", "--model", "{tiny}", "--subnet", "{bad}", "--data-dir", "{data}"], "not valid JSON"),
