@@ -152,7 +152,7 @@ def select(
         raise UserError(f"{exc}: lower --samples/--seq-len or use a longer --calib-file") from exc
     cache_path = cache or out.with_name(out.name + ".cache.jsonl")
     result = select_depth(loaded, calibration, method, max_removed, keep_first, keep_last,
-                          cache_path=cache_path if method == "dp" else None)
+                          cache_path=cache_path if method == "dp" else None, seed=seed)
     result.save(out)
     table = Table(title=f"{method}: layers kept per depth ({result.depth['evaluations']} evaluations, "
                         f"{result.depth['seconds']:.0f} s)")

@@ -61,3 +61,23 @@ def test_bad_input_is_one_line_exit_2(args, message, tiny_dir, tiny_data, tmp_pa
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], run.stderr
     assert not Path(tmp_path / "x").exists()
+
+
+def test_select_then_subnet_from_strategy(tiny_dir, tiny_data, tmp_path):
+    strategy = tmp_path / "strategy.json"
+    run = amoeba("select", "--model", tiny_dir, "--max-removed", "2", "--samples", "2", "--seq-len", "32",
+                 "--data-dir", tiny_data, "--out", strategy)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "strategy.json.cache.jsonl").is_file()
+    rows = json.loads(strategy.read_text())["depth"]["table"]
+    spec = tmp_path / "s.json"
+    run = amoeba("subnet", "--model", tiny_dir, "--strategy", strategy, "--layers", "3", "--out", spec)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(spec.read_text())["layers"] == rows[2]["layers"]
+    run = amoeba("subnet", "--model", tiny_dir, "--strategy", strategy, "--layers", "2", "--out", spec)
+    assert run.returncode == 2 and "depths 3..5" in run.stderr
+    payload = json.loads(strategy.read_text())
+    payload["model"]["config_sha256"] = "another"
+    strategy.write_text(json.dumps(payload))
+    run = amoeba("subnet", "--model", tiny_dir, "--strategy", strategy, "--layers", "3", "--out", spec)
+    assert run.returncode == 2 and "computed for model" in run.stderr

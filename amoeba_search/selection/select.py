@@ -62,7 +62,7 @@ def _open_cache(path: Path, header: dict) -> dict[str, float]:
 
 def select_depth(loaded: LoadedModel, calibration: Calibration, method: str = "dp", max_removed: int = 15,
                  keep_first: int = 0, keep_last: int = 0, cache_path: Path | None = None,
-                 progress: bool = True) -> Strategy:
+                 progress: bool = True, seed: int = 0) -> Strategy:
     """Compute the kept layers for every depth N..N-max_removed with one selector; returns the strategy."""
     selector = DEPTH_SELECTORS.get(method)
     num_layers = loaded.model.config.num_hidden_layers
@@ -72,7 +72,7 @@ def select_depth(loaded: LoadedModel, calibration: Calibration, method: str = "d
         raise UserError(f"--max-removed must be in 0..{limit} for a {num_layers}-layer model with "
                         f"{len(protected)} protected layers, got {max_removed}")
     runner = LayerRunner(loaded.model, calibration)
-    kwargs = {}
+    kwargs: dict = {"seed": seed} if method == "random" else {}
     if method == "dp":
         kwargs = {"cache_path": cache_path,
                   "cache_header": {"model": loaded.fingerprint, "calibration": calibration.source,
@@ -80,7 +80,7 @@ def select_depth(loaded: LoadedModel, calibration: Calibration, method: str = "d
     table = selector(runner, max_removed, protected, progress=progress, **kwargs)
     rows = [{"removed": m, "num_layers": num_layers - m, "layers": table.kept[m],
              **({"calibration_loss": table.score[m]} if m in table.score else {})} for m in sorted(table.kept)]
-    depth = {"method": method, "metric": "calibration_loss (mean next-token NLL, lower is better)",
+    depth = {"method": method, **({"seed": seed} if method == "random" else {}), "metric": "calibration_loss (mean next-token NLL, lower is better)",
              "max_removed": max_removed, "protected_layers": sorted(protected), "evaluations": table.evaluations,
              "seconds": table.seconds, "table": rows}
     return Strategy(model=loaded.fingerprint, calibration=calibration.source, depth=depth,
