@@ -78,3 +78,16 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def read_json(path: str | os.PathLike, what: str, how_to_make: str) -> Any:
+    """Parse a JSON artifact, turning a missing or malformed file into a one-line UserError with the fix."""
+    from .errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} file {path} not found: {how_to_make}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{what} file {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .artifacts import SCHEMA_VERSION, write_json_atomic
+from .artifacts import SCHEMA_VERSION, read_json, write_json_atomic
 from .errors import UserError
 
 SUBNET_KIND = "amoeba_search.subnet"
@@ -152,13 +151,7 @@ class Subnet:
 
     @classmethod
     def load(cls, path: str | Path, dims: ModelDims) -> "Subnet":
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"subnet file {path} not found: write one with `amoeba subnet --out {path}`")
-        try:
-            payload = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"subnet file {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+        payload = read_json(path, "subnet", f"write one with `amoeba subnet --out {path}`")
         return cls.from_dict(payload, dims)
 
 

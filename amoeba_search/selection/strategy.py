@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import SCHEMA_VERSION, environment, write_json_atomic
+from ..artifacts import SCHEMA_VERSION, environment, read_json, write_json_atomic
 from ..errors import UserError
 
 STRATEGY_KIND = "amoeba_search.strategy"
@@ -32,13 +31,7 @@ class Strategy:
 
     @classmethod
     def load(cls, path: str | Path) -> "Strategy":
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"strategy file {path} not found: create one with `amoeba select --out {path}`")
-        try:
-            payload = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"strategy file {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+        payload = read_json(path, "strategy", f"create one with `amoeba select --out {path}`")
         if payload.get("kind") != STRATEGY_KIND or payload.get("schema_version") != SCHEMA_VERSION:
             raise UserError(f"{path} is not a version-{SCHEMA_VERSION} strategy file (kind {payload.get('kind')!r})")
         return cls(payload["model"], payload["calibration"], payload["depth"], payload.get("metadata", {}))
