@@ -89,8 +89,11 @@ def subnet(
     num_layers: Optional[int] = typer.Option(None, "--num-layers", help="Keep the first N layers (drop-last-k)."),
     heads: Optional[int] = typer.Option(None, help="Query heads per layer (whole KV groups or equal per group)."),
     mlp: Optional[float] = typer.Option(None, help="MLP width: ratio in (0,1] (e.g. 0.75) or a channel count (> 1)."),
+    allocation: str = typer.Option("uniform", help="With a strategy: 'uniform' (same width per layer, extractable) "
+                                                    "or 'adaptive' (FLAP global ranking; in-place view only)."),
+    compensate: bool = typer.Option(True, help="With a strategy: FLAP bias compensation for removed heads/channels."),
 ) -> None:
-    """Write a uniform-width subnet spec (layers + heads + MLP channels) as validated JSON."""
+    """Write a subnet spec (layers + heads + MLP channels) as validated JSON; with --strategy, the most important."""
     _setup(None)
     from .subnet import ModelDims, Subnet
 
@@ -102,6 +105,8 @@ def subnet(
     dims = ModelDims.from_config(loaded.model.config)
     if num_layers is not None and not 1 <= num_layers <= dims.num_layers:
         raise UserError(f"--num-layers must be in 1..{dims.num_layers}, got {num_layers}")
+    width = None if mlp is None else (int(mlp) if mlp > 1 else float(mlp))
+    chosen = None
     if strategy is not None:
         from .selection.strategy import Strategy
 
@@ -112,8 +117,13 @@ def subnet(
         kept = parse_layers(keep, dims.num_layers)
     else:
         kept = list(range(num_layers if num_layers is not None else dims.num_layers))
-    width = None if mlp is None else (int(mlp) if mlp > 1 else float(mlp))
-    spec = Subnet.uniform(dims, kept, heads=heads, mlp=width)
+    if chosen is not None and chosen.width is not None:
+        from .selection.width import width_subnet
+
+        spec = width_subnet(loaded.model, chosen.width, kept, heads=heads, mlp=width, allocation=allocation,
+                            compensate=compensate)
+    else:
+        spec = Subnet.uniform(dims, kept, heads=heads, mlp=width)
     spec.save(out, loaded.fingerprint)
     console.print(f"wrote {out}: {spec.summary(dims)}")
 
@@ -132,6 +142,8 @@ def select(
                                                                         "valid split under the data root)."),
     keep_first: int = typer.Option(0, "--keep-first", help="Never remove the first k layers."),
     keep_last: int = typer.Option(1, "--keep-last", help="Never remove the last k layers (AmoebaLLM keeps 1)."),
+    width_method: str = typer.Option("flap", "--width-method", help="Head/channel importance: flap, magnitude, "
+                                                                    "wanda, or none."),
     cache: Optional[Path] = typer.Option(None, help="DP state cache (default: OUT.cache.jsonl); reruns resume from it."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: ../shared/data)."),
     threads: Optional[int] = ThreadsOption,
@@ -143,6 +155,10 @@ def select(
     from .selection.select import DEPTH_SELECTORS, select_depth
 
     DEPTH_SELECTORS.get(method)
+    if width_method != "none":
+        from .selection.width import WIDTH_SCORERS
+
+        WIDTH_SCORERS.get(width_method)
     text_path = calib_file or data_root(data_dir) / "wikitext2" / "valid.txt"
     loaded = _load(model)
     try:
@@ -152,7 +168,8 @@ def select(
         raise UserError(f"{exc}: lower --samples/--seq-len or use a longer --calib-file") from exc
     cache_path = cache or out.with_name(out.name + ".cache.jsonl")
     result = select_depth(loaded, calibration, method, max_removed, keep_first, keep_last,
-                          cache_path=cache_path if method == "dp" else None, seed=seed)
+                          cache_path=cache_path if method == "dp" else None, seed=seed,
+                          width_method=None if width_method == "none" else width_method)
     result.save(out)
     table = Table(title=f"{method}: layers kept per depth ({result.depth['evaluations']} evaluations, "
                         f"{result.depth['seconds']:.0f} s)")

@@ -12,7 +12,7 @@ from .artifacts import atomic_directory, write_json_atomic
 from .errors import UserError
 from .models import LoadedModel
 from .subnet import ModelDims, Subnet
-from .view import decoder_layers
+from .view import decoder_layers, expand_blocks
 
 SUBNET_FILE = "amoeba_subnet.json"
 _LAYER_KEY = re.compile(r"^(?P<prefix>.*\blayers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
@@ -38,6 +38,9 @@ def subnet_config(config, subnet: Subnet):
     new.num_key_value_heads = kv_heads
     new.head_dim = dims.head_dim  # explicit: heads * head_dim no longer equals hidden_size
     new.intermediate_size = channels
+    if subnet.bias is not None:  # FLAP compensation lives in o_proj / down_proj biases
+        new.attention_bias = True
+        new.mlp_bias = True
     if getattr(new, "layer_types", None):
         new.layer_types = [config.layer_types[i] for i in subnet.layers]
     return new
@@ -45,8 +48,7 @@ def subnet_config(config, subnet: Subnet):
 
 def _rows(tensor: torch.Tensor, index: list[int], unit: int = 1) -> torch.Tensor:
     """Select rows (dim 0) in blocks of `unit` (e.g. head_dim rows per head)."""
-    rows = torch.tensor([i * unit + j for i in index for j in range(unit)], dtype=torch.long)
-    return tensor.index_select(0, rows)
+    return tensor.index_select(0, expand_blocks(index, unit))
 
 
 def _slice_param(rest: str, tensor: torch.Tensor, heads: list[int], groups: list[int], channels: list[int],
@@ -86,6 +88,8 @@ def extract_model(model: PreTrainedModel, subnet: Subnet) -> PreTrainedModel:
         state[f"{match['prefix']}.{p}.{match['rest']}"] = sliced.clone()
     config = subnet_config(model.config, subnet)
     small = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    if subnet.bias is not None:
+        _add_compensation(state, small.state_dict(), subnet)
     missing, unexpected = small.load_state_dict(state, strict=False)
     # Tied output embeddings appear under one name only; anything else missing is a real mismatch.
     tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(config, "tie_word_embeddings", False)}
@@ -93,6 +97,19 @@ def extract_model(model: PreTrainedModel, subnet: Subnet) -> PreTrainedModel:
         raise RuntimeError(f"extraction mismatch: missing {sorted(set(missing) - tied)}, unexpected {unexpected}")
     small.tie_weights()
     return small.eval()
+
+
+def _add_compensation(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], subnet: Subnet) -> None:
+    """Biases the source lacks start at zero; o_proj / down_proj biases then gain the compensation terms."""
+    for key, tensor in target.items():
+        if key.endswith(".bias") and key not in state:
+            state[key] = torch.zeros_like(tensor)
+    for key in state:
+        match = _LAYER_KEY.match(key)
+        if match and match["rest"] in ("self_attn.o_proj.bias", "mlp.down_proj.bias"):
+            o_bias, down_bias = subnet.bias[int(match["idx"])]
+            extra = o_bias if match["rest"].startswith("self_attn") else down_bias
+            state[key] = state[key] + torch.tensor(extra, dtype=state[key].dtype)
 
 
 def extract(loaded: LoadedModel, subnet: Subnet, out_dir: str | Path, overwrite: bool = False) -> Path:

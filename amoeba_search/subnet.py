@@ -54,6 +54,9 @@ class Subnet:
     layers: tuple[int, ...]
     heads: tuple[tuple[int, ...], ...]
     mlp_channels: tuple[tuple[int, ...], ...]
+    # FLAP bias compensation, one (o_proj bias, down_proj bias) pair of hidden_size floats per kept layer: the
+    # expected contribution of the removed heads/channels, so the block output keeps its mean. None: no compensation.
+    bias: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...] | None = None
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -94,6 +97,13 @@ class Subnet:
             check_gqa(layer, heads, dims)
         for layer, channels in zip(self.layers, self.mlp_channels):
             check_index_set(f"mlp_channels of layer {layer}", channels, dims.intermediate_size)
+        if self.bias is not None:
+            if len(self.bias) != len(self.layers):
+                raise UserError(f"bias_compensation: has {len(self.bias)} entries but {len(self.layers)} layers are kept")
+            for layer, pair in zip(self.layers, self.bias):
+                if any(len(vector) != dims.hidden_size for vector in pair):
+                    raise UserError(f"bias_compensation of layer {layer}: vectors must have hidden_size "
+                                    f"{dims.hidden_size} values")
 
     # ---- derived shape ---------------------------------------------------------------------------------------
     def kv_groups(self, dims: ModelDims, position: int) -> tuple[int, ...]:
@@ -123,6 +133,8 @@ class Subnet:
             "layers": list(self.layers),
             "heads": [list(h) for h in self.heads],
             "mlp_channels": [list(c) for c in self.mlp_channels],
+            "bias_compensation": None if self.bias is None else [
+                {"o_proj": list(o_bias), "down_proj": list(down_bias)} for o_bias, down_bias in self.bias],
         }
 
     def save(self, path: str | Path, model_fingerprint: dict | None = None) -> Path:
@@ -145,7 +157,8 @@ class Subnet:
         channels = _per_layer("mlp_channels", payload.get("mlp_channels"), len(layers),
                               lambda n: tuple(range(mlp_channel_count(dims, n))))
         subnet = cls(tuple(layers), heads or (canonical_heads(dims, dims.num_heads),) * len(layers),
-                     channels or (tuple(range(dims.intermediate_size)),) * len(layers))
+                     channels or (tuple(range(dims.intermediate_size)),) * len(layers),
+                     _parse_bias(payload.get("bias_compensation")))
         subnet.validate(dims)
         return subnet
 
@@ -223,3 +236,14 @@ def _per_layer(field: str, value: Any, n_layers: int, from_count) -> tuple[tuple
         else:
             raise UserError(f"{field}: entry {entry!r} must be a list of indices or a count")
     return tuple(entries)
+
+
+def _parse_bias(value: Any) -> tuple | None:
+    if value is None:
+        return None
+    try:
+        return tuple((tuple(float(x) for x in entry["o_proj"]), tuple(float(x) for x in entry["down_proj"]))
+                     for entry in value)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise UserError("bias_compensation: must be null or one {\"o_proj\": [...], \"down_proj\": [...]} object "
+                        "per kept layer") from exc

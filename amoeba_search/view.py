@@ -28,9 +28,10 @@ def expand_blocks(index: list[int], unit: int) -> torch.Tensor:
     return torch.tensor([i * unit + j for i in index for j in range(unit)], dtype=torch.long)
 
 
-def _sliced_forward(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None
-                    ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A forward using only the kept rows (outputs) / columns (inputs) of W: the GEMM the extracted layer runs."""
+def _sliced_forward(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None,
+                    extra_bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward using only the kept rows (outputs) / columns (inputs) of W, plus any compensation bias:
+    the computation the extracted layer runs."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         weight, bias = linear.weight, linear.bias
@@ -39,28 +40,38 @@ def _sliced_forward(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Te
             bias = None if bias is None else bias.index_select(0, rows.to(bias.device))
         if cols is not None:
             weight = weight.index_select(1, cols.to(weight.device))
+        if extra_bias is not None:
+            extra = extra_bias.to(weight)
+            bias = extra if bias is None else bias + extra
         return F.linear(x, weight, bias)
 
     return forward
 
 
-def _block_slices(dims: ModelDims, heads: tuple[int, ...], groups: tuple[int, ...], channels: tuple[int, ...]
-                  ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
-    """(rows, cols) to keep per projection of one decoder block; projections kept whole are left out."""
-    slices: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+Slice = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]  # rows, cols, extra bias
+
+
+def _block_slices(dims: ModelDims, heads: tuple[int, ...], groups: tuple[int, ...], channels: tuple[int, ...],
+                  bias: tuple[tuple[float, ...], tuple[float, ...]] | None) -> dict[str, Slice]:
+    """(rows, cols, extra bias) per projection of one decoder block; projections left whole are left out."""
+    slices: dict[str, Slice] = {}
     if len(heads) < dims.num_heads:
         head_rows = expand_blocks(list(heads), dims.head_dim)            # q rows / o_proj cols: (heads*hd)
-        slices["self_attn.q_proj"] = (head_rows, None)
-        slices["self_attn.o_proj"] = (None, head_rows)
+        slices["self_attn.q_proj"] = (head_rows, None, None)
+        slices["self_attn.o_proj"] = (None, head_rows, None)
     if len(groups) < dims.num_kv_heads:
         group_rows = expand_blocks(list(groups), dims.head_dim)          # k/v rows: (kv*hd)
-        slices["self_attn.k_proj"] = (group_rows, None)
-        slices["self_attn.v_proj"] = (group_rows, None)
+        slices["self_attn.k_proj"] = (group_rows, None, None)
+        slices["self_attn.v_proj"] = (group_rows, None, None)
     if len(channels) < dims.intermediate_size:
         kept = torch.tensor(channels, dtype=torch.long)                  # act(gate(x)) * up(x): (I,)
-        slices["mlp.gate_proj"] = (kept, None)
-        slices["mlp.up_proj"] = (kept, None)
-        slices["mlp.down_proj"] = (None, kept)
+        slices["mlp.gate_proj"] = (kept, None, None)
+        slices["mlp.up_proj"] = (kept, None, None)
+        slices["mlp.down_proj"] = (None, kept, None)
+    if bias is not None:
+        for name, vector in zip(("self_attn.o_proj", "mlp.down_proj"), bias):
+            rows, cols, _ = slices.get(name, (None, None, None))
+            slices[name] = (rows, cols, torch.tensor(vector))
     return slices
 
 
@@ -88,10 +99,11 @@ def subnet_view(model: PreTrainedModel, subnet: Subnet) -> Iterator[PreTrainedMo
         for position, layer_idx in enumerate(subnet.layers):
             block = original[layer_idx]
             heads, groups = subnet.heads[position], subnet.kv_groups(dims, position)
-            slices = _block_slices(dims, heads, groups, subnet.mlp_channels[position])
-            for name, (rows, cols) in slices.items():
+            bias = subnet.bias[position] if subnet.bias is not None else None
+            slices = _block_slices(dims, heads, groups, subnet.mlp_channels[position], bias)
+            for name, (rows, cols, extra_bias) in slices.items():
                 linear = block.get_submodule(name)
-                linear.forward = _sliced_forward(linear, rows, cols)
+                linear.forward = _sliced_forward(linear, rows, cols, extra_bias)
                 patched.append(linear)
             if len(heads) < dims.num_heads:
                 # repeat_kv must map the remaining query heads onto the remaining KV heads.

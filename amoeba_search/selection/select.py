@@ -14,6 +14,7 @@ from .calibration import Calibration, LayerRunner
 from .depth_baselines import drop_last, random_layers, shortened_ppl, shortgpt
 from .depth_dp import DepthTable, PrefixCachedLoss, cached, dp_select
 from .strategy import Strategy
+from .width import width_section
 
 DepthSelector = Callable[..., DepthTable]
 DEPTH_SELECTORS: Registry[DepthSelector] = Registry("depth selector")
@@ -62,8 +63,9 @@ def _open_cache(path: Path, header: dict) -> dict[str, float]:
 
 def select_depth(loaded: LoadedModel, calibration: Calibration, method: str = "dp", max_removed: int = 15,
                  keep_first: int = 0, keep_last: int = 0, cache_path: Path | None = None,
-                 progress: bool = True, seed: int = 0) -> Strategy:
-    """Compute the kept layers for every depth N..N-max_removed with one selector; returns the strategy."""
+                 progress: bool = True, seed: int = 0, width_method: str | None = "flap") -> Strategy:
+    """Kept layers for every depth N..N-max_removed (one depth selector) and head/channel importance (one width
+    selector, on the full model); returns the strategy."""
     selector = DEPTH_SELECTORS.get(method)
     num_layers = loaded.model.config.num_hidden_layers
     protected = frozenset(range(keep_first)) | frozenset(range(num_layers - keep_last, num_layers))
@@ -83,5 +85,6 @@ def select_depth(loaded: LoadedModel, calibration: Calibration, method: str = "d
     depth = {"method": method, **({"seed": seed} if method == "random" else {}), "metric": "calibration_loss (mean next-token NLL, lower is better)",
              "max_removed": max_removed, "protected_layers": sorted(protected), "evaluations": table.evaluations,
              "seconds": table.seconds, "table": rows}
-    return Strategy(model=loaded.fingerprint, calibration=calibration.source, depth=depth,
+    width = None if width_method is None else width_section(loaded.model, calibration, width_method)
+    return Strategy(model=loaded.fingerprint, calibration=calibration.source, depth=depth, width=width,
                     metadata={"environment": environment()})

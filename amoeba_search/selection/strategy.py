@@ -19,11 +19,12 @@ class Strategy:
     model: dict
     calibration: dict
     depth: dict                      # method, metric, table rows {removed, num_layers, layers, calibration_loss}
+    width: dict | None = None        # method, per-layer head/channel scores, input means (see selection.width)
     metadata: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "kind": STRATEGY_KIND, "model": self.model,
-                "calibration": self.calibration, "depth": self.depth,
+                "calibration": self.calibration, "depth": self.depth, "width": self.width,
                 "metadata": self.metadata or {"environment": environment()}}
 
     def save(self, path: str | Path) -> Path:
@@ -34,7 +35,8 @@ class Strategy:
         payload = read_json(path, "strategy", f"create one with `amoeba select --out {path}`")
         if payload.get("kind") != STRATEGY_KIND or payload.get("schema_version") != SCHEMA_VERSION:
             raise UserError(f"{path} is not a version-{SCHEMA_VERSION} strategy file (kind {payload.get('kind')!r})")
-        return cls(payload["model"], payload["calibration"], payload["depth"], payload.get("metadata", {}))
+        return cls(payload["model"], payload["calibration"], payload["depth"], payload.get("width"),
+                   payload.get("metadata", {}))
 
     def check_model(self, fingerprint: dict) -> None:
         """Refuse to apply a strategy computed for another model."""

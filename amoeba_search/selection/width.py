@@ -1,0 +1,186 @@
+"""Width selection: importance of every attention head and MLP channel (FLAP fluctuation, magnitude, Wanda), the
+rankings any width ratio is taken from, and FLAP's bias compensation for what is removed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from transformers import PreTrainedModel
+
+from ..errors import UserError
+from ..registry import Registry
+from ..subnet import ModelDims, Subnet, mlp_channel_count
+from ..view import decoder_layers
+from .calibration import Calibration
+
+SIGNIFICANT = 7  # digits kept in the strategy file (float32 precision)
+
+
+@dataclass
+class InputStats:
+    """Per-feature statistics of a projection's input over all calibration tokens."""
+
+    mean: torch.Tensor     # (F,)
+    var: torch.Tensor      # (F,)  population variance: the "fluctuation"
+    l2: torch.Tensor       # (F,)  ||X_f||_2 over tokens (Wanda's activation norm)
+
+
+@torch.inference_mode()
+def collect_input_stats(model: PreTrainedModel, calibration: Calibration) -> list[dict[str, InputStats]]:
+    """One forward over the calibration set, recording the inputs of o_proj (per head feature) and down_proj
+    (per MLP channel) in every layer."""
+    sums: dict[tuple[int, str], list[torch.Tensor]] = {}
+
+    def hook(key):
+        def record(module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()           # (tokens, F)
+            total = sums.setdefault(key, [torch.zeros(x.shape[1], dtype=torch.float64) for _ in range(2)] + [0])
+            total[0] += x.sum(0)
+            total[1] += (x * x).sum(0)
+            total[2] += x.shape[0]
+        return record
+
+    handles = []
+    for i, block in enumerate(decoder_layers(model)):
+        handles.append(block.self_attn.o_proj.register_forward_pre_hook(hook((i, "attn"))))
+        handles.append(block.mlp.down_proj.register_forward_pre_hook(hook((i, "mlp"))))
+    try:
+        model(input_ids=calibration.input_ids, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    stats: list[dict[str, InputStats]] = [{} for _ in decoder_layers(model)]
+    for (i, kind), (total, squares, count) in sums.items():
+        mean = total / count
+        stats[i][kind] = InputStats(mean=mean, var=(squares / count - mean * mean).clamp_min(0), l2=squares.sqrt())
+    return stats
+
+
+# ---- importance scores: (block, stats) -> (head scores (H,), channel scores (I,)); higher = more important ----
+Scorer = Callable[[torch.nn.Module, dict[str, InputStats], ModelDims], tuple[torch.Tensor, torch.Tensor]]
+WIDTH_SCORERS: Registry[Scorer] = Registry("width selector")
+
+
+def _per_head(feature_scores: torch.Tensor, dims: ModelDims) -> torch.Tensor:
+    return feature_scores.view(dims.num_heads, dims.head_dim).sum(-1)
+
+
+@WIDTH_SCORERS.register("flap")
+def flap_scores(block, stats, dims):
+    """FLAP fluctuation: Var(X_f) * ||W[:, f]||^2 of the output projection reading feature f."""
+    o_norm = block.self_attn.o_proj.weight.double().pow(2).sum(0)      # (H*hd,)
+    down_norm = block.mlp.down_proj.weight.double().pow(2).sum(0)      # (I,)
+    return _per_head(stats["attn"].var * o_norm, dims), stats["mlp"].var * down_norm
+
+
+@WIDTH_SCORERS.register("magnitude")
+def magnitude_scores(block, stats, dims):
+    """Weight magnitude only: L2 norm of every weight that reads or writes the head/channel."""
+    attn, mlp = block.self_attn, block.mlp
+    q = attn.q_proj.weight.double().pow(2).sum(1)                      # (H*hd,) rows
+    o = attn.o_proj.weight.double().pow(2).sum(0)                      # (H*hd,) columns
+    channels = (mlp.gate_proj.weight.double().pow(2).sum(1) + mlp.up_proj.weight.double().pow(2).sum(1)
+                + mlp.down_proj.weight.double().pow(2).sum(0))
+    return _per_head(q + o, dims).sqrt(), channels.sqrt()
+
+
+@WIDTH_SCORERS.register("wanda")
+def wanda_scores(block, stats, dims):
+    """Wanda, structured: sum_i |W[i, f]| * ||X_f||_2 over the output projection's column f."""
+    o = block.self_attn.o_proj.weight.double().abs().sum(0) * stats["attn"].l2
+    down = block.mlp.down_proj.weight.double().abs().sum(0) * stats["mlp"].l2
+    return _per_head(o, dims), down
+
+
+def _rounded(values: torch.Tensor) -> list[float]:
+    return [float(f"{v:.{SIGNIFICANT}g}") for v in values.tolist()]
+
+
+@torch.inference_mode()
+def width_section(model: PreTrainedModel, calibration: Calibration, method: str = "flap") -> dict:
+    """Scores for every head and channel of every layer, plus input means for bias compensation."""
+    scorer = WIDTH_SCORERS.get(method)
+    dims = ModelDims.from_config(model.config)
+    stats = collect_input_stats(model, calibration)
+    heads, channels = [], []
+    for block, layer_stats in zip(decoder_layers(model), stats):
+        head_scores, channel_scores = scorer(block, layer_stats, dims)
+        heads.append(_rounded(head_scores))
+        channels.append(_rounded(channel_scores))
+    return {"method": method, "head_scores": heads, "mlp_scores": channels,
+            "attn_input_mean": [_rounded(s["attn"].mean) for s in stats],
+            "mlp_input_mean": [_rounded(s["mlp"].mean) for s in stats]}
+
+
+def _top(scores: list[float], k: int) -> list[int]:
+    return sorted(sorted(range(len(scores)), key=lambda i: -scores[i])[:k])
+
+
+def choose_heads(scores: list[float], count: int, dims: ModelDims) -> tuple[int, ...]:
+    """Most important heads, GQA-valid: the best n/G in every group, else the best whole groups."""
+    if count not in dims.head_counts():
+        raise UserError(f"--heads {count} is not realisable with {dims.num_kv_heads} KV groups of {dims.group_size}: "
+                        f"choose one of {dims.head_counts()}")
+    size = dims.group_size
+    if count % dims.num_kv_heads == 0:
+        per_group = count // dims.num_kv_heads
+        return tuple(sorted(g * size + h for g in range(dims.num_kv_heads)
+                            for h in _top(scores[g * size:(g + 1) * size], per_group)))
+    group_scores = [sum(scores[g * size:(g + 1) * size]) for g in range(dims.num_kv_heads)]
+    return tuple(g * size + h for g in _top(group_scores, count // size) for h in range(size))
+
+
+def _channel_counts(width: dict, layers: list[int], total_per_layer: int, allocation: str) -> list[int]:
+    """Uniform: the same count in every layer. Adaptive (FLAP): standardise scores across layers, keep the global top."""
+    if allocation == "uniform":
+        return [total_per_layer] * len(layers)
+    if allocation != "adaptive":
+        raise UserError(f"--allocation {allocation!r}: choose uniform or adaptive")
+    scores = torch.tensor([width["mlp_scores"][i] for i in layers], dtype=torch.float64)   # (L, I)
+    z = (scores - scores.mean()) / scores.std().clamp_min(1e-12)
+    threshold = z.flatten().sort(descending=True).values[total_per_layer * len(layers) - 1]
+    return [max(1, int((row >= threshold).sum())) for row in z]
+
+
+@torch.inference_mode()
+def width_subnet(model: PreTrainedModel, width: dict, layers: list[int], heads: int | None = None,
+                 mlp: float | None = None, allocation: str = "uniform", compensate: bool = True) -> Subnet:
+    """A subnet keeping the most important heads/channels of each kept layer; FLAP bias compensation adds the
+    removed features' mean contribution W[:, removed] @ mean[removed] to o_proj / down_proj."""
+    dims = ModelDims.from_config(model.config)
+    head_count = dims.num_heads if heads is None else heads
+    per_layer = mlp_channel_count(dims, mlp)
+    counts = _channel_counts(width, layers, per_layer, allocation)
+    blocks = decoder_layers(model)
+    kept_heads, kept_channels, biases = [], [], []
+    for layer, count in zip(layers, counts):
+        chosen_heads = choose_heads(width["head_scores"][layer], head_count, dims)
+        chosen_channels = tuple(_top(width["mlp_scores"][layer], count))
+        kept_heads.append(chosen_heads)
+        kept_channels.append(chosen_channels)
+        if compensate:
+            block = blocks[layer]
+            dropped_heads = [h for h in range(dims.num_heads) if h not in chosen_heads]
+            dropped_features = [h * dims.head_dim + d for h in dropped_heads for d in range(dims.head_dim)]
+            dropped_channels = sorted(set(range(dims.intermediate_size)) - set(chosen_channels))
+            biases.append((_compensation(block.self_attn.o_proj.weight, width["attn_input_mean"][layer],
+                                         dropped_features),
+                           _compensation(block.mlp.down_proj.weight, width["mlp_input_mean"][layer],
+                                         dropped_channels)))
+    anything_dropped = any(len(h) < dims.num_heads for h in kept_heads) or any(
+        len(c) < dims.intermediate_size for c in kept_channels)
+    subnet = Subnet(tuple(layers), tuple(kept_heads), tuple(kept_channels),
+                    tuple(biases) if compensate and anything_dropped else None)
+    subnet.validate(dims)
+    return subnet
+
+
+def _compensation(weight: torch.Tensor, mean: list[float], dropped: list[int]) -> tuple[float, ...]:
+    """W[:, dropped] @ mean[dropped]: the expected output of the removed inputs, kept as a bias."""
+    if not dropped:
+        return (0.0,) * weight.shape[0]
+    index = torch.tensor(dropped)
+    bias = weight.double().index_select(1, index) @ torch.tensor(mean, dtype=torch.float64).index_select(0, index)
+    return tuple(_rounded(bias))
