@@ -134,8 +134,11 @@ def select(
     model: str = ModelOption,
     method: str = typer.Option("dp", help="dp (AmoebaLLM dynamic programming), drop_last, shortgpt, shortened_ppl, "
                                           "random."),
+    metric: str = typer.Option("ppl", help="Depth calibration: 'ppl' (next-token loss on --calib-file) or 'mmlu' "
+                                           "(accuracy on random MMLU validation questions, as the paper)."),
     max_removed: int = typer.Option(15, "--max-removed", help="Compute every depth from N down to N - this."),
-    samples: int = typer.Option(16, help="Calibration windows."),
+    samples: int = typer.Option(16, help="Calibration windows (ppl; also used for width importance)."),
+    mmlu_samples: int = typer.Option(40, "--mmlu-samples", help="Calibration questions for --metric mmlu."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration window."),
     seed: int = typer.Option(0, help="Seed for drawing calibration windows (and the random baseline)."),
     calib_file: Optional[Path] = typer.Option(None, "--calib-file", help="Calibration text (default: WikiText-2 "
@@ -150,36 +153,43 @@ def select(
 ) -> None:
     """Choose which layers to drop for every depth, scored on calibration data -> strategy JSON (resumable)."""
     _setup(threads)
-    from .data import data_root, read_text
-    from .selection.calibration import text_calibration
+    from .data import data_root, read_mmlu, read_text
+    from .selection.calibration import multiple_choice_calibration, text_calibration
     from .selection.select import DEPTH_SELECTORS, select_depth
 
     DEPTH_SELECTORS.get(method)
+    if metric not in ("ppl", "mmlu"):
+        raise UserError(f"--metric {metric!r}: choose ppl or mmlu")
     if width_method != "none":
         from .selection.width import WIDTH_SCORERS
 
         WIDTH_SCORERS.get(width_method)
-    text_path = calib_file or data_root(data_dir) / "wikitext2" / "valid.txt"
+    root = data_root(data_dir) if calib_file is None or metric == "mmlu" else None
+    text_path = calib_file or root / "wikitext2" / "valid.txt"
     loaded = _load(model)
     try:
-        calibration = text_calibration(loaded.tokenizer, read_text(Path(text_path)), samples, seq_len, seed,
-                                       name=str(text_path))
+        text = text_calibration(loaded.tokenizer, read_text(Path(text_path)), samples, seq_len, seed,
+                                name=str(text_path))
+        calibration = text if metric == "ppl" else multiple_choice_calibration(
+            loaded.tokenizer, read_mmlu(root / "mmlu" / "zero_shot_val.jsonl"), mmlu_samples, seed,
+            name="mmlu/zero_shot_val.jsonl")
     except ValueError as exc:
-        raise UserError(f"{exc}: lower --samples/--seq-len or use a longer --calib-file") from exc
+        raise UserError(f"{exc}: lower --samples/--seq-len/--mmlu-samples or use a longer --calib-file") from exc
     cache_path = cache or out.with_name(out.name + ".cache.jsonl")
     result = select_depth(loaded, calibration, method, max_removed, keep_first, keep_last,
                           cache_path=cache_path if method == "dp" else None, seed=seed,
-                          width_method=None if width_method == "none" else width_method)
+                          width_method=None if width_method == "none" else width_method, width_calibration=text)
     result.save(out)
     table = Table(title=f"{method}: layers kept per depth ({result.depth['evaluations']} evaluations, "
                         f"{result.depth['seconds']:.0f} s)")
-    for column in ("layers", "removed layers", "calibration ppl"):
+    score_column = "calibration ppl" if metric == "ppl" else "calibration acc % (~)"
+    for column in ("layers", "removed layers", score_column):
         table.add_column(column)
     for row in result.depth["table"]:
         removed = sorted(set(range(row["num_layers"] + row["removed"])) - set(row["layers"]))
         loss = row.get("calibration_loss")
-        table.add_row(str(row["num_layers"]), ",".join(map(str, removed)) or "-",
-                      f"{math.exp(loss):.2f}" if loss is not None else "")
+        shown = "" if loss is None else f"{math.exp(loss):.2f}" if metric == "ppl" else f"{-100 * loss:.1f}"
+        table.add_row(str(row["num_layers"]), ",".join(map(str, removed)) or "-", shown)
     console.print(table)
     console.print(f"wrote {out}; make a subnet with `amoeba subnet --strategy {out} --layers N --out s.json`")
 

@@ -58,7 +58,7 @@ def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text:
 
 
 @dataclass
-class _Packed:
+class PackedQuestion:
     """One question packed as context + every continuation, each continuation attending to the context only."""
 
     item_index: int
@@ -78,7 +78,7 @@ def _encode(tokenizer: PreTrainedTokenizerBase, context: str, continuation: str)
     return context_ids, whole[len(context_ids):]
 
 
-def _pack(tokenizer: PreTrainedTokenizerBase, index: int, item: MCItem) -> _Packed:
+def pack_question(tokenizer: PreTrainedTokenizerBase, index: int, item: MCItem) -> PackedQuestion:
     context_ids: list[int] | None = None
     continuations = []
     for continuation in item.continuations:
@@ -90,7 +90,7 @@ def _pack(tokenizer: PreTrainedTokenizerBase, index: int, item: MCItem) -> _Pack
     if not context_ids:
         raise ValueError(f"question {index} has an empty context; multiple-choice scoring needs one")
     n_ctx = len(context_ids)
-    packed = _Packed(index, list(context_ids), [0] * n_ctx, list(range(n_ctx)))
+    packed = PackedQuestion(index, list(context_ids), [0] * n_ctx, list(range(n_ctx)))
     for choice, cont in enumerate(continuations):
         offset = len(packed.tokens)
         # The first continuation token is predicted from the last context token, the rest from their predecessor.
@@ -102,7 +102,7 @@ def _pack(tokenizer: PreTrainedTokenizerBase, index: int, item: MCItem) -> _Pack
     return packed
 
 
-def _batches(packed: list[_Packed], max_batch_tokens: int) -> list[list[_Packed]]:
+def _batches(packed: list[PackedQuestion], max_batch_tokens: int) -> list[list[PackedQuestion]]:
     """Group questions of similar length so that batch_size * longest <= max_batch_tokens."""
     order = sorted(packed, key=lambda p: len(p.tokens), reverse=True)
     batches, current = [], []
@@ -114,9 +114,8 @@ def _batches(packed: list[_Packed], max_batch_tokens: int) -> list[list[_Packed]
     return batches + ([current] if current else [])
 
 
-def _forward_packed(model: PreTrainedModel, batch: list[_Packed]) -> list[list[float]]:
-    """One forward for a batch of packed questions; returns the log-likelihood of every continuation."""
-    device, dtype = _device(model), model.dtype
+def packed_inputs(batch: list[PackedQuestion], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """input_ids, position_ids and the block attention mask (B, 1, T, T) for a batch of packed questions."""
     length = max(len(p.tokens) for p in batch)
     tokens = torch.zeros(len(batch), length, dtype=torch.long)
     positions = torch.zeros(len(batch), length, dtype=torch.long)
@@ -130,21 +129,33 @@ def _forward_packed(model: PreTrainedModel, batch: list[_Packed]) -> list[list[f
     query_seg, key_seg = segments[:, :, None], segments[:, None, :]                # (B, T, 1), (B, 1, T)
     allowed = causal & ((key_seg == 0) | (key_seg == query_seg))                  # (B, T, T)
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    hidden = model.base_model(input_ids=tokens.to(device), position_ids=positions.to(device),
-                              attention_mask=mask.to(device), use_cache=False).last_hidden_state
+    return {"input_ids": tokens, "position_ids": positions, "attention_mask": mask}
+
+
+def choice_loglikelihoods(model: PreTrainedModel, hidden: torch.Tensor, batch: list[PackedQuestion]) -> list[list[float]]:
+    """Sum of log p(continuation token) per choice, from the final hidden states of a packed batch."""
     rows, cols, targets, owners = [], [], [], []
     for row, p in enumerate(batch):
         for choice, preds in enumerate(p.predictions):
             for source, target in preds:
                 rows.append(row), cols.append(source), targets.append(target), owners.append((row, choice))
-    logprobs = token_logprobs(model, hidden[torch.tensor(rows), torch.tensor(cols)], torch.tensor(targets).to(device))
+    logprobs = token_logprobs(model, hidden[torch.tensor(rows), torch.tensor(cols)],
+                              torch.tensor(targets).to(hidden.device))
     sums = [[0.0] * len(p.predictions) for p in batch]
     for (row, choice), value in zip(owners, logprobs.tolist()):
         sums[row][choice] += value
     return sums
 
 
-def _argmax(values: Sequence[float]) -> int:
+def _forward_packed(model: PreTrainedModel, batch: list[PackedQuestion]) -> list[list[float]]:
+    """One forward for a batch of packed questions; returns the log-likelihood of every continuation."""
+    device = _device(model)
+    inputs = {k: v.to(device) for k, v in packed_inputs(batch, model.dtype).items()}
+    hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
+    return choice_loglikelihoods(model, hidden, batch)
+
+
+def argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))  # first index wins ties, like numpy
 
 
@@ -153,7 +164,7 @@ def multiple_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
                     max_batch_tokens: int = 2048, progress: bool = True) -> dict:
     """acc and acc_norm (log-likelihood / choice length in characters) as lm-evaluation-harness defines them."""
     start_time = time.perf_counter()
-    packed = [_pack(tokenizer, i, item) for i, item in enumerate(items)]
+    packed = [pack_question(tokenizer, i, item) for i, item in enumerate(items)]
     loglikelihoods: list[list[float]] = [[] for _ in items]
     batches = _batches(packed, max_batch_tokens)
     with tqdm(total=len(items), desc="multiple choice", unit="q", disable=not progress, leave=False) as bar:
@@ -161,8 +172,8 @@ def multiple_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
             for p, sums in zip(batch, _forward_packed(model, batch)):
                 loglikelihoods[p.item_index] = sums
             bar.update(len(batch))
-    correct = [_argmax(ll) == item.gold for ll, item in zip(loglikelihoods, items)]
-    correct_norm = [_argmax([v / n for v, n in zip(ll, item.choice_lengths)]) == item.gold
+    correct = [argmax(ll) == item.gold for ll, item in zip(loglikelihoods, items)]
+    correct_norm = [argmax([v / n for v, n in zip(ll, item.choice_lengths)]) == item.gold
                     for ll, item in zip(loglikelihoods, items)]
     seconds = time.perf_counter() - start_time
     return {"acc": 100.0 * sum(correct) / len(items), "acc_norm": 100.0 * sum(correct_norm) / len(items),

@@ -74,8 +74,17 @@ def test_select_then_subnet_from_strategy(tiny_dir, tiny_data, tmp_path):
     run = amoeba("subnet", "--model", tiny_dir, "--strategy", strategy, "--layers", "3", "--out", spec)
     assert run.returncode == 0, run.stderr
     assert json.loads(spec.read_text())["layers"] == rows[2]["layers"]
+    run = amoeba("subnet", "--model", tiny_dir, "--strategy", strategy, "--layers", "3", "--mlp", "0.5", "--heads", "4",
+                 "--out", spec)
+    assert run.returncode == 0, run.stderr
+    written = json.loads(spec.read_text())
+    assert len(written["mlp_channels"][0]) == 24 and written["bias_compensation"] is not None
     run = amoeba("subnet", "--model", tiny_dir, "--strategy", strategy, "--layers", "2", "--out", spec)
     assert run.returncode == 2 and "depths 3..5" in run.stderr
+    run = amoeba("select", "--model", tiny_dir, "--metric", "mmlu", "--mmlu-samples", "4", "--max-removed", "1",
+                 "--samples", "2", "--seq-len", "32", "--data-dir", tiny_data, "--out", tmp_path / "mmlu.json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "mmlu.json").read_text())["calibration"]["metric"] == "mmlu"
     payload = json.loads(strategy.read_text())
     payload["model"]["config_sha256"] = "another"
     strategy.write_text(json.dumps(payload))

@@ -99,3 +99,19 @@ def test_strategy_file_round_trip_and_errors(tiny, runner, tmp_path):
     with pytest.raises(UserError, match="--max-removed must be in 0..4"):
         select_depth(tiny, runner.calibration, "dp", max_removed=5, progress=False)
     assert json.loads((tmp_path / "s.json").read_text())["kind"] == "amoeba_search.strategy"
+
+
+def test_mmlu_calibration_objective_matches_evaluation(tiny, tiny_data):
+    from amoeba_search.data import read_mmlu
+    from amoeba_search.evaluate import multiple_choice
+    from amoeba_search.selection.calibration import multiple_choice_calibration
+
+    items = read_mmlu(tiny_data / "mmlu/zero_shot_val.jsonl")
+    calibration = multiple_choice_calibration(tiny.tokenizer, items, samples=4)
+    runner = LayerRunner(tiny.model, calibration)
+    reference = multiple_choice(tiny.model, tiny.tokenizer, items, progress=False)
+    gold_nll = -sum(ll[i.gold] for ll, i in zip(reference["loglikelihoods"], items)) / 4
+    assert runner.loss(runner.embed(), list(range(5))) == pytest.approx(-reference["acc"] / 100 + 1e-3 * gold_nll,
+                                                                         abs=1e-6)
+    table = dp_select(5, 2, PrefixCachedLoss(runner), progress=False)
+    assert sorted(table.kept) == [0, 1, 2]

@@ -5,22 +5,43 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..evaluate import token_logprobs
+from ..data import MCItem
+from ..evaluate import argmax, choice_loglikelihoods, pack_question, packed_inputs, token_logprobs
 from ..view import kept_layers
+
+
+Objective = Callable[[PreTrainedModel, torch.Tensor], float]
+
+
+def next_token_loss(input_ids: torch.Tensor) -> Objective:
+    """Mean next-token NLL over the windows (lower is better)."""
+
+    def objective(model: PreTrainedModel, hidden: torch.Tensor) -> float:
+        scored = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        return -token_logprobs(model, scored, input_ids[:, 1:].reshape(-1)).double().mean().item()
+
+    return objective
 
 
 @dataclass
 class Calibration:
-    """Token windows for calibration (S, T) plus how they were drawn, recorded in every strategy file."""
+    """Calibration inputs (S, T), extra forward arguments (packed masks), the objective on final hidden states
+    (lower is better), and how the data was drawn, recorded in every strategy file."""
 
     input_ids: torch.Tensor
     source: dict = field(default_factory=dict)
+    forward_kwargs: dict = field(default_factory=dict)
+    objective: Objective | None = None
+
+    def __post_init__(self) -> None:
+        if self.objective is None:
+            self.objective = next_token_loss(self.input_ids)
 
 
 def text_calibration(tokenizer: PreTrainedTokenizerBase, text: str, samples: int = 16, seq_len: int = 256,
@@ -32,8 +53,30 @@ def text_calibration(tokenizer: PreTrainedTokenizerBase, text: str, samples: int
         raise ValueError(f"{name} has {len(ids)} tokens: not enough for {samples} windows of {seq_len}")
     chosen = sorted(random.Random(seed).sample(range(slots), samples))
     windows = torch.stack([ids[s * seq_len:(s + 1) * seq_len] for s in chosen])
-    return Calibration(windows, {"data": name, "samples": samples, "seq_len": seq_len, "seed": seed,
+    return Calibration(windows, {"data": name, "metric": "ppl", "samples": samples, "seq_len": seq_len, "seed": seed,
                                  "tokens": samples * seq_len})
+
+
+def multiple_choice_calibration(tokenizer: PreTrainedTokenizerBase, items: Sequence[MCItem], samples: int = 40,
+                                seed: int = 0, name: str = "mmlu", dtype: torch.dtype = torch.float32
+                                ) -> Calibration:
+    """`samples` random questions, packed as in evaluation; objective = -accuracy, ties broken by the gold answer's
+    mean NLL (1e-3 weight), since accuracy on a few dozen questions ties often."""
+    if len(items) < samples:
+        raise ValueError(f"{name} has {len(items)} questions, fewer than {samples}")
+    chosen = sorted(random.Random(seed).sample(range(len(items)), samples))
+    packed = [pack_question(tokenizer, i, items[i]) for i in chosen]
+    inputs = packed_inputs(packed, dtype)
+    gold = [items[i].gold for i in chosen]
+
+    def objective(model: PreTrainedModel, hidden: torch.Tensor) -> float:
+        sums = choice_loglikelihoods(model, hidden, packed)
+        accuracy = sum(argmax(ll) == g for ll, g in zip(sums, gold)) / len(gold)
+        gold_nll = -sum(ll[g] for ll, g in zip(sums, gold)) / len(gold)
+        return -accuracy + 1e-3 * gold_nll
+
+    return Calibration(inputs.pop("input_ids"), {"data": name, "metric": "mmlu", "samples": samples, "seed": seed,
+                                                 "tokens": sum(len(p.tokens) for p in packed)}, inputs, objective)
 
 
 @contextlib.contextmanager
@@ -66,13 +109,14 @@ class LayerRunner:
         if not layers:
             return hidden
         with kept_layers(self.model, layers), _without_final_norm(self.model):
-            return self.model.base_model(inputs_embeds=hidden, use_cache=False).last_hidden_state
+            return self._forward(hidden)
+
+    def _forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.base_model(inputs_embeds=hidden, use_cache=False,
+                                     **self.calibration.forward_kwargs).last_hidden_state
 
     @torch.inference_mode()
     def loss(self, hidden: torch.Tensor, layers: Sequence[int]) -> float:
-        """Mean next-token NLL after applying `layers`, the final norm and the LM head (lower is better)."""
+        """The calibration objective after applying `layers`, the final norm and the LM head (lower is better)."""
         with kept_layers(self.model, layers):
-            out = self.model.base_model(inputs_embeds=hidden, use_cache=False).last_hidden_state
-        ids = self.calibration.input_ids
-        logprobs = token_logprobs(self.model, out[:, :-1].reshape(-1, out.shape[-1]), ids[:, 1:].reshape(-1))
-        return -logprobs.double().mean().item()
+            return self.calibration.objective(self.model, self._forward(hidden))

@@ -63,7 +63,8 @@ def _open_cache(path: Path, header: dict) -> dict[str, float]:
 
 def select_depth(loaded: LoadedModel, calibration: Calibration, method: str = "dp", max_removed: int = 15,
                  keep_first: int = 0, keep_last: int = 0, cache_path: Path | None = None,
-                 progress: bool = True, seed: int = 0, width_method: str | None = "flap") -> Strategy:
+                 progress: bool = True, seed: int = 0, width_method: str | None = "flap",
+                 width_calibration: Calibration | None = None) -> Strategy:
     """Kept layers for every depth N..N-max_removed (one depth selector) and head/channel importance (one width
     selector, on the full model); returns the strategy."""
     selector = DEPTH_SELECTORS.get(method)
@@ -82,9 +83,14 @@ def select_depth(loaded: LoadedModel, calibration: Calibration, method: str = "d
     table = selector(runner, max_removed, protected, progress=progress, **kwargs)
     rows = [{"removed": m, "num_layers": num_layers - m, "layers": table.kept[m],
              **({"calibration_loss": table.score[m]} if m in table.score else {})} for m in sorted(table.kept)]
-    depth = {"method": method, **({"seed": seed} if method == "random" else {}), "metric": "calibration_loss (mean next-token NLL, lower is better)",
+    metric = ("calibration_loss: mean next-token NLL" if calibration.source.get("metric", "ppl") == "ppl"
+              else "calibration_loss: -accuracy + 1e-3 * gold-answer NLL")
+    depth = {"method": method, **({"seed": seed} if method == "random" else {}), "metric": metric + " (lower is better)",
              "max_removed": max_removed, "protected_layers": sorted(protected), "evaluations": table.evaluations,
              "seconds": table.seconds, "table": rows}
-    width = None if width_method is None else width_section(loaded.model, calibration, width_method)
+    width = None if width_method is None else width_section(loaded.model, width_calibration or calibration,
+                                                             width_method)
+    if width is not None:
+        width["calibration"] = (width_calibration or calibration).source
     return Strategy(model=loaded.fingerprint, calibration=calibration.source, depth=depth, width=width,
                     metadata={"environment": environment()})
