@@ -273,7 +273,7 @@ def demo(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: ../shared/data)."),
     threads: Optional[int] = ThreadsOption,
 ) -> None:
-    """Full model vs two extracted subnets: size, forward latency, perplexity and ARC-easy accuracy."""
+    """Full model vs two selected, extracted subnets: size, forward latency, perplexity, ARC-easy accuracy."""
     _setup(threads)
     from .demo import run_demo
 
