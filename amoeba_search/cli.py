@@ -151,7 +151,7 @@ def select(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: ../shared/data)."),
     threads: Optional[int] = ThreadsOption,
 ) -> None:
-    """Choose which layers to drop for every depth, scored on calibration data -> strategy JSON (resumable)."""
+    """Choose the layers to drop for every depth and rank heads/channels, on calibration data -> strategy JSON."""
     _setup(threads)
     from .data import data_root, read_mmlu, read_text
     from .selection.calibration import multiple_choice_calibration, text_calibration
@@ -160,6 +160,8 @@ def select(
     DEPTH_SELECTORS.get(method)
     if metric not in ("ppl", "mmlu"):
         raise UserError(f"--metric {metric!r}: choose ppl or mmlu")
+    if min(keep_first, keep_last, samples, mmlu_samples) < 0 or samples == 0 or seq_len < 2:
+        raise UserError("--keep-first/--keep-last must be >= 0, --samples/--mmlu-samples >= 1, --seq-len >= 2")
     if width_method != "none":
         from .selection.width import WIDTH_SCORERS
 
