@@ -88,7 +88,8 @@ def subnet(
     keep: Optional[str] = typer.Option(None, help="Kept layers, e.g. '0-16,27-29' (inclusive ranges)."),
     num_layers: Optional[int] = typer.Option(None, "--num-layers", help="Keep the first N layers (drop-last-k)."),
     heads: Optional[int] = typer.Option(None, help="Query heads per layer (whole KV groups or equal per group)."),
-    mlp: Optional[float] = typer.Option(None, help="MLP width: ratio in (0,1] (e.g. 0.75) or a channel count (> 1)."),
+    mlp: Optional[float] = typer.Option(None, "--mlp", "--width",
+                                        help="MLP width: ratio in (0,1] (e.g. 0.75) or a channel count (> 1)."),
     allocation: str = typer.Option("uniform", help="With a strategy: 'uniform' (same width per layer, extractable) "
                                                     "or 'adaptive' (FLAP global ranking; in-place view only)."),
     compensate: bool = typer.Option(True, help="With a strategy: FLAP bias compensation for removed heads/channels."),
