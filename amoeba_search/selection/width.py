@@ -47,7 +47,7 @@ def collect_input_stats(model: PreTrainedModel, calibration: Calibration) -> lis
         handles.append(block.self_attn.o_proj.register_forward_pre_hook(hook((i, "attn"))))
         handles.append(block.mlp.down_proj.register_forward_pre_hook(hook((i, "mlp"))))
     try:
-        model(input_ids=calibration.input_ids, use_cache=False)
+        model(input_ids=calibration.input_ids, use_cache=False, **calibration.forward_kwargs)
     finally:
         for handle in handles:
             handle.remove()
