@@ -36,16 +36,20 @@ PARTIAL = RESULTS / "selection.partial.jsonl"
 METRICS = ("wikitext2_test_ppl", "arc_easy_acc", "arc_challenge_acc", "mmlu_acc")
 
 
-def evaluate_subnet(model: LoadedModel, subnet: Subnet, root: Path, args) -> dict:
+def held_out_data(root: Path, args) -> dict:
+    """Read the held-out sets once: the test text and the multiple-choice items per reported metric."""
+    return {"text": read_text(root / "wikitext2/test.txt"),
+            "arc_easy_acc": read_arc(root / "arc/arc_easy_validation.jsonl")[:args.arc_limit],
+            "arc_challenge_acc": read_arc(root / "arc/arc_challenge_validation.jsonl")[:args.arc_limit],
+            "mmlu_acc": read_mmlu(root / "mmlu/zero_shot_val.jsonl")[::args.mmlu_stride]}
+
+
+def evaluate_subnet(model: LoadedModel, subnet: Subnet, data: dict, args) -> dict:
     """Held-out metrics of a subnet through the in-place view."""
     with subnet_view(model.model, subnet):
-        ppl = perplexity(model.model, model.tokenizer, read_text(root / "wikitext2/test.txt"),
-                         max_windows=args.ppl_windows, progress=False)
-        scores = {name: multiple_choice(model.model, model.tokenizer, items, progress=False)["acc"]
-                  for name, items in (("arc_easy_acc", read_arc(root / "arc/arc_easy_validation.jsonl")[:args.arc_limit]),
-                                      ("arc_challenge_acc",
-                                       read_arc(root / "arc/arc_challenge_validation.jsonl")[:args.arc_limit]),
-                                      ("mmlu_acc", read_mmlu(root / "mmlu/zero_shot_val.jsonl")[::args.mmlu_stride]))}
+        ppl = perplexity(model.model, model.tokenizer, data["text"], max_windows=args.ppl_windows, progress=False)
+        scores = {name: multiple_choice(model.model, model.tokenizer, data[name], progress=False)["acc"]
+                  for name in ("arc_easy_acc", "arc_challenge_acc", "mmlu_acc")}
     return {"wikitext2_test_ppl": ppl["ppl"], **scores}
 
 
@@ -66,6 +70,7 @@ def main() -> None:
     depths = [int(d) for d in args.depths.split(",")]
     widths = [float(w) for w in args.widths.split(",")]
     root, model = data_root(), load_model("default")
+    data = held_out_data(root, args)
     dims = ModelDims.from_config(model.model.config)
     calibration = text_calibration(model.tokenizer, read_text(root / "wikitext2/valid.txt"), args.samples,
                                    args.seq_len, name="wikitext2/valid.txt")
@@ -109,7 +114,7 @@ def main() -> None:
             if key not in done:
                 started = time.perf_counter()
                 done[key] = {"method": label, "layers": depth, "width": width, "layer_list": list(subnet.layers),
-                             **evaluate_subnet(model, subnet, root, args), "eval_seconds": time.perf_counter() - started}
+                             **evaluate_subnet(model, subnet, data, args), "eval_seconds": time.perf_counter() - started}
                 partial.write(json.dumps(done[key]) + "\n")
                 partial.flush()
             row = done[key]
@@ -132,13 +137,11 @@ def main() -> None:
         subnet = configs[("flap", depth, widths[0])]
         with tempfile.TemporaryDirectory() as tmp:
             small = load_model(str(extract(model, subnet, Path(tmp) / "sub")))
-            direct = perplexity(small.model, small.tokenizer, read_text(root / "wikitext2/test.txt"), max_windows=4,
-                                progress=False)["ppl"]
+            direct = perplexity(small.model, small.tokenizer, data["text"], max_windows=4, progress=False)["ppl"]
         with subnet_view(model.model, subnet):
-            viewed = perplexity(model.model, model.tokenizer, read_text(root / "wikitext2/test.txt"), max_windows=4,
-                                progress=False)["ppl"]
+            viewed = perplexity(model.model, model.tokenizer, data["text"], max_windows=4, progress=False)["ppl"]
         extraction.append({"layers": depth, "width": widths[0], "in_place_ppl": viewed, "extracted_ppl": direct})
-    full = evaluate_subnet(model, Subnet.full(dims), root, args)
+    full = evaluate_subnet(model, Subnet.full(dims), data, args)
     result = {"rows": rows, "full_model": full, "dp_seconds": dp.depth["seconds"],
               "dp_evaluations": dp.depth["evaluations"], "calibration": dp.calibration,
               "dp_max_removed": dp.depth["max_removed"], "protected_layers": dp.depth["protected_layers"],
