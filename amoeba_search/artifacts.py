@@ -91,3 +91,8 @@ def read_json(path: str | os.PathLike, what: str, how_to_make: str) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{what} file {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+
+
+def dir_mib(path: str | os.PathLike) -> float:
+    """Size on disk of everything under a directory (a checkpoint), in MiB."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20

@@ -214,7 +214,9 @@ def extract(
     spec = Subnet.load(subnet_file, dims)
     with console.status("extracting"):
         path = extract_checkpoint(loaded, spec, out, overwrite=overwrite)
-    size_mb = sum(f.stat().st_size for f in path.iterdir()) / 2**20
+    from .artifacts import dir_mib
+
+    size_mb = dir_mib(path)
     console.print(f"wrote {path} ({spec.summary(dims)}, {size_mb:.1f} MiB); load it with "
                   f"AutoModelForCausalLM.from_pretrained('{path}')")
 

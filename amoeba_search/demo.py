@@ -8,7 +8,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .artifacts import environment, write_json_atomic
+from .artifacts import dir_mib, environment, write_json_atomic
 from .data import data_root, read_text
 from .extract import extract
 from .models import LoadedModel, load_model
@@ -38,10 +38,6 @@ def _demo_subnets(full: LoadedModel, root: Path) -> list[tuple[str, Subnet]]:
         (f"mlp-{round(100 * DEMO_MLP_RATIO)}pct-flap",
          width_subnet(full.model, strategy.width, list(range(dims.num_layers)), mlp=DEMO_MLP_RATIO)),
     ]
-
-
-def _dir_mib(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
 @torch.inference_mode()
@@ -76,7 +72,7 @@ def run_demo(console: Console, full: LoadedModel, out: Path, limit: int, windows
         arc = evaluate_tasks(model, tasks[1:], root, limit=limit)["tasks"]["arc_easy"]
         rows.append({"name": name, "subnet": subnet.summary(dims), "path": str(model.path),
                      "params_m": sum(p.numel() for p in model.model.parameters()) / 1e6,
-                     "disk_mib": _dir_mib(model.path), "forward_128_tokens": latency,
+                     "disk_mib": dir_mib(model.path), "forward_128_tokens": latency,
                      "view_vs_extracted_max_abs_logit_diff": max_diff,
                      "wikitext2_test_ppl": ppl["ppl"], "ppl_windows": ppl["windows"],
                      "arc_easy_acc_pct": arc["acc"], "arc_easy_acc_norm_pct": arc["acc_norm"],

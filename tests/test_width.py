@@ -6,10 +6,9 @@ from amoeba_search.errors import UserError
 from amoeba_search.extract import extract_model
 from amoeba_search.selection.calibration import text_calibration
 from amoeba_search.selection.width import WIDTH_SCORERS, choose_heads, width_section, width_subnet
-from amoeba_search.subnet import ModelDims
 from amoeba_search.view import subnet_view
 
-TINY = ModelDims(num_layers=5, num_heads=6, num_kv_heads=2, head_dim=16, hidden_size=72, intermediate_size=48)
+from .test_subnet import TINY
 
 
 @pytest.fixture()
