@@ -15,7 +15,7 @@ from rich.table import Table
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Select, extract, evaluate (and later profile and search) elastic-LLM subnets. "
+                  help="Select, extract, evaluate and profile elastic-LLM subnets. "
                        "MODEL is 'default' (the embedded SmolLM2-135M-Instruct) or a local HF checkpoint dir.")
 # Piped output (make, CI logs) would otherwise be squeezed into 80 columns.
 console = Console() if sys.stdout.isatty() else Console(width=140)
@@ -283,6 +283,19 @@ def demo(
     from .demo import run_demo
 
     run_demo(console, _load("default"), out, limit=limit, windows=windows, data_dir=data_dir)
+
+
+from . import cli_profile  # noqa: E402  (sub-commands register on `app`)
+
+app.add_typer(cli_profile.profile_app, name="profile")
+app.add_typer(cli_profile.plot_app, name="plot")
+app.command("predict")(cli_profile.predict)
+
+
+@app.command()
+def flows() -> None:
+    """List deployment flows and whether each is available here (and if not, why and how to get it)."""
+    console.print(cli_profile.flows_table())
 
 
 def main() -> None:

@@ -1,0 +1,96 @@
+"""Figures drawn from computed data only: first a small data object per figure (testable without drawing),
+then a matplotlib renderer that writes PNG and SVG."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .profiling.lut import LookupTable
+
+
+@dataclass
+class Series:
+    label: str
+    x: list[float]
+    y: list[float]
+
+
+@dataclass
+class Panel:
+    title: str
+    xlabel: str
+    ylabel: str
+    series: list[Series] = field(default_factory=list)
+    diagonal: bool = False                    # draw y = x (predicted vs measured)
+
+
+@dataclass
+class Figure:
+    title: str
+    panels: list[Panel]
+
+
+def lut_figure(lut: LookupTable) -> Figure:
+    """Block latency over MLP width (one line per head count) per setting, and the predictor check when the
+    profile has one (validation.csv): where blocks scale with width the device is compute/bandwidth-bound; a flat
+    line means per-block overhead dominates."""
+    panels = []
+    for setting in lut.settings():
+        panel = Panel(f"{setting.label()}  (base {lut.base_ms(setting):.2f} ms)", "MLP channels per block",
+                      "block latency (ms)")
+        widths = lut.widths(setting)
+        for heads in sorted({h for h, _ in widths}):
+            channels = sorted(m for h, m in widths if h == heads)
+            panel.series.append(Series(f"{heads} heads", channels,
+                                       [lut.block_ms(setting, heads, m) for m in channels]))
+        panels.append(panel)
+    validation = lut.directory / "validation.csv"
+    if validation.is_file():
+        frame = pd.read_csv(validation)
+        panel = Panel("predicted vs measured (random subnets)", "measured latency (ms)", "predicted latency (ms)",
+                      diagonal=True)
+        for phase, group in frame.groupby("phase"):
+            panel.series.append(Series(f"{phase}: LUT composed", group["measured_ms"].tolist(),
+                                       group["composed_ms"].tolist()))
+            if group["corrected_cv_ms"].notna().any():
+                panel.series.append(Series(f"{phase}: corrected (cross-validated)", group["measured_ms"].tolist(),
+                                           group["corrected_cv_ms"].tolist()))
+        panels.append(panel)
+    kind = lut.meta.get("source", "measured")
+    return Figure(f"{lut.name} ({kind})", panels)
+
+
+def render(figure: Figure, out_stem: Path) -> list[Path]:
+    """Draw a Figure to OUT.png and OUT.svg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(figure.panels), figsize=(5.2 * len(figure.panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], figure.panels):
+        for series in panel.series:
+            style = "o" if panel.diagonal else "o-"
+            ax.plot(series.x, series.y, style, label=series.label, markersize=4, alpha=0.8)
+        if panel.diagonal and panel.series:
+            values = [v for s in panel.series for v in s.x + s.y]
+            low, high = min(values), max(values)
+            ax.plot([low, high], [low, high], "k--", linewidth=0.8, label="y = x")
+        ax.set_title(panel.title, fontsize=9)
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel(panel.ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(figure.title)
+    fig.tight_layout()
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
+    for path in paths:
+        tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+        fig.savefig(tmp, dpi=120)
+        tmp.replace(path)
+    plt.close(fig)
+    return paths

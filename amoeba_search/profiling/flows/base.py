@@ -1,0 +1,99 @@
+"""The narrow interface every deployment flow implements, and the registry they join."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from transformers import PreTrainedModel
+
+from ...errors import UserError
+from ...registry import Registry
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def element_bytes(dtype: str) -> int:
+    """Bytes per element of a dtype name ('float16' -> 2); unknown names are a one-line error."""
+    target = getattr(torch, dtype, None)
+    if not isinstance(target, torch.dtype):
+        raise UserError(f"unknown dtype {dtype!r}: use float32, bfloat16, float16 (or int8 for estimates)")
+    return torch.empty((), dtype=target).element_size()
+
+
+@dataclass
+class Prepared:
+    """A ready-to-time step: `run` does one prefill/decode call, `reset` (untimed) undoes its state changes."""
+
+    run: Callable[[], object]
+    reset: Callable[[], object] | None = None
+
+
+class Flow:
+    """A way to deploy a model (runtime + settings). kind: 'measured' times it here, 'imported' reads results a
+    user measured elsewhere, 'estimate' derives them from a device spec."""
+
+    name: str = ""
+    kind: str = "measured"
+    device: str = "cpu"          # where it runs: 'cpu' or 'cuda'
+    dtypes: tuple[str, ...] = ("float32",)
+    packages: tuple[str, ...] = ("torch",)
+    description: str = ""
+
+    def unavailable(self) -> str | None:
+        """None when usable here, else one line saying what is missing and how to get it."""
+        for package in self.packages:
+            try:
+                importlib.metadata.version(package)
+            except importlib.metadata.PackageNotFoundError:
+                return f"package {package!r} is not installed: pip install {package}"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        return {p: importlib.metadata.version(p) for p in self.packages}
+
+    def require(self, dtype: str = "float32") -> None:
+        reason = self.unavailable()
+        if reason:
+            raise UserError(f"flow {self.name!r} is unavailable here: {reason}")
+        if dtype not in self.dtypes:
+            raise UserError(f"flow {self.name!r} does not run dtype {dtype!r}: choose from {', '.join(self.dtypes)}")
+
+    def prepare(self, model: PreTrainedModel, phase: str, tokens: int, batch: int, dtype: str) -> Prepared:
+        raise UserError(f"flow {self.name!r} is not timed by amoeba_search: import results with "
+                        f"`amoeba profile import --flow {self.name} FILE.csv`")
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def peak_memory_mib(self) -> float | None:
+        """Peak device memory since the last reset (CUDA only; None on CPU, where tensors are sized analytically)."""
+        if self.device == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**20
+        return None
+
+    def reset_peak_memory(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+
+FLOWS: Registry[Flow] = Registry("flow")
+
+
+def register(cls: type[Flow]) -> type[Flow]:
+    """Class decorator: one instance of each flow, under its name."""
+    FLOWS.register(cls.name)(cls())
+    return cls
+
+
+def model_copy(model: PreTrainedModel, dtype: str, device: str = "cpu") -> PreTrainedModel:
+    """The model in the flow's dtype and device (a copy when either differs, so the caller's model is untouched)."""
+    target = DTYPES[dtype]
+    if model.dtype == target and str(model.device).startswith(device):
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(device=device, dtype=target).eval()

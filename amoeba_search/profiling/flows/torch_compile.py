@@ -1,0 +1,37 @@
+"""torch.compile (inductor) with regional compilation: each decoder block is compiled once and the compiled code
+is reused by every block of the same shape (PyTorch's recommended way to compile LLMs without long cold starts)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Flow, Prepared, model_copy, register
+from ..step import KVStep, step_inputs
+
+
+def compiled_step(model, phase: str, tokens: int, batch: int, device: str) -> Prepared:
+    """KVStep over a model whose decoder blocks are compiled in place."""
+    for layer in model.model.layers:
+        # The layer index only addresses a shared Cache; ours is per layer, and one value lets all blocks share code.
+        layer.self_attn.layer_idx = 0
+        layer.compile(dynamic=False)
+    step = KVStep(model).eval()
+    inputs = step_inputs(model, phase, tokens, batch, device)
+
+    def run():
+        with torch.inference_mode():
+            return step(*inputs)
+
+    return Prepared(run)
+
+
+@register
+class TorchCompile(Flow):
+    name = "torch-compile"
+    description = "KVStep with each decoder block compiled by inductor (regional compilation), CPU"
+
+    def prepare(self, model, phase, tokens, batch, dtype):
+        self.require(dtype)
+        import copy
+
+        return compiled_step(copy.deepcopy(model_copy(model, dtype)), phase, tokens, batch, "cpu")

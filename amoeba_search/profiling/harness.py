@@ -1,0 +1,90 @@
+"""Timing harness: warm up, repeat until the median is known to ±rel (95%) or a cap, report median and spread."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+Z95 = 1.96
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When to stop repeating: the median's 95% interval within ±rel, after min_repeats, or a cap is hit."""
+
+    warmup: int = 3
+    min_repeats: int = 10
+    max_repeats: int = 200
+    rel: float = 0.02
+    max_seconds: float = 10.0
+
+    @classmethod
+    def quick(cls) -> "StopRule":
+        return cls(warmup=2, min_repeats=5, max_repeats=40, rel=0.05, max_seconds=5.0)
+
+
+@dataclass
+class Measurement:
+    samples_ms: list[float]
+    converged: bool
+    peak_mem_mib: float | None = None
+    stats: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = summarize(self.samples_ms)
+
+
+def median_ci(ordered: list[float]) -> tuple[float, float]:
+    """Distribution-free 95% interval of the median from order statistics (binomial normal approximation)."""
+    n = len(ordered)
+    half = Z95 * math.sqrt(n) / 2
+    low = max(0, math.floor(n / 2 - half) - 1)
+    high = min(n - 1, math.ceil(n / 2 + half) - 1)
+    return ordered[low], ordered[high]
+
+
+def summarize(samples_ms: list[float]) -> dict:
+    """median / p10 / p90 / CV / half-width of the median's 95% interval, all in ms or percent."""
+    ordered = sorted(samples_ms)
+
+    def quantile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    median = statistics.median(ordered)
+    low, high = median_ci(ordered)
+    mean = statistics.fmean(ordered)
+    return {"median_ms": median, "p10_ms": quantile(0.1), "p90_ms": quantile(0.9),
+            "cv_pct": 100 * statistics.pstdev(ordered) / mean if mean else 0.0,
+            "ci95_pct": 100 * (high - low) / 2 / median if median else 0.0, "repeats": len(ordered)}
+
+
+def measure(run: Callable[[], object], reset: Callable[[], object] | None = None,
+            sync: Callable[[], object] = lambda: None, rule: StopRule = StopRule(),
+            peak_memory: Callable[[], float | None] = lambda: None) -> Measurement:
+    """Time `run` (synchronised by `sync`; `reset` restores state between calls, untimed) under the stop rule."""
+    for _ in range(rule.warmup):
+        run()
+        sync()
+        if reset:
+            reset()
+    samples: list[float] = []
+    started = time.perf_counter()
+    converged = False
+    while len(samples) < rule.max_repeats:
+        begin = time.perf_counter()
+        run()
+        sync()
+        samples.append((time.perf_counter() - begin) * 1e3)
+        if reset:
+            reset()
+        if len(samples) >= rule.min_repeats:
+            low, high = median_ci(sorted(samples))
+            if (high - low) / 2 <= rule.rel * statistics.median(samples):
+                converged = True
+                break
+            if time.perf_counter() - started > rule.max_seconds:
+                break
+    return Measurement(samples, converged, peak_memory())

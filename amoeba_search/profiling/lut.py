@@ -1,0 +1,213 @@
+"""Lookup tables: raw measurements appended as they are taken (resumable), fitted into per-width block latencies.
+
+A row of `measurements.csv` is one timed model: `layers` decoder blocks of one width (heads, mlp) in one setting
+(phase, tokens, batch, dtype). `layers = 0` is the model with no blocks: embedding + final norm + LM head + the
+per-call overhead of the flow, always paid together, so kept as one term, `base`. Per setting, the least-squares
+fit  latency = base + layers * block(heads, mlp)  over all rows gives `lut.csv`: one `base` row and one `block`
+row per width. Each model is timed in several passes over the whole grid, and its passes' median is fitted. With the default design (a 0-layer model and a k-layer model per width) this is the exact
+difference (T_k - T_0) / k, and it includes what blocks cost inside a real model (cache updates, per-layer glue)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from ..artifacts import SCHEMA_VERSION, read_json, write_json_atomic
+from ..errors import UserError
+from .environment import environment_key
+
+PROFILE_KIND = "amoeba_search.device_profile"
+SETTING = ["phase", "tokens", "batch", "dtype"]
+CONFIG = SETTING + ["layers", "heads", "mlp"]
+KEY = ["pass"] + CONFIG
+MEASUREMENT_COLUMNS = KEY + ["median_ms", "p10_ms", "p90_ms", "cv_pct", "ci95_pct", "repeats", "converged",
+                             "weights_mib", "kv_mib", "peak_mem_mib", "wall_s", "samples_ms"]
+LUT_COLUMNS = SETTING + ["component", "heads", "mlp", "latency_ms", "rows"]
+
+
+def profile_dir(root: str | os.PathLike, device: str, flow: str) -> Path:
+    return Path(root) / device / flow
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One table's coordinates: a phase at P prompt tokens (prefill) or C cached tokens (decode), batch, dtype."""
+
+    phase: str
+    tokens: int
+    batch: int
+    dtype: str
+
+    def label(self) -> str:
+        what = "P" if self.phase == "prefill" else "C"
+        return f"{self.phase} {what}={self.tokens} batch={self.batch} {self.dtype}"
+
+
+class MeasurementLog:
+    """measurements.csv: each row appended and fsynced as soon as it is measured, so a killed run loses at most
+    the row in flight; a torn last line is dropped on reading."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "measurements.csv"
+
+    def read(self) -> pd.DataFrame:
+        if not self.path.is_file():
+            return pd.DataFrame(columns=MEASUREMENT_COLUMNS)
+        with open(self.path, newline="") as handle:
+            rows = [row for row in csv.DictReader(handle)
+                    if None not in row.values() and len(row) == len(MEASUREMENT_COLUMNS)]
+        frame = pd.DataFrame(rows, columns=MEASUREMENT_COLUMNS)
+        for column in ("pass", "tokens", "batch", "layers", "heads", "mlp", "repeats"):
+            frame[column] = pd.to_numeric(frame[column]).astype(int)
+        for column in ("median_ms", "p10_ms", "p90_ms", "cv_pct", "ci95_pct", "weights_mib", "kv_mib", "wall_s"):
+            frame[column] = pd.to_numeric(frame[column])
+        frame["peak_mem_mib"] = pd.to_numeric(frame["peak_mem_mib"].replace("", np.nan))
+        return frame
+
+    def done(self) -> set[tuple]:
+        frame = self.read()
+        return {tuple(row) for row in frame[KEY].itertuples(index=False, name=None)}
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if not new:
+            self._drop_torn_tail()
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=MEASUREMENT_COLUMNS)
+            if new:
+                writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k, "") for k in MEASUREMENT_COLUMNS})
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _drop_torn_tail(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+
+
+def fit_lut(measurements: pd.DataFrame) -> pd.DataFrame:
+    """Least squares per setting: latency = base + layers * block(width); needs a 0-layer row or two depths.
+    A model timed in several passes (spread over the run, so slow drifts of a shared machine hit every width
+    alike) counts once, with the median of its passes' medians."""
+    measurements = measurements.groupby(CONFIG, as_index=False)["median_ms"].median()
+    out = []
+    for setting, group in measurements.groupby(SETTING, sort=True):
+        widths = sorted({(int(h), int(m)) for h, m, layers in group[["heads", "mlp", "layers"]].itertuples(
+            index=False, name=None) if layers > 0})
+        column = {w: i + 1 for i, w in enumerate(widths)}
+        design = np.zeros((len(group), 1 + len(widths)))
+        design[:, 0] = 1.0
+        for r, (h, m, layers) in enumerate(group[["heads", "mlp", "layers"]].itertuples(index=False, name=None)):
+            if layers > 0:
+                design[r, column[(int(h), int(m))]] = layers
+        if np.linalg.matrix_rank(design) < design.shape[1]:
+            raise UserError(f"cannot separate base and block latency for {setting}: measure the 0-layer model "
+                            "or two depths per width (re-run `amoeba profile` to complete the table)")
+        solution, *_ = np.linalg.lstsq(design, group["median_ms"].to_numpy(float), rcond=None)
+        base = dict(zip(SETTING, setting))
+        counts = group.groupby(["heads", "mlp"]).size()  # distinct depths measured per width
+        out.append({**base, "component": "base", "heads": 0, "mlp": 0, "latency_ms": solution[0],
+                    "rows": int((group["layers"] == 0).sum())})
+        for (h, m), value in zip(widths, solution[1:]):
+            out.append({**base, "component": "block", "heads": h, "mlp": m, "latency_ms": value,
+                        "rows": int(counts.get((h, m), 0))})
+    return pd.DataFrame(out, columns=LUT_COLUMNS)
+
+
+class LookupTable:
+    """A device/flow profile: per-setting base + per-width block latencies, with the metadata that made them."""
+
+    def __init__(self, directory: Path, meta: dict, table: pd.DataFrame) -> None:
+        self.directory, self.meta, self.table = directory, meta, table
+        self._index = {(r.phase, int(r.tokens), int(r.batch), r.dtype, r.component, int(r.heads), int(r.mlp)):
+                       float(r.latency_ms) for r in table.itertuples(index=False)}
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "LookupTable":
+        directory = Path(directory)
+        hint = (f"make it with `amoeba profile --device {directory.parent.name} --flow {directory.name}` "
+                "(`amoeba flows` lists the flows)")
+        meta = read_json(directory / "meta.json", "profile metadata", hint)
+        if meta.get("kind") != PROFILE_KIND or meta.get("schema_version") != SCHEMA_VERSION:
+            raise UserError(f"{directory / 'meta.json'} is not a schema-{SCHEMA_VERSION} device profile: re-profile")
+        lut_path = directory / "lut.csv"
+        if not lut_path.is_file():
+            raise UserError(f"{lut_path} not found: the profile is incomplete; {hint}")
+        table = pd.read_csv(lut_path)
+        missing = set(LUT_COLUMNS) - set(table.columns)
+        if missing:
+            raise UserError(f"{lut_path} lacks columns {sorted(missing)}: re-profile ({hint})")
+        return cls(directory, meta, table)
+
+    @property
+    def name(self) -> str:
+        return f"{self.meta['device']}/{self.meta['flow']}"
+
+    def settings(self) -> list[Setting]:
+        frame = self.table[SETTING].drop_duplicates()
+        return [Setting(p, int(t), int(b), d) for p, t, b, d in frame.itertuples(index=False, name=None)]
+
+    def setting(self, phase: str, tokens: int | None = None, batch: int = 1, dtype: str | None = None) -> Setting:
+        """The table's setting for a phase (tokens/dtype default to the only one profiled)."""
+        matches = [s for s in self.settings() if s.phase == phase and s.batch == batch
+                   and (tokens is None or s.tokens == tokens) and (dtype is None or s.dtype == dtype)]
+        if len(matches) != 1:
+            have = "; ".join(s.label() for s in self.settings()) or "nothing"
+            wanted = f"{phase} tokens={tokens or 'any'} batch={batch} dtype={dtype or 'any'}"
+            problem = "is not in" if not matches else "is ambiguous in"
+            raise UserError(f"{wanted} {problem} profile {self.name} (has: {have}); pass --tokens/--dtype or "
+                            "profile that setting")
+        return matches[0]
+
+    def widths(self, setting: Setting) -> list[tuple[int, int]]:
+        return sorted((h, m) for (p, t, b, d, c, h, m) in self._index
+                      if (p, t, b, d) == (setting.phase, setting.tokens, setting.batch, setting.dtype) and c == "block")
+
+    def base_ms(self, setting: Setting) -> float:
+        return self._index[(setting.phase, setting.tokens, setting.batch, setting.dtype, "base", 0, 0)]
+
+    def block_ms(self, setting: Setting, heads: int, mlp: int) -> float:
+        key = (setting.phase, setting.tokens, setting.batch, setting.dtype, "block", heads, mlp)
+        if key not in self._index:
+            have = ", ".join(f"{h}h/{m}" for h, m in self.widths(setting))
+            raise UserError(f"profile {self.name} has no block with {heads} heads and {mlp} MLP channels for "
+                            f"{setting.label()} (has {have}); add it with `amoeba profile --device "
+                            f"{self.meta['device']} --flow {self.meta['flow']} --mlp-widths ...`")
+        return self._index[key]
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    write_json_atomic(directory / "meta.json", meta)
+
+
+def check_compatible(existing: dict, new: dict, directory: Path) -> None:
+    """Refuse to add rows measured in another environment (device, libraries, threads) or for another model."""
+    problems = []
+    if existing.get("model") != new.get("model"):
+        problems.append(f"model {existing.get('model')} vs {new.get('model')}")
+    if existing.get("source") != new.get("source"):
+        problems.append(f"source {existing.get('source')} vs {new.get('source')}")
+    old_key, new_key = environment_key(existing.get("environment", {})), environment_key(new.get("environment", {}))
+    problems += [f"{k} {old_key[k]!r} vs {new_key[k]!r}" for k in old_key if old_key[k] != new_key[k]]
+    if problems:
+        raise UserError(f"{directory} was measured in another environment ({'; '.join(problems)}): use another "
+                        "--device name, or --overwrite to start this profile again")
+
+
+def write_lut(directory: Path, measurements: pd.DataFrame) -> pd.DataFrame:
+    """Fit and write lut.csv atomically."""
+    table = fit_lut(measurements)
+    tmp = directory / ".lut.csv.tmp"
+    table.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, directory / "lut.csv")
+    return table

@@ -1,0 +1,198 @@
+"""`amoeba profile`: time a 0-layer model and a k-layer model at every width of the space, per setting, on one
+device through one flow; append each row as it is measured; fit the lookup table at the end."""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from ..artifacts import SCHEMA_VERSION, read_json
+from ..errors import UserError
+from ..extract import extract_model
+from ..models import LoadedModel
+from ..subnet import ModelDims, Subnet
+from .environment import measurement_environment
+from .flows import FLOWS, Flow
+from .flows.base import element_bytes
+from .harness import StopRule, measure
+from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting, check_compatible,
+                  write_lut, write_meta)
+
+DEFAULT_MLP_RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+QUICK_MLP_RATIOS = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class WidthGrid:
+    """The widths a table covers: uniform query-head counts (GQA-valid) x MLP channel counts."""
+
+    heads: tuple[int, ...]
+    mlp: tuple[int, ...]
+
+    @classmethod
+    def for_model(cls, dims: ModelDims, ratios=DEFAULT_MLP_RATIOS, heads: tuple[int, ...] | None = None) -> "WidthGrid":
+        channels = tuple(sorted({max(1, round(r * dims.intermediate_size)) for r in ratios}))
+        valid = dims.head_counts()
+        chosen = tuple(heads) if heads else tuple(valid)
+        bad = [h for h in chosen if h not in valid]
+        if bad:
+            raise UserError(f"--heads {bad} not valid for this model (GQA allows {valid})")
+        return cls(chosen, channels)
+
+    def widths(self) -> list[tuple[int, int]]:
+        return list(itertools.product(self.heads, self.mlp))
+
+
+def base_model(model: PreTrainedModel) -> PreTrainedModel:
+    """The model with no decoder blocks (embedding, final norm, LM head): the per-call part of every subnet."""
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = 0
+    if getattr(config, "layer_types", None):
+        config.layer_types = []
+    empty = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    state = {k: v for k, v in model.state_dict().items() if ".layers." not in k}
+    empty.load_state_dict(state, strict=False)
+    empty.tie_weights()
+    return empty.eval()
+
+
+def block_model(model: PreTrainedModel, layers: int, heads: int, mlp: int) -> PreTrainedModel:
+    """A real extracted model of `layers` blocks (the first ones) at one uniform width."""
+    dims = ModelDims.from_config(model.config)
+    return extract_model(model, Subnet.uniform(dims, range(layers), heads=heads, mlp=mlp))
+
+
+def tensor_mib(model: PreTrainedModel, setting: Setting) -> tuple[float, float]:
+    """Weights and KV-cache sizes of a timed model (exact for dense tensors), in MiB."""
+    config = model.config
+    element = element_bytes(setting.dtype)
+    weights = sum(p.numel() for p in model.parameters()) * element
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    positions = setting.tokens + (1 if setting.phase == "decode" else 0)
+    kv = 2 * config.num_hidden_layers * setting.batch * kv_heads * positions * head_dim * element
+    return weights / 2**20, kv / 2**20
+
+
+def measure_model(flow: Flow, model: PreTrainedModel, setting: Setting, rule: StopRule) -> dict:
+    """One row: prepare the flow's step for this model and time it under the stop rule; wall_s is the row's
+    whole cost (export/compile + warm-up + repeats), which is what a lookup table saves."""
+    started = time.perf_counter()
+    prepared = flow.prepare(model, setting.phase, setting.tokens, setting.batch, setting.dtype)
+    flow.reset_peak_memory()
+    result = measure(prepared.run, prepared.reset, flow.sync, rule, flow.peak_memory_mib)
+    weights, kv = tensor_mib(model, setting)
+    return {**result.stats, "converged": result.converged, "weights_mib": round(weights, 3), "kv_mib": round(kv, 3),
+            "peak_mem_mib": "" if result.peak_mem_mib is None else round(result.peak_mem_mib, 1),
+            "wall_s": round(time.perf_counter() - started, 3), "samples_ms": " ".join(f"{s:.4f}" for s in result.samples_ms)}
+
+
+def profile_meta(loaded: LoadedModel, device: str, flow: Flow, source: str, extra: dict) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "kind": PROFILE_KIND, "device": device, "flow": flow.name,
+            "flow_description": flow.description, "source": source, "model": loaded.fingerprint,
+            "environment": measurement_environment(flow.versions(), flow.device), **extra}
+
+
+def open_profile(directory: Path, meta: dict, overwrite: bool) -> MeasurementLog:
+    """Start or resume a profile directory; refuse to mix environments unless told to start over."""
+    log = MeasurementLog(directory)
+    meta_path = directory / "meta.json"
+    if overwrite:
+        for name in ("measurements.csv", "lut.csv", "meta.json", "correction.json", "validation.csv"):
+            (directory / name).unlink(missing_ok=True)
+    elif meta_path.is_file():
+        check_compatible(read_json(meta_path, "profile metadata", "re-profile with --overwrite"), meta, directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_meta(directory, meta)
+    return log
+
+
+def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: str, settings: list[Setting],
+                  grid: WidthGrid, layers_per_row: int = 8, rule: StopRule = StopRule(), passes: int = 3,
+                  overwrite: bool = False, progress: bool = True) -> LookupTable:
+    """Measure every missing row (resuming), pass after pass over the grid, then fit and write lut.csv."""
+    flow = FLOWS.get(flow_name)
+    for setting in settings:
+        flow.require(setting.dtype)
+    dims = ModelDims.from_config(loaded.model.config)
+    if not 1 <= layers_per_row <= dims.num_layers:
+        raise UserError(f"--layers-per-row must be in 1..{dims.num_layers}, got {layers_per_row}")
+    if passes < 1:
+        raise UserError(f"--passes must be >= 1, got {passes}")
+    meta = profile_meta(loaded, device, flow, "measured", {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "design": {"layers_per_row": layers_per_row, "passes": passes, "heads": list(grid.heads),
+                   "mlp": list(grid.mlp),
+                   "stop_rule": rule.__dict__},
+        "model_dims": dims.__dict__,
+        "units": {"latency": "ms", "memory": "MiB"},
+        "memory_note": "weights_mib / kv_mib are exact tensor sizes; peak_mem_mib is torch's CUDA peak (GPU only)",
+    })
+    log = open_profile(directory, meta, overwrite)
+    done = log.done()
+    configs = [(0, 0, 0)] + [(layers_per_row, h, m) for h, m in grid.widths()]
+    todo = [(p, c, s) for p in range(passes) for c in configs for s in settings
+            if (p, s.phase, s.tokens, s.batch, s.dtype, *c) not in done]
+    with tqdm(total=len(todo), disable=not progress, desc=f"profile {device}/{flow.name}", unit="row") as bar:
+        for pass_index, config in itertools.product(range(passes), configs):
+            pending = [s for p, c, s in todo if (p, c) == (pass_index, config)]
+            if not pending:
+                continue
+            layers, heads, mlp = config
+            model = base_model(loaded.model) if layers == 0 else block_model(loaded.model, layers, heads, mlp)
+            for setting in pending:
+                bar.set_postfix_str(f"pass {pass_index + 1}/{passes} {setting.phase} L={layers} h={heads} mlp={mlp}")
+                row = measure_model(flow, model, setting, rule)
+                log.append([{"pass": pass_index, "phase": setting.phase, "tokens": setting.tokens,
+                             "batch": setting.batch, "dtype": setting.dtype, "layers": layers, "heads": heads,
+                             "mlp": mlp, **row}])
+                bar.update()
+    measurements = log.read()
+    wanted = {(s.phase, s.tokens, s.batch, s.dtype) for s in settings}
+    write_lut(directory, measurements)
+    missing = wanted - set(map(tuple, measurements[["phase", "tokens", "batch", "dtype"]].itertuples(index=False)))
+    if missing:
+        raise UserError(f"no rows measured for {sorted(missing)}")
+    return LookupTable.load(directory)
+
+
+IMPORT_REQUIRED = ["phase", "tokens", "batch", "dtype", "layers", "heads", "mlp", "median_ms"]
+
+
+def import_profile(loaded: LoadedModel, csv_path: Path, directory: Path, device: str, flow_name: str,
+                   overwrite: bool = False) -> LookupTable:
+    """Read latencies measured elsewhere (one row per timed model, see README) into a profile and fit its table."""
+    flow = FLOWS.get(flow_name)
+    if not csv_path.is_file():
+        raise UserError(f"results file {csv_path} not found")
+    frame = pd.read_csv(csv_path)
+    missing = [c for c in IMPORT_REQUIRED if c not in frame.columns]
+    if missing:
+        raise UserError(f"{csv_path} lacks columns {missing}: required {IMPORT_REQUIRED} (p10_ms, p90_ms optional)")
+    for index, row in frame.iterrows():
+        if row["phase"] not in ("prefill", "decode") or not float(row["median_ms"]) > 0 or int(row["layers"]) < 0:
+            raise UserError(f"{csv_path} row {index + 2}: phase must be prefill/decode, median_ms > 0, layers >= 0")
+    meta = profile_meta(loaded, device, flow, "imported", {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "imported_from": str(csv_path), "units": {"latency": "ms"}})
+    meta["environment"]["device_name"] = device
+    log = open_profile(directory, meta, overwrite)
+    rows = frame.to_dict("records")
+    for row in rows:
+        row.setdefault("pass", 0)
+        row.setdefault("p10_ms", row["median_ms"])
+        row.setdefault("p90_ms", row["median_ms"])
+        row.update({"cv_pct": 0, "ci95_pct": 0, "repeats": 1, "converged": True, "weights_mib": 0, "kv_mib": 0, "wall_s": 0,
+                    "samples_ms": f"{row['median_ms']}"})
+    done = log.done()
+    log.append([r for r in rows if tuple(r[k] for k in KEY) not in done])
+    write_lut(directory, log.read()[MEASUREMENT_COLUMNS])
+    return LookupTable.load(directory)

@@ -1,0 +1,178 @@
+"""Claim: we know how far each flow is from this machine's physical limits, and the roofline estimator used for
+devices we cannot reach is checked against measurement where we can measure.
+
+1. Measures this machine's memory bandwidth (STREAM-style copy of 512 MiB, fp32) and fp32 matrix-multiply peak
+   (2048^3 GEMM) with pinned threads; writes them as device_profiles/specs/<device>.json.
+2. For the full embedded model, per flow and phase (measured latencies from benchmarks/predictor_accuracy.py):
+   the compute-bound time (FLOPs / GEMM peak) and bandwidth-bound time (bytes / copy bandwidth), each as a
+   percentage of the measured time.
+3. Estimator error: the pure roofline (efficiency 1, no overhead) and the calibrated one (efficiencies and
+   overheads fitted to the measured torch-eager table), each scored against every block and base entry of the
+   measured table; the calibrated one by 2-fold cross-validation over widths (never scored on what it was fitted on).
+Writes benchmarks/results/roofline.json and roofline.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from _common import RESULTS, setup
+
+from amoeba_search.artifacts import environment, read_json, write_json_atomic
+from amoeba_search.models import load_model
+from amoeba_search.profiling.lut import LookupTable
+from amoeba_search.profiling.roofline import DeviceSpec, base_work, block_work, calibrate, seconds
+from amoeba_search.subnet import ModelDims
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, repeats: int) -> list[float]:
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def memory_bandwidth_gbs(repeats: int) -> dict:
+    src = torch.ones(128 * 2**20)                   # 512 MiB of fp32
+    dst = torch.empty_like(src)
+    samples = timed(lambda: dst.copy_(src), repeats)
+    moved = 2 * src.numel() * 4                     # read + write
+    return {"median": moved / statistics.median(samples) / 1e9, "best": moved / min(samples) / 1e9}
+
+
+def matmul_tflops(repeats: int, n: int = 2048) -> dict:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    samples = timed(lambda: a @ b, repeats)
+    flops = 2 * n**3
+    return {"median": flops / statistics.median(samples) / 1e12, "best": flops / min(samples) / 1e12}
+
+
+def entry_errors(spec: DeviceSpec, lut: LookupTable, dims: ModelDims, vocab: int, widths_of) -> list[dict]:
+    rows = []
+    for s in lut.settings():
+        targets = [(None, lut.base_ms(s))] + [(w, lut.block_ms(s, *w)) for w in widths_of(s)]
+        for w, measured in targets:
+            work = base_work(dims, vocab, s) if w is None else block_work(dims, *w, s)
+            overhead = spec.overhead_ms.get("per_call" if w is None else "per_block", 0.0)
+            estimate = 1e3 * seconds(work, spec, s.dtype) + overhead
+            rows.append({"phase": s.phase, "entry": "base" if w is None else f"{w[0]}h/{w[1]}",
+                         "measured_ms": measured, "estimate_ms": estimate,
+                         "err_pct": 100 * (estimate - measured) / measured})
+    return rows
+
+
+def summarize_errors(rows: list[dict]) -> dict:
+    out = {}
+    for phase in sorted({r["phase"] for r in rows}):
+        errors = [abs(r["err_pct"]) for r in rows if r["phase"] == phase]
+        out[phase] = {"mape_pct": statistics.fmean(errors), "max_err_pct": max(errors), "n": len(errors)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", required=True, help="this machine's profile name under device_profiles/")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    command = setup(args.threads)
+    bandwidth, gemm = memory_bandwidth_gbs(args.repeats), matmul_tflops(args.repeats)
+    print(f"copy bandwidth {bandwidth['median']:.1f} GB/s (best {bandwidth['best']:.1f}); "
+          f"fp32 GEMM {gemm['median']:.3f} TFLOP/s (best {gemm['best']:.3f}); {args.threads} threads")
+    loaded = load_model("default")
+    dims, vocab = ModelDims.from_config(loaded.model.config), loaded.model.config.vocab_size
+    profiles = ROOT / "device_profiles" / args.device
+    eager = LookupTable.load(profiles / "torch-eager")
+    pure = DeviceSpec(args.device, bandwidth["best"], {"float32": gemm["best"]}, {"bandwidth": 1.0, "compute": 1.0},
+                      {"per_call": 0.0, "per_block": 0.0}, f"{environment()['machine']}, {args.threads} threads",
+                      {"memory_bandwidth_gbs": f"measured by `{command}` (best of {args.repeats} 512 MiB copies)",
+                       "peak_tflops.float32": f"measured by `{command}` (best of {args.repeats} 2048^3 GEMMs)"})
+    all_widths = eager.widths
+    pure_rows = entry_errors(pure, eager, dims, vocab, all_widths)
+    # 2-fold cross-validation over widths: calibrate on every other width, score the rest.
+    calibrated_rows = []
+    for fold in (0, 1):
+        def fit_on(s, fold=fold):
+            return all_widths(s)[fold::2]
+
+        def score_on(s, fold=fold):
+            return all_widths(s)[1 - fold::2]
+
+        fitted = calibrate(pure, eager, dims, vocab, eager.settings(), fit_on(eager.settings()[0]))
+        calibrated_rows += [r for r in entry_errors(fitted, eager, dims, vocab, score_on) if r["entry"] != "base"]
+    final = calibrate(pure, eager, dims, vocab, eager.settings())
+    spec_payload = replace(final, sources={**pure.sources,
+                                           "efficiency": f"calibrated to device_profiles/{args.device}/torch-eager",
+                                           "overhead_ms": f"calibrated to device_profiles/{args.device}/torch-eager"})
+    write_json_atomic(ROOT / "device_profiles" / "specs" / f"{args.device}.json", spec_payload.to_dict())
+
+    predictor = read_json(RESULTS / "predictor.json", "predictor results", "run benchmarks/predictor_accuracy.py")
+    full = []
+    setting_of = {s.phase: s for s in eager.settings()}
+    for shape in predictor.get("shapes", []):
+        s = setting_of[shape["phase"]]
+        works = [block_work(dims, dims.num_heads, dims.intermediate_size, s)] * dims.num_layers + [
+            base_work(dims, vocab, s)]
+        flops, moved = sum(w.flops for w in works), sum(w.bytes for w in works)
+        compute_ms, memory_ms = 1e3 * flops / (gemm["best"] * 1e12), 1e3 * moved / (bandwidth["best"] * 1e9)
+        full.append({"flow": shape["flow"], "phase": shape["phase"], "measured_ms": shape["full_ms"],
+                     "gflops": flops / 1e9, "mbytes": moved / 1e6, "compute_bound_ms": compute_ms,
+                     "bandwidth_bound_ms": memory_ms,
+                     "compute_roofline_pct_of_measured": 100 * compute_ms / shape["full_ms"],
+                     "bandwidth_roofline_pct_of_measured": 100 * memory_ms / shape["full_ms"]})
+    payload = {"machine": {"copy_bandwidth_gbs": bandwidth, "fp32_gemm_tflops": gemm, "threads": args.threads},
+               "full_model": full,
+               "estimator_vs_measured": {"pure_roofline": summarize_errors(pure_rows),
+                                         "calibrated_cv": summarize_errors(calibrated_rows),
+                                         "calibrated_spec": spec_payload.to_dict()},
+               "command": command, "environment": environment()}
+    write_json_atomic(RESULTS / "roofline.json", payload)
+    write_markdown(payload)
+    print((RESULTS / "roofline.md").read_text())
+
+
+def write_markdown(payload: dict) -> None:
+    m, env = payload["machine"], payload["environment"]
+    est = payload["estimator_vs_measured"]
+    lines = ["# Distance to the physical limit, and the roofline estimator's error", "",
+             f"{env['machine']}, {m['threads']} threads, torch {env['torch']}, {env['date']}. Command: "
+             f"`{payload['command']}`.", "",
+             f"- Copy bandwidth (512 MiB, read + write): {m['copy_bandwidth_gbs']['median']:.1f} GB/s median, "
+             f"{m['copy_bandwidth_gbs']['best']:.1f} best.",
+             f"- fp32 GEMM 2048^3: {m['fp32_gemm_tflops']['median']:.3f} TFLOP/s median, "
+             f"{m['fp32_gemm_tflops']['best']:.3f} best.", "",
+             "## Full SmolLM2-135M (30 layers), batch 1, fp32", "",
+             "Roofline times use the best bandwidth and GEMM figures; a percentage is roofline time / measured "
+             "time (100% = at the limit).", "",
+             "| flow | phase | measured ms | GFLOP | MB moved | compute bound ms | bandwidth bound ms | compute % | "
+             "bandwidth % |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in payload["full_model"]:
+        lines.append(f"| {r['flow']} | {r['phase']} | {r['measured_ms']:.1f} | {r['gflops']:.2f} | {r['mbytes']:.0f} "
+                     f"| {r['compute_bound_ms']:.2f} | {r['bandwidth_bound_ms']:.2f} | "
+                     f"{r['compute_roofline_pct_of_measured']:.0f}% | {r['bandwidth_roofline_pct_of_measured']:.0f}% |")
+    lines += ["", "## Estimator vs the measured torch-eager table", "",
+              "| estimator | phase | entries | MAPE % | max err % |", "|---|---|---|---|---|"]
+    for name, key in (("pure roofline (eff 1, no overhead)", "pure_roofline"),
+                      ("calibrated, 2-fold CV over widths", "calibrated_cv")):
+        for phase, e in est[key].items():
+            lines.append(f"| {name} | {phase} | {e['n']} | {e['mape_pct']:.1f} | {e['max_err_pct']:.1f} |")
+    spec = est["calibrated_spec"]
+    lines += ["", f"Calibrated on all entries: compute efficiency {spec['efficiency']['compute']:.3f}, bandwidth "
+                  f"efficiency {spec['efficiency']['bandwidth']:.3f}, per-call overhead "
+                  f"{spec['overhead_ms']['per_call']:.2f} ms, per-block overhead {spec['overhead_ms']['per_block']:.2f} "
+                  "ms (written to the device's spec file)."]
+    (RESULTS / "roofline.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Profiling: harness statistics, the step function, lookup-table fit / round trip / resume / environment checks,
+predictor arithmetic, and a contract test run over every flow available here."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from amoeba_search.errors import UserError
+from amoeba_search.profiling import harness
+from amoeba_search.profiling import profile as profile_mod
+from amoeba_search.profiling.flows import FLOWS
+from amoeba_search.profiling.lut import MEASUREMENT_COLUMNS, LookupTable, MeasurementLog, Setting, fit_lut
+from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key
+from amoeba_search.profiling.profile import WidthGrid, build_profile, import_profile
+from amoeba_search.profiling.step import KVStep, step_inputs
+from amoeba_search.subnet import ModelDims, Subnet
+
+FAST = harness.StopRule(warmup=1, min_repeats=3, max_repeats=5, rel=0.5, max_seconds=1.0)
+SETTINGS = [Setting("prefill", 8, 1, "float32"), Setting("decode", 8, 1, "float32")]
+
+
+def test_median_interval_and_summary():
+    samples = [10.0] * 19 + [100.0]
+    stats = harness.summarize(samples)
+    assert stats["median_ms"] == 10.0 and stats["p90_ms"] == 10.0 and stats["repeats"] == 20
+    assert stats["ci95_pct"] == 0.0 and stats["cv_pct"] > 0
+    low, high = harness.median_ci(sorted(range(100)))
+    assert low < 50 < high and high - low < 25
+
+
+def test_measure_stops_when_stable_and_calls_reset():
+    calls = {"run": 0, "reset": 0}
+    result = harness.measure(lambda: calls.__setitem__("run", calls["run"] + 1),
+                             reset=lambda: calls.__setitem__("reset", calls["reset"] + 1),
+                             rule=harness.StopRule(warmup=2, min_repeats=5, max_repeats=50, rel=1.0))
+    assert result.converged and result.stats["repeats"] == 5
+    assert calls["run"] == calls["reset"] == 7
+
+
+def test_kvstep_matches_transformers(tiny):
+    model = tiny.model
+    ids, positions = step_inputs(model, "prefill", 6, 2)
+    with torch.no_grad():
+        logits, *present = KVStep(model)(ids, positions)
+        reference = model(ids).logits[:, -1:]
+        assert torch.allclose(logits, reference, atol=1e-5)
+        new = torch.tensor([[5], [7]])
+        step_logits, *_ = KVStep(model)(new, torch.tensor([[6], [6]]), *present)
+        full = model(torch.cat([ids, new], dim=1)).logits[:, -1:]
+    assert torch.allclose(step_logits, full, atol=1e-5)
+    assert len(present) == 2 * model.config.num_hidden_layers
+
+
+def test_fit_recovers_base_and_blocks():
+    rows = [{"phase": "decode", "tokens": 4, "batch": 1, "dtype": "float32", "layers": 0, "heads": 0, "mlp": 0,
+             "median_ms": 2.0}]
+    truth = {(6, 48): 1.5, (3, 24): 0.5}
+    for (h, m), block in truth.items():
+        for layers in (2, 5):
+            rows.append({**rows[0], "layers": layers, "heads": h, "mlp": m, "median_ms": 2.0 + layers * block})
+    table = fit_lut(pd.DataFrame(rows))
+    base = table[table.component == "base"].latency_ms.item()
+    assert base == pytest.approx(2.0)
+    for (h, m), block in truth.items():
+        got = table[(table.component == "block") & (table.heads == h) & (table.mlp == m)].latency_ms.item()
+        assert got == pytest.approx(block)
+
+
+def test_fit_needs_base_information():
+    rows = [{"phase": "decode", "tokens": 4, "batch": 1, "dtype": "float32", "layers": 3, "heads": 6, "mlp": 48,
+             "median_ms": 5.0}]
+    with pytest.raises(UserError, match="cannot separate base"):
+        fit_lut(pd.DataFrame(rows))
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory, tiny_dir):
+    from amoeba_search.models import load_model
+
+    loaded = load_model(str(tiny_dir))
+    grid = WidthGrid.for_model(ModelDims.from_config(loaded.model.config), (0.5, 1.0), heads=(3, 6))
+    directory = tmp_path_factory.mktemp("profiles") / "dev" / "torch-eager"
+    lut = build_profile(loaded, directory, "dev", "torch-eager", SETTINGS, grid, layers_per_row=2, rule=FAST,
+                        passes=2, progress=False)
+    return loaded, grid, lut
+
+
+def test_profile_round_trip_and_predictor(tiny_profile):
+    loaded, grid, lut = tiny_profile
+    again = LookupTable.load(lut.directory)
+    assert again.meta["source"] == "measured" and again.meta["model"] == loaded.fingerprint
+    assert {"device_name", "torch_threads", "flow_versions", "date"} <= set(again.meta["environment"])
+    measurements = MeasurementLog(lut.directory).read()
+    assert len(measurements) == 2 * len(SETTINGS) * (1 + len(grid.widths()))
+    assert sorted(set(measurements["pass"])) == [0, 1]
+    assert set(measurements["converged"]) <= {"True", "False"}
+    for setting in SETTINGS:
+        assert sorted(again.widths(setting)) == sorted(grid.widths())
+        dims = ModelDims.from_config(loaded.model.config)
+        subnet = Subnet.uniform(dims, [0, 2, 4], heads=3, mlp=24)
+        expected = again.base_ms(setting) + 3 * again.block_ms(setting, 3, 24)
+        assert Predictor(again).predict_subnet_ms(setting, subnet, dims) == pytest.approx(expected)
+        with pytest.raises(UserError, match="no block with 6 heads and 36 MLP channels"):
+            Predictor(again).predict_ms(setting, [(6, 36)])
+
+
+def test_correction_is_applied_when_saved(tiny_profile, tmp_path):
+    _, _, lut = tiny_profile
+    setting = SETTINGS[0]
+    base, blocks = Predictor(lut).parts_ms(setting, [(6, 48)] * 2)
+    fitted = Correction.fit([1.0, 2.0, 1.0], [3.0, 1.0, 5.0], [1.2 * 3 + 0.5, 1.2 + 1.0, 6.0 + 0.5])
+    assert fitted.block_scale == pytest.approx(1.2) and fitted.base_scale == pytest.approx(0.5)
+    save_corrections(lut.directory, {setting_key(setting): fitted}, fitted_on=3)
+    try:
+        assert Predictor(lut).predict_ms(setting, [(6, 48)] * 2) == pytest.approx(1.2 * blocks + 0.5 * base)
+        assert Predictor(lut, use_correction=False).predict_ms(setting, [(6, 48)] * 2) == pytest.approx(base + blocks)
+    finally:
+        (lut.directory / "correction.json").unlink()
+
+
+def test_resume_measures_only_missing_rows(tiny_profile, tmp_path, monkeypatch):
+    loaded, grid, lut = tiny_profile
+    directory = tmp_path / "dev" / "torch-eager"
+    directory.mkdir(parents=True)
+    for name in ("meta.json", "measurements.csv"):
+        (directory / name).write_bytes((lut.directory / name).read_bytes())
+    lines = (directory / "measurements.csv").read_text().splitlines(keepends=True)
+    kept = lines[:4]                                   # header + 3 rows survive the "crash"
+    (directory / "measurements.csv").write_text("".join(kept) + lines[4][: len(lines[4]) // 2])  # torn last line
+    calls = []
+    real = profile_mod.measure_model
+    monkeypatch.setattr(profile_mod, "measure_model", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    build_profile(loaded, directory, "dev", "torch-eager", SETTINGS, grid, layers_per_row=2, rule=FAST,
+                  passes=2, progress=False)
+    assert len(calls) == len(lines) - 1 - 3
+    assert len(MeasurementLog(directory).read()) == len(lines) - 1
+
+
+def test_other_environment_is_refused(tiny_profile, tmp_path):
+    loaded, grid, lut = tiny_profile
+    directory = tmp_path / "dev" / "torch-eager"
+    directory.mkdir(parents=True)
+    meta = json.loads((lut.directory / "meta.json").read_text())
+    meta["environment"]["device_name"] = "some other CPU"
+    (directory / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="another environment.*device_name"):
+        build_profile(loaded, directory, "dev", "torch-eager", SETTINGS, grid, layers_per_row=2, rule=FAST,
+                      progress=False)
+
+
+def test_wrong_schema_is_refused(tiny_profile, tmp_path):
+    _, _, lut = tiny_profile
+    directory = tmp_path / "p"
+    directory.mkdir()
+    meta = json.loads((lut.directory / "meta.json").read_text())
+    (directory / "meta.json").write_text(json.dumps({**meta, "schema_version": 99}))
+    with pytest.raises(UserError, match="not a schema-1 device profile"):
+        LookupTable.load(directory)
+    with pytest.raises(UserError, match="profile metadata file .* not found"):
+        LookupTable.load(tmp_path / "nothing")
+
+
+def test_import_round_trip_and_errors(tiny, tmp_path):
+    rows = [{"phase": "decode", "tokens": 128, "batch": 1, "dtype": "float16", "layers": layers, "heads": 6,
+             "mlp": 48, "median_ms": 1.0 + 0.25 * layers} for layers in (0, 4, 8)]
+    path = tmp_path / "trt.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    lut = import_profile(tiny, path, tmp_path / "jetson" / "tensorrt-llm", "jetson", "tensorrt-llm")
+    setting = lut.setting("decode")
+    assert lut.meta["source"] == "imported" and lut.base_ms(setting) == pytest.approx(1.0)
+    assert lut.block_ms(setting, 6, 48) == pytest.approx(0.25)
+    pd.DataFrame(rows).drop(columns=["median_ms"]).to_csv(path, index=False)
+    with pytest.raises(UserError, match="lacks columns \\['median_ms'\\]"):
+        import_profile(tiny, path, tmp_path / "x" / "tensorrt-llm", "x", "tensorrt-llm", overwrite=True)
+
+
+def test_unknown_and_unavailable_flows():
+    with pytest.raises(UserError, match="unknown flow 'torch-eagr': did you mean 'torch-eager'"):
+        FLOWS.get("torch-eagr")
+    with pytest.raises(UserError, match="flow 'tensorrt-llm' is unavailable here"):
+        FLOWS.get("tensorrt-llm").require()
+    with pytest.raises(UserError, match="does not run dtype 'float16'"):
+        FLOWS.get("torch-eager").require("float16")
+
+
+AVAILABLE = [n for n in FLOWS.names() if FLOWS.get(n).kind == "measured" and FLOWS.get(n).unavailable() is None]
+
+
+@pytest.mark.parametrize("flow_name", AVAILABLE)
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_every_available_flow_times_both_phases(flow_name, phase, tiny):
+    """Contract: every flow prepares a step for any extracted model and the harness times it."""
+    flow = FLOWS.get(flow_name)
+    dims = ModelDims.from_config(tiny.model.config)
+    model = profile_mod.block_model(tiny.model, 2, 3, 24)
+    row = profile_mod.measure_model(flow, model, Setting(phase, 8, 1, flow.dtypes[0]), FAST)
+    assert row["median_ms"] > 0 and row["repeats"] >= 3 and row["wall_s"] > 0
+    assert row["weights_mib"] > 0 and row["kv_mib"] > 0
+    assert len(row["samples_ms"].split()) == row["repeats"]
+    assert dims.num_layers == 5  # the source model is untouched
