@@ -272,22 +272,29 @@ def results_table(record: dict) -> Table:
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo_out"), help="Where the extracted demo subnets are written."),
+    out: Path = typer.Option(Path("demo_out"), help="Where every demo artifact is written."),
+    target_ratio: float = typer.Option(0.6, "--target-ratio", help="Decode latency target, share of the full model."),
+    trials: int = typer.Option(30, help="Search trials (and Pareto trials)."),
     limit: int = typer.Option(100, help="ARC-easy questions per model."),
     windows: int = typer.Option(8, help="WikiText-2 test windows (512 tokens) per model."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: ../shared/data)."),
     threads: Optional[int] = ThreadsOption,
 ) -> None:
-    """Full model vs two selected, extracted subnets: size, forward latency, perplexity, ARC-easy accuracy."""
+    """The whole pipeline on the embedded model: strategy -> profile -> search -> extract -> measure -> Pareto plot."""
     _setup(threads)
     from .demo import run_demo
 
-    run_demo(console, _load("default"), out, limit=limit, windows=windows, data_dir=data_dir)
+    run_demo(console, _load("default"), out, target_ratio, trials, limit=limit, windows=windows, data_dir=data_dir)
 
 
 from . import cli_profile  # noqa: E402  (sub-commands register on `app`)
 
 app.add_typer(cli_profile.profile_app, name="profile")
+from . import cli_search  # noqa: E402
+
+app.command("search")(cli_search.search_command)
+app.command("pareto")(cli_search.pareto_command)
+cli_profile.plot_app.command("pareto")(cli_search.plot_pareto)
 app.add_typer(cli_profile.plot_app, name="plot")
 app.command("predict")(cli_profile.predict)
 

@@ -1,100 +1,127 @@
-"""`make demo`: the full embedded model beside two extracted subnets, measured for real on this machine."""
+"""`make demo`: the whole pipeline on the embedded SmolLM2-135M: shipped DP strategy -> a quick profile of this
+machine -> search for a decode latency target -> extract -> measured latency and held-out accuracy beside the
+full model -> Pareto plot. Every artifact is a file under --out."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from .artifacts import dir_mib, environment, write_json_atomic
-from .data import data_root, read_text
+from .artifacts import SCHEMA_VERSION, environment, write_json_atomic
+from .data import data_root
+from .errors import UserError
 from .extract import extract
 from .models import LoadedModel, load_model
-from .selection.calibration import text_calibration
-from .selection.select import select_depth
-from .selection.width import width_subnet
-from .subnet import ModelDims, Subnet
+from .plot import pareto_figure, render
+from .profiling.environment import default_device_slug, device_name
+from .profiling.flows import FLOWS
+from .profiling.harness import StopRule
+from .profiling.lut import LookupTable, Setting
+from .profiling.profile import QUICK_MLP_RATIOS, WidthGrid, build_profile, measure_model
+from .search.proxies import PROXIES
+from .search.report import best_record, pareto_rows, write_best
+from .search.space import Candidate, SearchSpace
+from .search.study import SearchContext, feasible_best, pareto, search, write_csv
+from .selection.strategy import Strategy
+from .subnet import ModelDims
 from .tasks import TASKS, evaluate_tasks
-from .timing import forward_latency
-from .view import subnet_view
 
-DEMO_DEPTH = 20
-DEMO_MLP_RATIO = 0.75
+SHIPPED_STRATEGY = Path(__file__).resolve().parents[1] / "strategies" / "smollm2-135m.dp-flap.json"
+FLOW = "torch-eager"
 
 
-def _demo_subnets(full: LoadedModel, root: Path) -> list[tuple[str, Subnet]]:
-    """Selected in seconds: ShortGPT block influence for depth, FLAP (+ bias compensation) for width, on 8 x 256
-    WikiText-2 valid tokens. `amoeba select` runs the DP instead (better, ~16 min here)."""
+def demo_profile(console: Console, full: LoadedModel, out: Path) -> LookupTable:
+    """This machine's torch-eager decode profile: the committed one when it was measured here with these
+    settings, else a quick one (4 MLP widths, one pass, ~1-2 min)."""
+    device = default_device_slug()
+    committed = Path(__file__).resolve().parents[1] / "device_profiles" / device / FLOW
+    if (committed / "lut.csv").is_file():
+        lut = LookupTable.load(committed)
+        env = lut.meta["environment"]
+        import torch
+
+        if (lut.meta["model"] == full.fingerprint and env.get("device_name") == device_name()
+                and env.get("torch_threads") == torch.get_num_threads() and env.get("torch") == torch.__version__):
+            console.print(f"reusing the committed profile {committed} (measured on this CPU, same threads/torch)")
+            return lut
     dims = ModelDims.from_config(full.model.config)
-    calibration = text_calibration(full.tokenizer, read_text(root / "wikitext2" / "valid.txt"), samples=8,
-                                   seq_len=256, name="wikitext2/valid.txt")
-    strategy = select_depth(full, calibration, "shortgpt", dims.num_layers - DEMO_DEPTH, keep_last=1,
-                            progress=False, width_method="flap")
-    return [
-        ("full", Subnet.full(dims)),
-        (f"depth-{DEMO_DEPTH}of{dims.num_layers}-shortgpt", Subnet.uniform(dims, strategy.layers_for(DEMO_DEPTH))),
-        (f"mlp-{round(100 * DEMO_MLP_RATIO)}pct-flap",
-         width_subnet(full.model, strategy.width, list(range(dims.num_layers)), mlp=DEMO_MLP_RATIO)),
-    ]
+    console.print(f"profiling this machine ({device_name()}): {FLOW}, decode at C=128, 4 MLP widths x 3 head counts")
+    return build_profile(full, out / "device_profiles" / device / FLOW, device, FLOW,
+                         [Setting("decode", 128, 1, "float32")], WidthGrid.for_model(dims, QUICK_MLP_RATIOS),
+                         rule=StopRule.quick(), passes=1)
 
 
-@torch.inference_mode()
-def _view_vs_extracted(full: LoadedModel, subnet: Subnet, extracted: LoadedModel) -> float:
-    """Max |logit difference| between the in-place view and the extracted checkpoint on a short prompt."""
-    ids = full.tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt")["input_ids"]
-    with subnet_view(full.model, subnet):
-        expected = full.model(input_ids=ids).logits
-    return (extracted.model(input_ids=ids).logits - expected).abs().max().item()
-
-
-def run_demo(console: Console, full: LoadedModel, out: Path, limit: int, windows: int,
-             data_dir: Path | None = None) -> dict:
-    """Extract each demo subnet, reload it with plain transformers, and measure size, latency and accuracy."""
+def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float = 0.6, trials: int = 30,
+             limit: int = 100, windows: int = 8, data_dir: Path | None = None,
+             strategy_path: Path = SHIPPED_STRATEGY) -> dict:
     root = data_root(data_dir)
     dims = ModelDims.from_config(full.model.config)
-    tasks = [TASKS.get("wikitext2"), TASKS.get("arc_easy")]
-    rows = []
-    with console.status("selecting subnets (ShortGPT depth, FLAP width) on calibration data"):
-        subnets = _demo_subnets(full, root)
-    for name, subnet in subnets:
-        console.rule(f"{name}: {subnet.summary(dims)}", style="dim")
-        if subnet.is_full(dims):
-            model, max_diff = full, 0.0
-        else:
-            path = extract(full, subnet, out / name, overwrite=True)
-            model = load_model(str(path))
-            max_diff = _view_vs_extracted(full, subnet, model)
-        latency = forward_latency(model.model, tokens=128, repeats=10)
-        # Perplexity uses `windows` windows, MC uses `limit` questions; evaluate_tasks takes one limit, so run twice.
-        ppl = evaluate_tasks(model, tasks[:1], root, limit=windows)["tasks"]["wikitext2"]
-        arc = evaluate_tasks(model, tasks[1:], root, limit=limit)["tasks"]["arc_easy"]
-        rows.append({"name": name, "subnet": subnet.summary(dims), "path": str(model.path),
-                     "params_m": sum(p.numel() for p in model.model.parameters()) / 1e6,
-                     "disk_mib": dir_mib(model.path), "forward_128_tokens": latency,
-                     "view_vs_extracted_max_abs_logit_diff": max_diff,
-                     "wikitext2_test_ppl": ppl["ppl"], "ppl_windows": ppl["windows"],
-                     "arc_easy_acc_pct": arc["acc"], "arc_easy_acc_norm_pct": arc["acc_norm"],
-                     "arc_easy_questions": arc["questions"]})
-    record = {"kind": "amoeba_search.demo", "model": full.fingerprint, "environment": environment(), "rows": rows}
+    strategy = Strategy.load(strategy_path)
+    strategy.check_model(full.fingerprint)
+    console.rule("1. strategy")
+    console.print(f"{strategy_path}: DP depths {strategy.depths()[0]}..{strategy.depths()[-1]}, "
+                  f"{strategy.width['method']} widths")
+    console.rule("2. profile")
+    lut = demo_profile(console, full, out)
+    setting = lut.setting("decode")
+    console.rule("3. search")
+    space = SearchSpace.build(strategy, dims, lut, setting)
+    proxy = PROXIES.get("ppl")(full, root)
+    ctx = SearchContext(full, strategy, lut, setting, space, proxy, f"sqlite:///{out / 'studies.db'}")
+    target = ctx.resolve_target(None, target_ratio)
+    console.print(f"{space.size} subnets; target {target_ratio:.0%} of the full model's predicted decode latency "
+                  f"= {target:.2f} ms; proxy: perplexity on WikiText-2 valid windows")
+    study = search(ctx, target, trials, progress=True)
+    best = feasible_best(study, proxy)
+    if best is None:
+        raise UserError(f"no subnet met {target:.2f} ms in {trials} trials")
+    best_path = write_best(ctx, best_record(ctx, study, best, target), out / "best_subnet.json")
+    candidate = Candidate(best.params["depth"], best.params["heads"], best.params["mlp"])
+    console.print(f"best: {candidate.depth} layers, {candidate.heads} heads, {candidate.mlp} MLP channels: predicted "
+                  f"{ctx.latency_ms(candidate):.2f} ms, calibration ppl {best.value:.2f} "
+                  f"({ctx.cache.evaluations} accuracy evaluations)")
+    console.rule("4. extract and measure")
+    checkpoint = extract(full, ctx.subnet(candidate), out / "best_checkpoint", overwrite=True)
+    rows = [measure_row("full model", full, ctx.full_model_ms(), setting, root, limit, windows),
+            measure_row(f"searched ({candidate.key})", load_model(str(checkpoint)), ctx.latency_ms(candidate),
+                        setting, root, limit, windows)]
+    console.print(result_table(rows, windows, limit))
+    console.rule("5. Pareto front")
+    front_study = pareto(ctx, trials, progress=True)
+    csv = write_csv(out / "pareto.csv", pareto_rows(ctx, front_study))
+    figures = render(pareto_figure([csv], [target_ratio]), out / "pareto")
+    record = {"schema_version": SCHEMA_VERSION, "kind": "amoeba_search.demo", "model": full.fingerprint,
+              "strategy": str(strategy_path), "profile": str(lut.directory), "target_ratio": target_ratio,
+              "target_ms": target, "best": candidate.key, "rows": rows, "environment": environment()}
     write_json_atomic(out / "demo.json", record)
-    console.print(_demo_table(rows, windows, limit))
-    console.print("max |Δlogit| compares the extracted checkpoint with the in-place view of the full model.\n"
-                  "Subnets are selected in seconds (ShortGPT depth, FLAP width) and not fine-tuned; `amoeba select` "
-                  f"runs the DP depth selection instead. Record: {out / 'demo.json'}")
+    console.print("artifacts:\n" + "\n".join(f"  {label}: {path}" for label, path in (
+        ("strategy", strategy_path), ("device profile", lut.directory), ("study storage", out / "studies.db"),
+        ("best subnet", best_path), ("extracted checkpoint", checkpoint), ("pareto CSV", csv),
+        ("pareto plot", figures[0]), ("record", out / "demo.json"))))
     return record
 
 
-def _demo_table(rows: list[dict], windows: int, limit: int) -> Table:
-    table = Table(title="amoeba_search demo: SmolLM2-135M-Instruct (fp32) and two selected, extracted subnets")
-    for column in ("subnet", "params M", "disk MiB", "fwd 128 tok ms (p10-p90)",
-                   f"ppl ({windows}x512)", f"ARC-e acc % ({limit}q)", "max |Δlogit|"):
-        table.add_column(column, justify="left" if column == "subnet" else "right")
+def measure_row(name: str, loaded: LoadedModel, predicted_ms: float, setting: Setting, root: Path, limit: int,
+                windows: int) -> dict:
+    """Real decode latency through the profiled flow (median of 3 passes) and held-out accuracy."""
+    latency = statistics.median(measure_model(FLOWS.get(FLOW), loaded.model, setting, StopRule())["median_ms"]
+                                for _ in range(3))
+    ppl = evaluate_tasks(loaded, [TASKS.get("wikitext2")], root, limit=windows, progress=False)["tasks"]["wikitext2"]
+    arc = evaluate_tasks(loaded, [TASKS.get("arc_easy")], root, limit=limit, progress=False)["tasks"]["arc_easy"]
+    return {"name": name, "path": str(loaded.path), "layers": loaded.model.config.num_hidden_layers,
+            "params_m": sum(p.numel() for p in loaded.model.parameters()) / 1e6, "predicted_ms": predicted_ms,
+            "measured_ms": latency, "wikitext2_test_ppl": ppl["ppl"], "arc_easy_acc_pct": arc["acc"]}
+
+
+def result_table(rows: list[dict], windows: int, limit: int) -> Table:
+    table = Table(title=f"decode latency ({FLOW}, C=128) and held-out accuracy, measured on this machine")
+    for column in ("model", "params M", "predicted ms", "measured ms", f"WikiText-2 test ppl ({windows}x512)",
+                   f"ARC-e acc % ({limit} q)"):
+        table.add_column(column, justify="left" if column == "model" else "right")
     for r in rows:
-        lat = r["forward_128_tokens"]
-        table.add_row(f"{r['name']} ({r['subnet']})", f"{r['params_m']:.1f}", f"{r['disk_mib']:.0f}",
-                      f"{lat['median_ms']:.1f} ({lat['p10_ms']:.1f}-{lat['p90_ms']:.1f})",
-                      f"{r['wikitext2_test_ppl']:.1f}", f"{r['arc_easy_acc_pct']:.1f}",
-                      f"{r['view_vs_extracted_max_abs_logit_diff']:.1e}")
+        table.add_row(r["name"], f"{r['params_m']:.1f}", f"{r['predicted_ms']:.2f}", f"{r['measured_ms']:.2f}",
+                      f"{r['wikitext2_test_ppl']:.2f}", f"{r['arc_easy_acc_pct']:.1f}")
     return table

@@ -16,6 +16,7 @@ class Series:
     label: str
     x: list[float]
     y: list[float]
+    style: str = "line"                       # line, points or faint (background points)
 
 
 @dataclass
@@ -25,6 +26,8 @@ class Panel:
     ylabel: str
     series: list[Series] = field(default_factory=list)
     diagonal: bool = False                    # draw y = x (predicted vs measured)
+    vlines: list[tuple[str, float]] = field(default_factory=list)   # (label, x) markers, e.g. latency targets
+    ylog: bool = False
 
 
 @dataclass
@@ -54,13 +57,38 @@ def lut_figure(lut: LookupTable) -> Figure:
                       diagonal=True)
         for phase, group in frame.groupby("phase"):
             panel.series.append(Series(f"{phase}: LUT composed", group["measured_ms"].tolist(),
-                                       group["composed_ms"].tolist()))
+                                       group["composed_ms"].tolist(), "points"))
             if group["corrected_cv_ms"].notna().any():
                 panel.series.append(Series(f"{phase}: corrected (cross-validated)", group["measured_ms"].tolist(),
-                                           group["corrected_cv_ms"].tolist()))
+                                           group["corrected_cv_ms"].tolist(), "points"))
         panels.append(panel)
     kind = lut.meta.get("source", "measured")
     return Figure(f"{lut.name} ({kind})", panels)
+
+
+PARETO_ORDER = ("search trials", "search front", "depth only (DP)", "width only (FLAP)", "drop-last-k")
+
+
+def pareto_figure(files: list[Path], target_ratios: list[float] = ()) -> Figure:
+    """One panel per pareto CSV (device/flow/phase): the searched front, all trials, and the baselines; vertical
+    lines at the latency targets (ratios of the full model's predicted latency)."""
+    panels = []
+    for path in files:
+        frame = pd.read_csv(path)
+        first = frame.iloc[0]
+        kind = "" if first["source"] == "measured" else f", {first['source']}"
+        panel = Panel(f"{first['device']} / {first['flow']}{kind}\n{first['setting']}",
+                      f"predicted latency (ms)", f"{first['proxy']} ({first['proxy_unit']}, "
+                      f"{'lower' if first['direction'] == 'minimize' else 'higher'} is better)",
+                      ylog=first["proxy"] == "ppl")
+        for name in PARETO_ORDER:
+            rows = frame[frame["series"] == name].sort_values("latency_ms")
+            if len(rows):
+                style = "faint" if name == "search trials" else "line" if name == "search front" else "points"
+                panel.series.append(Series(name, rows["latency_ms"].tolist(), rows["value"].tolist(), style))
+        panel.vlines = [(f"{r:.0%} target", r * float(first["full_model_ms"])) for r in target_ratios]
+        panels.append(panel)
+    return Figure("accuracy vs latency", panels)
 
 
 def render(figure: Figure, out_stem: Path) -> list[Path]:
@@ -73,8 +101,17 @@ def render(figure: Figure, out_stem: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(figure.panels), figsize=(5.2 * len(figure.panels), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], figure.panels):
         for series in panel.series:
-            style = "o" if panel.diagonal else "o-"
-            ax.plot(series.x, series.y, style, label=series.label, markersize=4, alpha=0.8)
+            if series.style == "faint":
+                ax.plot(series.x, series.y, ".", color="0.7", label=series.label, markersize=4)
+            else:
+                ax.plot(series.x, series.y, "o-" if series.style == "line" else "o", label=series.label,
+                        markersize=4, alpha=0.85)
+        for label, x in panel.vlines:
+            ax.axvline(x, color="0.4", linestyle=":", linewidth=0.9)
+            ax.annotate(label, (x, 1), xycoords=("data", "axes fraction"), fontsize=7, rotation=90,
+                        va="top", ha="right")
+        if panel.ylog:
+            ax.set_yscale("log")
         if panel.diagonal and panel.series:
             values = [v for s in panel.series for v in s.x + s.y]
             low, high = min(values), max(values)

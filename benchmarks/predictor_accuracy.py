@@ -67,31 +67,38 @@ def load_partial() -> dict[tuple, dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue                                  # a line cut by a kill: measured again
-        rows[(row["flow"], row["subnet"], row["setting"])] = row
+        rows[(row["flow"], row["subnet"], row["setting"], row["pass"])] = row
     return rows
 
 
-def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet], rule: StopRule,
+def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet], rule: StopRule, passes: int,
                 done: dict) -> list[dict]:
-    rows = []
-    for name, subnet in subnets.items():
-        pending = [s for s in lut.settings() if (flow, name, setting_key(s)) not in done]
-        model = extract_model(loaded.model, subnet) if pending else None
-        for setting in lut.settings():
-            key = (flow, name, setting_key(setting))
-            if key not in done:
+    """Time every subnet in `passes` round-robin passes (as the profiler does); a subnet's latency is the median
+    of its passes' medians."""
+    for pass_index in range(passes):
+        for name, subnet in subnets.items():
+            pending = [s for s in lut.settings() if (flow, name, setting_key(s), pass_index) not in done]
+            model = extract_model(loaded.model, subnet) if pending else None
+            for setting in pending:
                 measured = measure_model(FLOWS.get(flow), model, setting, rule)
-                row = {"flow": flow, "subnet": name, "setting": setting_key(setting), "phase": setting.phase,
-                       "layers": len(subnet.layers), "widths": subnet_widths(subnet)[0],
+                row = {"flow": flow, "subnet": name, "setting": setting_key(setting), "pass": pass_index,
+                       "phase": setting.phase, "layers": len(subnet.layers), "widths": subnet_widths(subnet)[0],
                        "measured_ms": measured["median_ms"], "p10_ms": measured["p10_ms"],
                        "p90_ms": measured["p90_ms"], "wall_s": measured["wall_s"]}
                 with open(PARTIAL, "a") as handle:
                     handle.write(json.dumps(row) + "\n")
-                done[key] = row
-                print(f"{flow:14s} {name:8s} {setting.phase:8s} L={row['layers']:2d} "
+                done[(flow, name, setting_key(setting), pass_index)] = row
+                print(f"{flow:14s} pass {pass_index} {name:8s} {setting.phase:8s} L={row['layers']:2d} "
                       f"w={row['widths']} {row['measured_ms']:.2f} ms", flush=True)
-            rows.append(done[key])
-    return rows
+    combined = []
+    for name in subnets:
+        for setting in lut.settings():
+            runs = [done[(flow, name, setting_key(setting), p)] for p in range(passes)]
+            combined.append({**runs[0], "measured_ms": statistics.median(r["measured_ms"] for r in runs),
+                             "pass_spread_pct": 100 * (max(r["measured_ms"] for r in runs) - min(
+                                 r["measured_ms"] for r in runs)) / statistics.median(r["measured_ms"] for r in runs),
+                             "wall_s": sum(r["wall_s"] for r in runs)})
+    return combined
 
 
 def score(errors_pct: list[float]) -> dict:
@@ -136,8 +143,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", required=True, help="profile name under device_profiles/")
     parser.add_argument("--flows", default="torch-eager,torch-compile,onnxruntime")
-    parser.add_argument("--n", type=int, default=24, help="random subnets per flow (>= 20)")
+    parser.add_argument("--n", type=int, default=20, help="random subnets per flow (>= 20)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--passes", type=int, default=3, help="round-robin passes per subnet (median of medians)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     command = setup(args.threads)
@@ -151,7 +159,7 @@ def main() -> None:
             raise SystemExit(f"{lut.name} was profiled for another model")
         widths = lut.widths(lut.settings()[0])
         subnets = {**random_subnets(dims, widths, args.n, args.seed), **shape_subnets(dims)}
-        rows = measure_all(loaded, flow, lut, subnets, StopRule(), done)
+        rows = measure_all(loaded, flow, lut, subnets, StopRule(), args.passes, done)
         random_rows = [r for r in rows if r["subnet"].startswith("r")]
         results, corrections, records = evaluate_flow(lut, random_rows)
         out_rows += results
@@ -160,8 +168,7 @@ def main() -> None:
         else:
             (lut.directory / "correction.json").unlink(missing_ok=True)
         pd.DataFrame(records).to_csv(lut.directory / "validation.csv", index=False, float_format="%.4f")
-        details[flow] = {"subnet_wall_s_mean": statistics.fmean(r["wall_s"] for r in random_rows),
-                         "subnet_layers_mean": statistics.fmean(r["layers"] for r in random_rows)}
+        details[flow] = {"pass_spread_pct_median": statistics.median(r["pass_spread_pct"] for r in random_rows)}
         by = {(r["subnet"], r["phase"]): r["measured_ms"] for r in rows}
         for setting in lut.settings():
             full = by[("full", setting.phase)]
@@ -170,7 +177,8 @@ def main() -> None:
                            "depth50_over_width50": by[("depth50", setting.phase)] / by[("width50", setting.phase)]})
     existing = read_json(RESULTS / "predictor.json", "results", "") if (RESULTS / "predictor.json").is_file() else {}
     payload = {**existing, "rows": out_rows, "shapes": shapes, "flow_costs": details, "command": command,
-               "subnets": {"random": args.n, "seed": args.seed, "depth": "10..30", "width": "uniform, from the grid"},
+               "subnets": {"random": args.n, "seed": args.seed, "depth": "10..30", "width": "uniform, from the grid",
+                           "passes": args.passes},
                "shape_params": {"depth50": "15 layers x full width", "width50": "30 layers x 6/9 heads x 50% MLP"},
                "environment": environment()}
     write_json_atomic(RESULTS / "predictor.json", payload)
@@ -184,7 +192,9 @@ def write_markdown(payload: dict) -> None:
              f"{env['machine']}, {env['torch_threads']} threads, torch {env['torch']}, transformers "
              f"{env['transformers']}, fp32, batch 1, {env['date']}. Command: `{payload['command']}`.", "",
              f"{payload['subnets']['random']} random extracted subnets per flow (depth 10..30, random layers, uniform "
-             "width from the table's grid), each timed end to end (median, stop rule ±2% at 95% or 20 s). "
+             "width from the table's grid), each timed end to end in "
+             f"{payload['subnets']['passes']} round-robin passes (median of the passes' medians; each pass: stop "
+             "rule ±2% at 95% or 10 s), as the profiler times its rows. "
              "Composed = base + Σ block from the lookup table. Corrected = two-term least-squares correction, "
              "2-fold cross-validated (never scored on the subnets it was fitted on); only fitted when composed "
              "MAPE > 5%.", "",
@@ -194,7 +204,10 @@ def write_markdown(payload: dict) -> None:
         lines.append(f"| {r['device']} | {r['flow']} | {r['phase']} | {r['tokens']} | {r['n_subnets']} | "
                      f"{'corrected (CV)' if r['corrected'] else 'composed'} | {r['mape_pct']:.2f} | "
                      f"{r['max_err_pct']:.2f} | {r['within_5_pct']:.0f}% | {r['within_10_pct']:.0f}% |")
-    lines += ["", "## Which shape is faster depends on the flow", "",
+    lines += ["", "Median spread between a subnet's passes ((max - min) / median), the measurement noise the "
+              "predictor is scored against: " + ", ".join(f"{flow} {d['pass_spread_pct_median']:.1f}%"
+                                                           for flow, d in payload["flow_costs"].items()) + ".",
+              "", "## Which shape is faster depends on the flow", "",
               "Measured latency of the full model, a 50%-depth subnet (15 of 30 layers, full width) and a 50%-width "
               "subnet (30 layers, 6 of 9 heads, 768 of 1536 MLP channels).", "",
               "| flow | phase | full ms | 50%-depth ms | 50%-width ms | depth50 / width50 |", "|---|---|---|---|---|---|"]

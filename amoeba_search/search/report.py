@@ -1,0 +1,125 @@
+"""What a search produces: the best subnet file with its search record, the check of that subnet after
+extraction (real latency on this machine, held-out perplexity), and the rows of a Pareto CSV with baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from ..artifacts import read_json, write_json_atomic
+from ..profiling.environment import device_name
+from ..profiling.flows import FLOWS
+from ..subnet import Subnet
+from .space import Candidate
+from .study import SearchContext, completed, front
+
+
+def candidate_of(trial: optuna.trial.FrozenTrial) -> Candidate:
+    return Candidate(trial.params["depth"], trial.params["heads"], trial.params["mlp"])
+
+
+def best_record(ctx: SearchContext, study: optuna.Study, best: optuna.trial.FrozenTrial, target_ms: float) -> dict:
+    candidate = candidate_of(best)
+    return {"candidate": candidate.key, "depth": candidate.depth, "heads": candidate.heads, "mlp": candidate.mlp,
+            "layers": ctx.strategy.layers_for(candidate.depth), "device": ctx.lut.meta["device"],
+            "flow": ctx.lut.meta["flow"], "profile_source": ctx.lut.meta["source"], "setting": ctx.setting.label(),
+            "predicted_ms": best.user_attrs["latency_ms"], "latency_corrected": ctx.predictor.is_corrected(ctx.setting),
+            "target_ms": target_ms, "full_model_ms": ctx.full_model_ms(), "proxy": ctx.proxy.name,
+            "proxy_settings": ctx.proxy.settings, "direction": ctx.proxy.direction, "proxy_value": best.value,
+            "trials": len(completed(study)), "accuracy_evaluations": ctx.cache.evaluations,
+            "study": study.study_name, "storage": ctx.storage_url, "space_size": ctx.space.size}
+
+
+def write_best(ctx: SearchContext, record: dict, out: Path) -> Path:
+    """The best subnet as a normal subnet file (extract/evaluate/predict take it) plus its search record."""
+    candidate = Candidate(record["depth"], record["heads"], record["mlp"])
+    payload = ctx.subnet(candidate).to_dict(ctx.loaded.fingerprint)
+    payload["search"] = record
+    return write_json_atomic(out, payload)
+
+
+def is_this_machine(ctx: SearchContext) -> bool:
+    meta = ctx.lut.meta
+    if meta.get("source") != "measured":
+        return False
+    flow = FLOWS.get(meta["flow"])
+    return flow.unavailable() is None and meta["environment"].get("device_name") == device_name(flow.device)
+
+
+def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, windows: int = 20,
+           passes: int = 3) -> dict:
+    """Extract the best subnet; on the profiled machine measure its latency like the profiler (median of passes)
+    next to the full model's; held-out WikiText-2 *test* perplexity for both."""
+    import statistics
+
+    from ..data import data_root, read_text, require_file
+    from ..evaluate import perplexity
+    from ..extract import extract, extract_model
+    from ..profiling.harness import StopRule
+    from ..profiling.profile import measure_model
+
+    record = read_json(best_path, "best subnet", "run `amoeba search`")["search"]
+    subnet = Subnet.load(best_path, ctx.dims)
+    extract(ctx.loaded, subnet, extract_dir, overwrite=True)
+    small = extract_model(ctx.loaded.model, subnet)
+    text = read_text(require_file(data_root(data_dir) / "wikitext2" / "test.txt", "wikitext2"))
+    result = {"subnet": record["candidate"], "checkpoint": str(extract_dir), "predicted_ms": record["predicted_ms"],
+              "heldout_metric": f"wikitext2_test_ppl ({windows} x 512 windows)",
+              "heldout_value": perplexity(small, ctx.loaded.tokenizer, text, 512, windows, progress=False)["ppl"],
+              "full_heldout_value": perplexity(ctx.loaded.model, ctx.loaded.tokenizer, text, 512, windows,
+                                               progress=False)["ppl"]}
+    if is_this_machine(ctx):
+        flow = FLOWS.get(ctx.lut.meta["flow"])
+        for label, model in (("measured_ms", small), ("full_measured_ms", ctx.loaded.model)):
+            result[label] = statistics.median(measure_model(flow, model, ctx.setting, StopRule())["median_ms"]
+                                              for _ in range(passes))
+        result["error_pct"] = 100 * (result["predicted_ms"] - result["measured_ms"]) / result["measured_ms"]
+        latency = (f"predicted {result['predicted_ms']:.2f} ms, measured {result['measured_ms']:.2f} ms "
+                   f"({result['error_pct']:+.1f}%; full model measured {result['full_measured_ms']:.2f} ms)")
+    else:
+        latency = f"predicted {result['predicted_ms']:.2f} ms (profile is not this machine's: not measured here)"
+    result["summary"] = (f"extracted {record['candidate']} to {extract_dir}: {latency}; WikiText-2 test ppl "
+                         f"{result['heldout_value']:.2f} (full model {result['full_heldout_value']:.2f})")
+    return result
+
+
+def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True) -> list[dict]:
+    """Every trial, the non-dominated ones as the front, and baseline subnets, with what the plot needs."""
+    common = {"device": ctx.lut.meta["device"], "flow": ctx.lut.meta["flow"], "source": ctx.lut.meta["source"],
+              "setting": ctx.setting.label(), "proxy": ctx.proxy.name, "proxy_unit": ctx.proxy.unit,
+              "direction": ctx.proxy.direction, "full_model_ms": ctx.full_model_ms()}
+    trials = {t.user_attrs["key"]: t for t in completed(study)}          # one row per distinct subnet
+    points = [(t.values[0], t.values[1]) for t in trials.values()]
+    on_front = set(front(points, ctx.proxy.direction))
+    rows = []
+    for i, trial in enumerate(trials.values()):
+        c = candidate_of(trial)
+        row = {**common, "key": c.key, "depth": c.depth, "heads": c.heads, "mlp": c.mlp,
+               "latency_ms": trial.values[1], "value": trial.values[0]}
+        rows.append({**row, "series": "search trials"})
+        if i in on_front:
+            rows.append({**row, "series": "search front"})
+    if baselines:
+        rows += baseline_rows(ctx, common)
+    return rows
+
+
+def baseline_rows(ctx: SearchContext, common: dict) -> list[dict]:
+    """Depth only (DP layers, full width), width only (all layers, FLAP widths) and drop-last-k (first N layers)."""
+    d, space = ctx.dims, ctx.space
+    full = (d.num_heads, d.intermediate_size)
+    series = [("depth only (DP)", Candidate(depth, *full), None) for depth in space.depths]
+    if d.num_layers in ctx.strategy.depths():
+        series += [("width only (FLAP)", Candidate(d.num_layers, h, m), None) for h in space.heads for m in space.mlp
+                   if (h, m) != full]
+    series += [("drop-last-k", Candidate(depth, *full), f"droplast-d{depth}") for depth in space.depths]
+    rows = []
+    for name, candidate, key in series:
+        subnet_of = (lambda c=candidate: ctx.subnet(c)) if key is None else (
+            lambda c=candidate: Subnet.uniform(d, range(c.depth)))
+        value = ctx.accuracy(key or candidate.key, subnet_of)
+        rows.append({**common, "series": name, "key": key or candidate.key, "depth": candidate.depth,
+                     "heads": candidate.heads, "mlp": candidate.mlp, "latency_ms": ctx.latency_ms(candidate),
+                     "value": value})
+    return rows

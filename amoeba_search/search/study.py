@@ -1,0 +1,213 @@
+"""Optuna studies over the space: single-objective search under a latency constraint, and multi-objective Pareto
+search. Latency comes from the device profile (microseconds per prediction), so infeasible candidates are
+rejected before any accuracy evaluation; accuracy evaluations go through the shared cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import warnings
+
+import optuna
+
+from ..errors import UserError
+from ..models import LoadedModel
+from ..profiling.lut import LookupTable, Setting
+from ..profiling.predictor import Predictor, setting_key
+from ..selection.strategy import Strategy
+from ..subnet import ModelDims, Subnet
+from .proxies import Proxy
+from .space import Candidate, SearchSpace, candidate_subnet
+from .storage import AccuracyCache, digest, open_storage, storage_errors
+
+# multivariate TPE, constraints and metric names are marked experimental; they are stable enough for our use
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+INFEASIBLE = 1e12            # objective value recorded for a trial rejected by latency (never evaluated)
+
+
+@dataclass
+class SearchContext:
+    """Everything one search needs: model + strategy (what a candidate is), profile (its latency), proxy (its
+    accuracy) and the storage shared by all studies and the accuracy cache."""
+
+    loaded: LoadedModel
+    strategy: Strategy
+    lut: LookupTable
+    setting: Setting
+    space: SearchSpace
+    proxy: Proxy
+    storage_url: str
+    use_correction: bool = True
+
+    def __post_init__(self) -> None:
+        self.strategy.check_model(self.loaded.fingerprint)
+        if self.lut.meta.get("model") != self.loaded.fingerprint:
+            raise UserError(f"profile {self.lut.name} was made for model {self.lut.meta.get('model')}, not "
+                            f"{self.loaded.fingerprint}: profile this model")
+        self.dims = ModelDims.from_config(self.loaded.model.config)
+        self.predictor = Predictor(self.lut, self.use_correction)
+        with storage_errors(self.storage_url):
+            self.storage = open_storage(self.storage_url)
+            self.cache = AccuracyCache(self.storage, self.cache_name)
+
+    @property
+    def cache_name(self) -> str:
+        """One cache per (model, strategy, proxy): shared by every device, flow, phase and target."""
+        strategy_id = digest({"layers": [r["layers"] for r in self.strategy.depth["table"]],
+                              "width": self.strategy.width.get("method")})
+        return f"amoeba-accuracy/{self.loaded.fingerprint['config_sha256']}/{strategy_id}/{self.proxy.fingerprint}"
+
+    def latency_ms(self, candidate: Candidate) -> float:
+        return self.predictor.predict_ms(self.setting, candidate.widths)
+
+    def full_model_ms(self) -> float:
+        d = self.dims
+        return self.predictor.predict_ms(self.setting, [(d.num_heads, d.intermediate_size)] * d.num_layers)
+
+    def subnet(self, candidate: Candidate) -> Subnet:
+        return candidate_subnet(self.loaded.model, self.strategy, candidate)
+
+    def accuracy(self, key: str, subnet_of) -> float:
+        return self.cache.get(key, lambda: self.proxy.score(subnet_of()))
+
+    def candidate_accuracy(self, candidate: Candidate) -> float:
+        return self.accuracy(candidate.key, lambda: self.subnet(candidate))
+
+    def study_name(self, kind: str, extra: str = "") -> str:
+        return (f"amoeba-{kind}/{self.loaded.fingerprint['config_sha256']}/{self.lut.name}/{setting_key(self.setting)}/"
+                f"{self.proxy.fingerprint}/{self.space.depths[0]}-{self.space.depths[-1]}x{len(self.space.heads)}x"
+                f"{len(self.space.mlp)}{extra}")
+
+    def resolve_target(self, target_ms: float | None, target_ratio: float | None) -> float:
+        """Absolute target, or a ratio of the full model's predicted latency; below the fastest subnet is an error."""
+        if (target_ms is None) == (target_ratio is None):
+            raise UserError("give one of --target-ms or --target-ratio")
+        target = target_ms if target_ms is not None else target_ratio * self.full_model_ms()
+        fastest = min(self.space.candidates(), key=self.latency_ms)
+        if target < self.latency_ms(fastest):
+            raise UserError(f"latency target {target:.3f} ms is below the fastest subnet in the space "
+                            f"({self.latency_ms(fastest):.3f} ms: {fastest.depth} layers, {fastest.heads} heads, "
+                            f"{fastest.mlp} MLP channels on {self.lut.name}); raise the target or lower the floors")
+        return target
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> Candidate:
+    return Candidate(trial.suggest_categorical("depth", list(space.depths)),
+                     trial.suggest_categorical("heads", list(space.heads)),
+                     trial.suggest_categorical("mlp", list(space.mlp)))
+
+
+def _latency_constraint(trial: optuna.trial.FrozenTrial) -> tuple[float]:
+    return (trial.user_attrs["latency_ms"] - trial.user_attrs["target_ms"],)
+
+
+def make_sampler(name: str, seed: int | None, multi_objective: bool = False) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5,
+                                          constraints_func=None if multi_objective else _latency_constraint)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
+    raise UserError(f"--sampler {name!r}: choose tpe, random or nsga2 (multi-objective)")
+
+
+def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def feasible_best(study: optuna.Study, proxy: Proxy) -> optuna.trial.FrozenTrial | None:
+    feasible = [t for t in completed(study) if t.user_attrs.get("evaluated")]
+    if not feasible:
+        return None
+    return min(feasible, key=lambda t: t.value) if proxy.direction == "minimize" else max(feasible,
+                                                                                          key=lambda t: t.value)
+
+
+def dominated(ctx: SearchContext, candidate: Candidate, target_ms: float) -> bool:
+    """Boundary pruning: with the same widths, a deeper subnet that still meets the target keeps every layer of
+    knowledge the DP kept at this depth plus more, so it is assumed at least as accurate; this one is skipped
+    without evaluation. (An assumption, checked against exhaustive search in benchmarks/search_efficiency.py.)"""
+    deeper = [d for d in ctx.space.depths if d > candidate.depth]
+    return bool(deeper) and ctx.latency_ms(Candidate(min(deeper), candidate.heads, candidate.mlp)) <= target_ms
+
+
+def search(ctx: SearchContext, target_ms: float, n_trials: int, sampler: str = "tpe", seed: int | None = 0,
+           study_name: str | None = None, progress: bool = False, prune_dominated: bool = True,
+           storage=None, stop=None) -> optuna.Study:
+    """Single-objective search for the best proxy under `latency <= target_ms`; resumes to n_trials in all.
+    Candidates over the target (or dominated, when pruning) get a positive constraint value and no evaluation."""
+    name = study_name or ctx.study_name("search", f"/target={target_ms:.4f}/{sampler}")
+    with storage_errors(ctx.storage_url):
+        study = optuna.create_study(storage=ctx.storage if storage is None else storage, study_name=name,
+                                    direction=ctx.proxy.direction, sampler=make_sampler(sampler, seed),
+                                    load_if_exists=True)
+        study.set_metric_names([ctx.proxy.unit])
+
+        def objective(trial: optuna.Trial) -> float:
+            candidate = suggest(trial, ctx.space)
+            latency = ctx.latency_ms(candidate)
+            trial.set_user_attr("key", candidate.key)
+            trial.set_user_attr("latency_ms", latency)
+            pruned = latency <= target_ms and prune_dominated and dominated(ctx, candidate, target_ms)
+            # the constraint TPE sees: over the target, or (pruned) a hair over it, so it learns the boundary
+            trial.set_user_attr("target_ms", target_ms if not pruned else latency - 1e-6)
+            trial.set_user_attr("evaluated", latency <= target_ms and not pruned)
+            if not trial.user_attrs["evaluated"]:       # rejected by the predictor: no accuracy evaluation
+                return INFEASIBLE if ctx.proxy.direction == "minimize" else -INFEASIBLE
+            return ctx.candidate_accuracy(candidate)
+
+        remaining = n_trials - len(completed(study))
+        if remaining > 0:
+            callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,))]
+            study.optimize(objective, n_trials=remaining, show_progress_bar=progress,
+                           callbacks=callbacks + ([stop] if stop else []))
+    return study
+
+
+def pareto(ctx: SearchContext, n_trials: int, sampler: str = "nsga2", seed: int | None = 0,
+           study_name: str | None = None, progress: bool = False) -> optuna.Study:
+    """Multi-objective search: (proxy, predicted latency); every trial is evaluated (through the cache)."""
+    name = study_name or ctx.study_name("pareto", f"/{sampler}")
+    with storage_errors(ctx.storage_url):
+        study = optuna.create_study(storage=ctx.storage, study_name=name, load_if_exists=True,
+                                    directions=[ctx.proxy.direction, "minimize"],
+                                    sampler=make_sampler(sampler, seed, multi_objective=True))
+        study.set_metric_names([ctx.proxy.unit, "latency_ms"])
+
+        def objective(trial: optuna.Trial) -> tuple[float, float]:
+            candidate = suggest(trial, ctx.space)
+            trial.set_user_attr("key", candidate.key)
+            trial.set_user_attr("evaluated", True)
+            return ctx.candidate_accuracy(candidate), ctx.latency_ms(candidate)
+
+        remaining = n_trials - len(completed(study))
+        if remaining > 0:
+            study.optimize(objective, n_trials=remaining, show_progress_bar=progress)
+    return study
+
+
+def front(points: list[tuple[float, float]], direction: str) -> list[int]:
+    """Indices of the non-dominated (accuracy, latency) points, sorted by latency."""
+    sign = 1 if direction == "minimize" else -1
+    order = sorted(range(len(points)), key=lambda i: (points[i][1], sign * points[i][0]))
+    kept, best = [], float("inf")
+    for i in order:
+        value = sign * points[i][0]
+        if value < best:
+            kept.append(i)
+            best = value
+    return kept
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    import os
+
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, path)
+    return path

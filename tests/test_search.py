@@ -1,0 +1,202 @@
+"""Search: the space, the latency constraint, resume without re-evaluation, accuracy reuse across devices,
+several workers on one study (journal file, SQLite, PostgreSQL when available), Pareto rows and their plot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import json
+
+import optuna
+import pytest
+
+from amoeba_search.data import read_text
+from amoeba_search.errors import UserError
+from amoeba_search.plot import pareto_figure, render
+from amoeba_search.profiling.lut import Setting
+from amoeba_search.profiling.profile import WidthGrid
+from amoeba_search.profiling.roofline import DeviceSpec, estimate_profile
+from amoeba_search.search.proxies import PROXIES
+from amoeba_search.search.report import pareto_rows
+from amoeba_search.search.space import Candidate, SearchSpace
+from amoeba_search.search.study import SearchContext, completed, feasible_best, pareto, search, write_csv
+from amoeba_search.selection.calibration import text_calibration
+from amoeba_search.selection.select import select_depth
+from amoeba_search.subnet import ModelDims
+
+SETTING = Setting("decode", 32, 1, "float32")
+SPEC = DeviceSpec("toy", 1.0, {"float32": 0.01}, {"bandwidth": 1.0, "compute": 1.0},
+                  {"per_call": 0.2, "per_block": 0.05})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_dir, tiny_data):
+    """A DP + FLAP strategy for the tiny model and two estimated device profiles."""
+    from amoeba_search.models import load_model
+
+    root = tmp_path_factory.mktemp("search")
+    loaded = load_model(str(tiny_dir))
+    calibration = text_calibration(loaded.tokenizer, read_text(tiny_data / "wikitext2" / "valid.txt"), 4, 32)
+    strategy = select_depth(loaded, calibration, "dp", max_removed=3, progress=False)
+    strategy.save(root / "strategy.json")
+    grid = WidthGrid.for_model(ModelDims.from_config(loaded.model.config), (0.5, 1.0), heads=(3, 6))
+    for name, spec in (("toy", SPEC), ("toy2", DeviceSpec("toy2", 3.0, {"float32": 0.05},
+                                                          {"bandwidth": 1.0, "compute": 1.0}))):
+        estimate_profile(loaded, spec, root / "profiles" / name / "roofline", [SETTING], grid)
+    return loaded, strategy, root, tiny_data
+
+
+def context(world, device="toy", storage=None, **space_kw):
+    from amoeba_search.profiling.lut import LookupTable
+
+    loaded, strategy, root, data = world
+    lut = LookupTable.load(root / "profiles" / device / "roofline")
+    space = SearchSpace.build(strategy, ModelDims.from_config(loaded.model.config), lut, SETTING,
+                              **{"min_depth": 2, **space_kw})
+    proxy = PROXIES.get("ppl")(loaded, data, samples=2, seq_len=32)
+    return SearchContext(loaded, strategy, lut, SETTING, space, proxy, storage or f"sqlite:///{root}/s.db")
+
+
+def test_space_is_valid_and_floored(world):
+    ctx = context(world)
+    assert ctx.space.depths == (2, 3, 4, 5) and ctx.space.heads == (3, 6) and ctx.space.mlp == (24, 48)
+    assert ctx.space.size == 16 and ctx.space.largest == Candidate(5, 6, 48)
+    floored = context(world, min_depth=4, min_heads=6)
+    assert floored.space.depths == (4, 5) and floored.space.heads == (6,)
+    with pytest.raises(UserError, match="empty search space"):
+        context(world, min_depth=9)
+
+
+def test_constraint_respected_and_infeasible_never_evaluated(world, tmp_path):
+    ctx = context(world, storage=f"sqlite:///{tmp_path}/a.db")
+    target = ctx.resolve_target(None, 0.6)
+    study = search(ctx, target, 12, seed=1)
+    best = feasible_best(study, ctx.proxy)
+    assert best.user_attrs["latency_ms"] <= target
+    evaluated = {t.user_attrs["key"] for t in completed(study) if t.user_attrs["evaluated"]}
+    assert all(t.user_attrs["latency_ms"] <= target for t in completed(study) if t.user_attrs["evaluated"])
+    assert ctx.cache.evaluations == len(evaluated)             # one evaluation per distinct feasible subnet
+    exhaustive = {c.key: ctx.candidate_accuracy(c) for c in ctx.space.candidates() if ctx.latency_ms(c) <= target}
+    assert best.value >= min(exhaustive.values())
+
+
+def test_target_errors(world):
+    ctx = context(world)
+    with pytest.raises(UserError, match="below the fastest subnet in the space .*2 layers"):
+        ctx.resolve_target(0.001, None)
+    with pytest.raises(UserError, match="give one of --target-ms or --target-ratio"):
+        ctx.resolve_target(None, None)
+
+
+def test_resume_runs_only_missing_trials_without_reevaluation(world, tmp_path):
+    url = f"sqlite:///{tmp_path}/r.db"
+    ctx = context(world, storage=url)
+    target = ctx.resolve_target(None, 0.8)
+    search(ctx, target, 6, seed=0)
+    again = context(world, storage=url)                          # a new process would start like this
+    study = search(again, target, 10, seed=0)
+    assert len(completed(study)) == 10
+    new_keys = {t.user_attrs["key"] for t in completed(study)[6:] if t.user_attrs["evaluated"]}
+    old_keys = {t.user_attrs["key"] for t in completed(study)[:6] if t.user_attrs["evaluated"]}
+    assert again.cache.evaluations == len(new_keys - old_keys)
+    third = context(world, storage=url)
+    search(third, target, 10, seed=0)
+    assert third.cache.evaluations == 0
+
+
+def test_accuracy_is_reused_across_devices(world, tmp_path):
+    url = f"sqlite:///{tmp_path}/d.db"
+    first = context(world, storage=url)
+    for c in first.space.candidates():
+        first.candidate_accuracy(c)
+    other = context(world, device="toy2", storage=url)
+    study = search(other, other.resolve_target(None, 0.7), 8, seed=3)
+    assert other.cache.evaluations == 0 and len(completed(study)) == 8
+
+
+def test_model_mismatch_is_refused(world, tmp_path):
+    from amoeba_search.profiling.lut import LookupTable
+
+    loaded, strategy, root, _ = world
+    lut = LookupTable.load(root / "profiles" / "toy" / "roofline")
+    lut.meta["model"] = {"name": "other", "config_sha256": "0"}
+    with pytest.raises(UserError, match="profile toy/roofline was made for model"):
+        SearchContext(loaded, strategy, lut, SETTING, context(world).space, context(world).proxy,
+                      f"sqlite:///{tmp_path}/m.db")
+
+
+def _worker_command(world, storage, trials, seed):
+    loaded, _, root, data = world
+    return [sys.executable, "-c", "from amoeba_search.cli import main; main()", "search", "--model", loaded.path,
+            "--strategy", root / "strategy.json", "--device", "toy", "--flow", "roofline", "--profiles-dir",
+            root / "profiles", "--target-ratio", "0.8", "--trials", trials, "--seed", seed, "--storage", storage,
+            "--min-depth", "2", "--proxy-samples", "2", "--data-dir", data, "--out", root / f"best{seed}.json",
+            "--threads", "1"]
+
+
+def _run_two_workers(world, storage):
+    env = {**os.environ}
+    procs = [subprocess.Popen(list(map(str, _worker_command(world, storage, 8, seed))), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for seed in (11, 12)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    return procs
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_two_workers_share_one_study(world, tmp_path, kind):
+    storage = f"journal:{tmp_path}/j.log" if kind == "journal" else f"sqlite:///{tmp_path}/w.db"
+    _run_two_workers(world, storage)
+    _check_shared_study(world, storage)
+
+
+def _check_shared_study(world, storage):
+    from amoeba_search.search.storage import open_storage
+
+    summaries = [s for s in optuna.get_all_study_summaries(open_storage(storage)) if "amoeba-search" in s.study_name]
+    assert len(summaries) == 1
+    study = optuna.load_study(study_name=summaries[0].study_name, storage=open_storage(storage))
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 8       # both workers ran to the shared total
+    assert all(s == optuna.trial.TrialState.COMPLETE for s in states)  # no trial lost, failed or left running
+    assert len({t.number for t in study.trials}) == len(study.trials)
+
+
+@pytest.mark.skipif(not os.environ.get("AMOEBA_TEST_POSTGRES"), reason="set AMOEBA_TEST_POSTGRES to a server URL")
+def test_two_workers_share_one_study_on_postgresql(world):
+    url = os.environ["AMOEBA_TEST_POSTGRES"]
+    from amoeba_search.search.storage import open_storage
+
+    storage = open_storage(url)
+    for summary in optuna.get_all_study_summaries(storage):
+        optuna.delete_study(study_name=summary.study_name, storage=storage)
+    _run_two_workers(world, url)
+    _check_shared_study(world, url)
+
+
+def test_pareto_rows_and_plot(world, tmp_path):
+    ctx = context(world, storage=f"sqlite:///{tmp_path}/p.db")
+    study = pareto(ctx, 10, seed=0)
+    rows = pareto_rows(ctx, study)
+    series = {r["series"] for r in rows}
+    assert series == {"search trials", "search front", "depth only (DP)", "width only (FLAP)", "drop-last-k"}
+    front_rows = sorted((r for r in rows if r["series"] == "search front"), key=lambda r: r["latency_ms"])
+    assert all(a["value"] > b["value"] for a, b in zip(front_rows, front_rows[1:]))   # ppl falls as latency rises
+    path = write_csv(tmp_path / "pareto.csv", rows)
+    figure = pareto_figure([path, path], [0.5, 0.8])
+    assert len(figure.panels) == 2 and len(figure.panels[0].series) == 5
+    assert [label for label, _ in figure.panels[0].vlines] == ["50% target", "80% target"]
+    paths = render(figure, tmp_path / "fig")
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_search_cli_writes_best_subnet(world, tmp_path):
+    loaded, _, root, _ = world
+    storage = f"sqlite:///{tmp_path}/c.db"
+    run = subprocess.run(list(map(str, _worker_command(world, storage, 6, 0))), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    best = json.loads((root / "best0.json").read_text())
+    assert best["search"]["predicted_ms"] <= best["search"]["target_ms"]
+    assert len(best["layers"]) == best["search"]["depth"] and best["model"] == loaded.fingerprint
