@@ -203,11 +203,19 @@ def extract(
     out: Path = typer.Option(..., "--out", "-o", help="Output checkpoint directory (must not exist)."),
     model: str = ModelOption,
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
+    gguf: Optional[str] = typer.Option(None, help="Also write OUT/model.gguf for llama.cpp with weights in f32, f16, "
+                                                  "q8_0 or q4_1 (tokenizer from the embedded model's GGUF)."),
 ) -> None:
     """Write the subnet as a dense HF checkpoint that plain `AutoModelForCausalLM.from_pretrained` loads."""
     _setup(None)
     from .extract import extract as extract_checkpoint
     from .subnet import ModelDims, Subnet
+
+    if gguf is not None:
+        from .gguf_export import TYPES
+
+        if gguf not in TYPES:
+            raise UserError(f"--gguf {gguf!r}: choose from {', '.join(TYPES)}")
 
     loaded = _load(model)
     dims = ModelDims.from_config(loaded.model.config)
@@ -216,9 +224,15 @@ def extract(
         path = extract_checkpoint(loaded, spec, out, overwrite=overwrite)
     from .artifacts import dir_mib
 
+    if gguf is not None:
+        from .gguf_export import write_gguf
+        from .models import embedded_gguf, load_model
+
+        with console.status(f"writing {path / 'model.gguf'} ({gguf})"):
+            write_gguf(load_model(str(path)).model, path / "model.gguf", embedded_gguf(), gguf)
     size_mb = dir_mib(path)
     console.print(f"wrote {path} ({spec.summary(dims)}, {size_mb:.1f} MiB); load it with "
-                  f"AutoModelForCausalLM.from_pretrained('{path}')")
+                  f"AutoModelForCausalLM.from_pretrained('{path}')" + (" or llama.cpp (model.gguf)" if gguf else ""))
 
 
 @app.command()

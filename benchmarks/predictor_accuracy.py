@@ -146,20 +146,23 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20, help="random subnets per flow (>= 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--passes", type=int, default=3, help="round-robin passes per subnet (median of medians)")
+    parser.add_argument("--flow-passes", default="", help="per-flow override, e.g. onnxruntime=2 (slow exports)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     command = setup(args.threads)
     loaded = load_model("default")
     dims = ModelDims.from_config(loaded.model.config)
     done = load_partial()
-    out_rows, shapes, details = [], [], {}
+    out_rows, shapes, details, passes = [], [], {}, {}
     for flow in args.flows.split(","):
         lut = LookupTable.load(PROFILES / args.device / flow)
         if lut.meta.get("model") != loaded.fingerprint:
             raise SystemExit(f"{lut.name} was profiled for another model")
         widths = lut.widths(lut.settings()[0])
         subnets = {**random_subnets(dims, widths, args.n, args.seed), **shape_subnets(dims)}
-        rows = measure_all(loaded, flow, lut, subnets, StopRule(), args.passes, done)
+        overrides = dict(item.split("=") for item in args.flow_passes.split(",") if item)
+        passes[flow] = int(overrides.get(flow, args.passes))
+        rows = measure_all(loaded, flow, lut, subnets, StopRule(), passes[flow], done)
         random_rows = [r for r in rows if r["subnet"].startswith("r")]
         results, corrections, records = evaluate_flow(lut, random_rows)
         out_rows += results
@@ -178,7 +181,7 @@ def main() -> None:
     existing = read_json(RESULTS / "predictor.json", "results", "") if (RESULTS / "predictor.json").is_file() else {}
     payload = {**existing, "rows": out_rows, "shapes": shapes, "flow_costs": details, "command": command,
                "subnets": {"random": args.n, "seed": args.seed, "depth": "10..30", "width": "uniform, from the grid",
-                           "passes": args.passes},
+                           "passes": passes},
                "shape_params": {"depth50": "15 layers x full width", "width50": "30 layers x 6/9 heads x 50% MLP"},
                "environment": environment()}
     write_json_atomic(RESULTS / "predictor.json", payload)
@@ -192,8 +195,9 @@ def write_markdown(payload: dict) -> None:
              f"{env['machine']}, {env['torch_threads']} threads, torch {env['torch']}, transformers "
              f"{env['transformers']}, fp32, batch 1, {env['date']}. Command: `{payload['command']}`.", "",
              f"{payload['subnets']['random']} random extracted subnets per flow (depth 10..30, random layers, uniform "
-             "width from the table's grid), each timed end to end in "
-             f"{payload['subnets']['passes']} round-robin passes (median of the passes' medians; each pass: stop "
+             "width from the table's grid), each timed end to end in round-robin passes ("
+             + ", ".join(f"{f}: {n}" for f, n in payload["subnets"]["passes"].items())
+             + "; median of the passes' medians; each pass: stop "
              "rule ±2% at 95% or 10 s), as the profiler times its rows. "
              "Composed = base + Σ block from the lookup table. Corrected = two-term least-squares correction, "
              "2-fold cross-validated (never scored on the subnets it was fitted on); only fitted when composed "

@@ -17,6 +17,7 @@ Writes benchmarks/results/search.json, search.md and pareto_fronts.png/svg.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from pathlib import Path
 
@@ -67,7 +68,10 @@ def evaluations_to_optimum(ctx: SearchContext, target: float, optimum: float, sa
 
 
 def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
-    """2-D hypervolume of (ppl, latency) points, both minimised, up to the reference point."""
+    """2-D hypervolume of (log ppl, latency) points, both minimised, up to the reference point (log ppl, because
+    perplexity spans orders of magnitude and would otherwise let the worst subnets dominate the volume)."""
+    points = [(math.log(p), latency) for p, latency in points]
+    reference = (math.log(reference[0]), reference[1])
     front = sorted(p for p in points if p[0] < reference[0] and p[1] < reference[1])
     volume, best_ppl = 0.0, reference[0]
     for ppl, latency in sorted(front, key=lambda p: p[1]):
@@ -212,8 +216,8 @@ def write_markdown(p: dict) -> None:
                      f"{t['optuna_reached']}/{t['seeds']} |")
     pa = p["pareto"]
     lines += ["", f"Pareto (NSGA-II, {pa['trials']} trials, {pa['distinct_evaluated']} distinct subnets): hypervolume "
-                  f"{pa['hypervolume_ratio']:.3f} of the exhaustive front's (reference: 1.01 x worst ppl and "
-                  "latency).", "",
+                  f"(log ppl x latency) {pa['hypervolume_ratio']:.3f} of the exhaustive front's (reference: 1.01 x "
+                  "the worst ppl and latency in the space).", "",
               "## The chosen subnet per device / flow (decode, C=128)", "",
               "GPU rows use roofline *estimates* (no launch overhead), not measurements.", "",
               "| device | flow | source | target | subnet | predicted ms | calib ppl | WikiText-2 test ppl |",

@@ -200,3 +200,12 @@ def test_search_cli_writes_best_subnet(world, tmp_path):
     best = json.loads((root / "best0.json").read_text())
     assert best["search"]["predicted_ms"] <= best["search"]["target_ms"]
     assert len(best["layers"]) == best["search"]["depth"] and best["model"] == loaded.fingerprint
+
+
+def test_corrupt_storage_is_one_line(world, tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not a database " * 200)
+    with pytest.raises(UserError, match="study storage sqlite:///.*bad.db is unusable"):
+        context(world, storage=f"sqlite:///{bad}")
+    with pytest.raises(UserError, match="give an RDB URL"):
+        context(world, storage="studies.db")

@@ -10,7 +10,10 @@ from ..step import KVStep, step_inputs
 
 
 def compiled_step(model, phase: str, tokens: int, batch: int, device: str) -> Prepared:
-    """KVStep over a model whose decoder blocks are compiled in place."""
+    """KVStep over a model whose decoder blocks are compiled in place. Dynamo is reset first: it recompiles a code
+    object for at most `recompile_limit` (8) shapes and then silently runs it eagerly, which a profile of 40+
+    shapes would otherwise hit, timing eager code under this flow's name."""
+    torch._dynamo.reset()
     for layer in model.model.layers:
         # The layer index only addresses a shared Cache; ours is per layer, and one value lets all blocks share code.
         layer.self_attn.layer_idx = 0

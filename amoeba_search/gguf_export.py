@@ -1,0 +1,116 @@
+"""Write an extracted (dense) LLaMA-family checkpoint as a GGUF file that llama.cpp runs, with the tokenizer
+metadata copied from the embedded model's own GGUF. Tensor names and the rotary permutation of q/k follow
+llama.cpp's convert_hf_to_gguf.py; the head size is written explicitly (key/value length), because after head
+pruning heads x head_dim no longer equals the hidden size."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from .errors import UserError
+
+TYPES = ("f32", "f16", "q8_0", "q4_1")
+_BLOCK_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.o_proj.bias": "attn_output.bias", "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
+    "mlp.down_proj.bias": "ffn_down.bias",
+}
+
+
+def permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
+    """HF stores q/k rows as two halves per head; GGUF interleaves them (convert_hf_to_gguf's permute)."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
+        weight.shape)
+
+
+def gguf_tensors(model: PreTrainedModel) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, float32 array in PyTorch layout) for every tensor llama.cpp needs."""
+    config = model.config
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    out = []
+    for key, tensor in model.state_dict().items():
+        array = tensor.detach().to(torch.float32).numpy()
+        if key == "model.embed_tokens.weight":
+            out.append(("token_embd.weight", array))
+        elif key == "model.norm.weight":
+            out.append(("output_norm.weight", array))
+        elif key == "lm_head.weight":
+            if not getattr(config, "tie_word_embeddings", False):
+                out.append(("output.weight", array))
+        elif key.startswith("model.layers."):
+            index, rest = key[len("model.layers."):].split(".", 1)
+            if rest not in _BLOCK_NAMES:
+                raise UserError(f"cannot write {key} to GGUF: only LLaMA-style blocks are supported")
+            if rest == "self_attn.q_proj.weight":
+                array = permute_rotary(array, heads)
+            elif rest == "self_attn.k_proj.weight":
+                array = permute_rotary(array, kv_heads)
+            out.append((f"blk.{index}.{_BLOCK_NAMES[rest]}", array))
+        elif not key.endswith("rotary_emb.inv_freq"):
+            raise UserError(f"cannot write {key} to GGUF: only LLaMA-family decoders are supported")
+    return out
+
+
+def _copy_tokenizer(writer, source: Path) -> None:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(source))
+    for key, field in reader.fields.items():
+        if key.startswith("tokenizer."):
+            sub_type = field.types[1] if len(field.types) > 1 else None
+            writer.add_key_value(key, field.contents(), field.types[0], sub_type)
+
+
+def write_gguf(model: PreTrainedModel, out: str | os.PathLike, tokenizer_gguf: Path, weight_type: str = "q4_1",
+               name: str = "amoeba-subnet") -> Path:
+    """Write the model as GGUF: 1-D tensors in f32, matrices in `weight_type` (f32, f16, q8_0, q4_1; token
+    embedding in q8_0 when quantising, as llama.cpp's own Q4_1 files do). Atomic: temp file, then rename."""
+    import gguf
+
+    if weight_type not in TYPES:
+        raise UserError(f"GGUF weight type {weight_type!r}: choose from {', '.join(TYPES)}")
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer.add_name(name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None)
+                                    or config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type({"f32": 0, "f16": 1, "q8_0": 7, "q4_1": 3}[weight_type])
+    _copy_tokenizer(writer, tokenizer_gguf)
+    for tensor_name, array in gguf_tensors(model):
+        if array.ndim == 1 or weight_type == "f32":
+            writer.add_tensor(tensor_name, array.astype(np.float32))
+        elif weight_type == "f16":
+            writer.add_tensor(tensor_name, array.astype(np.float16))
+        else:
+            qtype = gguf.GGMLQuantizationType.Q8_0 if weight_type == "q8_0" or tensor_name == "token_embd.weight" \
+                else gguf.GGMLQuantizationType.Q4_1
+            writer.add_tensor(tensor_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, out)
+    return out
