@@ -126,9 +126,10 @@ def feasible_best(study: optuna.Study, proxy: Proxy) -> optuna.trial.FrozenTrial
 
 
 def dominated(ctx: SearchContext, candidate: Candidate, target_ms: float) -> bool:
-    """Boundary pruning: with the same widths, a deeper subnet that still meets the target keeps every layer of
-    knowledge the DP kept at this depth plus more, so it is assumed at least as accurate; this one is skipped
-    without evaluation. (An assumption, checked against exhaustive search in benchmarks/search_efficiency.py.)"""
+    """Boundary pruning: if the next deeper subnet of the same width also meets the target, this one is skipped
+    without evaluation, assuming the deeper one is at least as accurate (the DP's calibration loss falls with
+    every layer it keeps back). An assumption, checked against exhaustive search in
+    benchmarks/search_efficiency.py."""
     deeper = [d for d in ctx.space.depths if d > candidate.depth]
     return bool(deeper) and ctx.latency_ms(Candidate(min(deeper), candidate.heads, candidate.mlp)) <= target_ms
 
