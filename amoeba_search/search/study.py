@@ -23,6 +23,8 @@ from .storage import AccuracyCache, digest, open_storage, storage_errors
 
 # multivariate TPE, constraints and metric names are marked experimental; they are stable enough for our use
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# Optuna 5 prefers trial.set_constraint; constraints_func still works there and in the 4.x we also support
+warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
 INFEASIBLE = 1e12            # objective value recorded for a trial rejected by latency (never evaluated)
 
 
@@ -134,11 +136,22 @@ def dominated(ctx: SearchContext, candidate: Candidate, target_ms: float) -> boo
     return bool(deeper) and ctx.latency_ms(Candidate(min(deeper), candidate.heads, candidate.mlp)) <= target_ms
 
 
+def boundary(ctx: SearchContext, target_ms: float) -> list[Candidate]:
+    """Per width, the deepest subnet that meets the target, nearest the target first: the candidates boundary
+    pruning leaves, known from latency predictions alone (microseconds), so the study starts from them."""
+    best = {}
+    for c in ctx.space.candidates():
+        if ctx.latency_ms(c) <= target_ms and c.depth > best.get((c.heads, c.mlp), Candidate(0, 0, 0)).depth:
+            best[(c.heads, c.mlp)] = c
+    return sorted(best.values(), key=ctx.latency_ms, reverse=True)
+
+
 def search(ctx: SearchContext, target_ms: float, n_trials: int, sampler: str = "tpe", seed: int | None = 0,
            study_name: str | None = None, progress: bool = False, prune_dominated: bool = True,
            storage=None, stop=None) -> optuna.Study:
     """Single-objective search for the best proxy under `latency <= target_ms`; resumes to n_trials in all.
-    Candidates over the target (or dominated, when pruning) get a positive constraint value and no evaluation."""
+    Candidates over the target (or dominated, when pruning) get a positive constraint value and no evaluation;
+    with pruning, a new study first evaluates the boundary (the deepest feasible subnet of each width)."""
     name = study_name or ctx.study_name("search", f"/target={target_ms:.4f}/{sampler}")
     with storage_errors(ctx.storage_url):
         study = optuna.create_study(storage=ctx.storage if storage is None else storage, study_name=name,
@@ -160,6 +173,9 @@ def search(ctx: SearchContext, target_ms: float, n_trials: int, sampler: str = "
             return ctx.candidate_accuracy(candidate)
 
         remaining = n_trials - len(completed(study))
+        if remaining > 0 and prune_dominated and not study.trials:   # a new study starts on the boundary
+            for candidate in boundary(ctx, target_ms)[:n_trials]:
+                study.enqueue_trial({"depth": candidate.depth, "heads": candidate.heads, "mlp": candidate.mlp})
         if remaining > 0:
             callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,))]
             study.optimize(objective, n_trials=remaining, show_progress_bar=progress,
