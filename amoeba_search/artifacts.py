@@ -15,14 +15,16 @@ from typing import Any, Iterator
 SCHEMA_VERSION = 1
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
-    """Write JSON next to its destination, then rename, so a crash never leaves a truncated file."""
+def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int | None = 2) -> Path:
+    """Write JSON next to its destination, then rename, so a crash never leaves a truncated file; indent=None
+    writes it compactly (for files that are mostly long number lists)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False)
+            json.dump(payload, handle, indent=indent, sort_keys=False,
+                      separators=None if indent is not None else (",", ":"))
             handle.write("\n")
         os.replace(tmp, path)
     except BaseException:
