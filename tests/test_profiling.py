@@ -13,7 +13,7 @@ from amoeba_search.errors import UserError
 from amoeba_search.profiling import harness
 from amoeba_search.profiling import profile as profile_mod
 from amoeba_search.profiling.flows import FLOWS
-from amoeba_search.profiling.lut import MEASUREMENT_COLUMNS, LookupTable, MeasurementLog, Setting, fit_lut
+from amoeba_search.profiling.lut import LookupTable, MeasurementLog, Setting, fit_lut
 from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key
 from amoeba_search.profiling.profile import WidthGrid, build_profile, import_profile
 from amoeba_search.profiling.step import KVStep, step_inputs
