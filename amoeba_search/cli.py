@@ -39,11 +39,20 @@ def _setup(threads: int | None):
     hf_logging.disable_progress_bar()
 
 
-def _load(model: str):
+def _load(model: str, adapters: Path | None = None):
     from .models import load_model
 
     with console.status(f"loading model {model!r} (the first load of the default converts its GGUF once, ~20 s)"):
-        return load_model(model)
+        loaded = load_model(model)
+    if adapters is not None:
+        from .finetune.checkpoint import load_adapters
+
+        loaded.adapters = load_adapters(loaded, adapters)
+    return loaded
+
+
+AdaptersOption = typer.Option(None, "--adapters", help="Fine-tuned SMoL adapters dir (`amoeba finetune --out DIR`): "
+                                                       "the subnet runs with its shape-gated LoRA update.")
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
@@ -205,6 +214,8 @@ def extract(
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
     gguf: Optional[str] = typer.Option(None, help="Also write OUT/model.gguf for llama.cpp with weights in f32, f16, "
                                                   "q8_0 or q4_1 (tokenizer from the embedded model's GGUF)."),
+    adapters: Optional[Path] = typer.Option(None, "--adapters", help="Merge these fine-tuned adapters (the subnet's "
+                                                                     "gate-mixed LoRA) into the extracted weights."),
 ) -> None:
     """Write the subnet as a dense HF checkpoint that plain `AutoModelForCausalLM.from_pretrained` loads."""
     _setup(None)
@@ -217,7 +228,7 @@ def extract(
         if gguf not in TYPES:
             raise UserError(f"--gguf {gguf!r}: choose from {', '.join(TYPES)}")
 
-    loaded = _load(model)
+    loaded = _load(model, adapters)
     dims = ModelDims.from_config(loaded.model.config)
     spec = Subnet.load(subnet_file, dims)
     with console.status("extracting"):
@@ -246,6 +257,7 @@ def evaluate(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: $AMOEBA_DATA_DIR or ../shared/data)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the full JSON record here."),
     threads: Optional[int] = ThreadsOption,
+    adapters: Optional[Path] = AdaptersOption,
 ) -> None:
     """Perplexity (WikiText-2) and multiple-choice accuracy (ARC, MMLU) of a model or subnet -> table + JSON."""
     _setup(threads)
@@ -260,7 +272,7 @@ def evaluate(
         raise UserError(f"--seq-len must be >= 2, got {seq_len}")
     selected = parse_tasks(tasks)
     root = data_root(data_dir)
-    loaded = _load(model)
+    loaded = _load(model, adapters)
     spec = Subnet.load(subnet_file, ModelDims.from_config(loaded.model.config)) if subnet_file else None
     record = evaluate_tasks(loaded, selected, root, subnet=spec, limit=limit, seq_len=seq_len)
     console.print(results_table(record))
@@ -301,12 +313,14 @@ def demo(
     run_demo(console, _load("default"), out, target_ratio, trials, limit=limit, windows=windows, data_dir=data_dir)
 
 
+from . import cli_finetune  # noqa: E402
 from . import cli_profile  # noqa: E402  (sub-commands register on `app`)
 
 app.add_typer(cli_profile.profile_app, name="profile")
 from . import cli_search  # noqa: E402
 
 app.command("search")(cli_search.search_command)
+app.command("finetune")(cli_finetune.finetune)
 app.command("pareto")(cli_search.pareto_command)
 cli_profile.plot_app.command("pareto")(cli_search.plot_pareto)
 app.add_typer(cli_profile.plot_app, name="plot")

@@ -37,6 +37,7 @@ class SearchArgs:
     min_mlp_ratio: float
     correction: bool
     threads: Optional[int]
+    adapters: Optional[str] = None
 
 
 def build_context(args: SearchArgs, loaded=None):
@@ -55,6 +56,10 @@ def build_context(args: SearchArgs, loaded=None):
                            / args.flow)
     setting = lut.setting(args.phase, args.tokens, args.batch, args.dtype)
     loaded = loaded or _load(args.model)
+    if args.adapters and loaded.adapters is None:
+        from .finetune.checkpoint import load_adapters
+
+        loaded.adapters = load_adapters(loaded, Path(args.adapters))
     dims = ModelDims.from_config(loaded.model.config)
     space = SearchSpace.build(strategy, dims, lut, setting, args.min_depth, args.min_heads, args.min_mlp_ratio)
     extra = {"samples": args.proxy_samples} if args.proxy_samples else {}
@@ -77,6 +82,8 @@ PhaseOption = typer.Option("decode", help="prefill (TTFT at P tokens) or decode 
 StorageOption = typer.Option(DEFAULT_STORAGE, help="Optuna storage: sqlite:///x.db, postgresql://user@host/db, or "
                                                    "journal:PATH. Share it to share studies and accuracy across "
                                                    "workers and machines.")
+AdaptersOption = typer.Option(None, "--adapters", help="Fine-tuned SMoL adapters (`amoeba finetune --out DIR`): "
+                                                        "accuracy is measured with them, and cached apart.")
 ProxyOption = typer.Option("ppl", help="Accuracy proxy: ppl (WikiText-2 valid windows), arc_easy or mmlu "
                                        "(first N validation questions).")
 
@@ -114,6 +121,7 @@ def search_command(
     profiles_dir: Optional[Path] = ProfilesOption,
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: ../shared/data)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    adapters: Optional[Path] = AdaptersOption,
 ) -> None:
     """Best subnet under a latency target on a device/flow: Optuna TPE with the latency as a constraint."""
     from .cli import console
@@ -125,7 +133,7 @@ def search_command(
     args = _args(strategy=strategy, device=device, flow=flow, phase=phase, tokens=tokens, dtype=dtype, batch=batch,
                  model=model, proxy=proxy, proxy_samples=proxy_samples, storage=storage, profiles_dir=profiles_dir,
                  data_dir=data_dir, min_depth=min_depth, min_heads=min_heads, min_mlp_ratio=min_mlp_ratio,
-                 correction=correction, threads=threads)
+                 correction=correction, threads=threads, adapters=adapters)
     ctx = build_context(args)
     target = ctx.resolve_target(target_ms, target_ratio)
     name = ctx.study_name("search", f"/target={target:.4f}/{sampler}")
@@ -175,6 +183,7 @@ def pareto_command(
     min_mlp_ratio: float = typer.Option(0.25, "--min-mlp-ratio"),
     correction: bool = typer.Option(True), profiles_dir: Optional[Path] = ProfilesOption,
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"), threads: Optional[int] = typer.Option(None),
+    adapters: Optional[Path] = AdaptersOption,
 ) -> None:
     """Accuracy-latency Pareto front on a device/flow (multi-objective Optuna) + baselines -> CSV for `plot pareto`."""
     from .cli import console
@@ -184,7 +193,7 @@ def pareto_command(
     args = _args(strategy=strategy, device=device, flow=flow, phase=phase, tokens=tokens, dtype=dtype, batch=batch,
                  model=model, proxy=proxy, proxy_samples=proxy_samples, storage=storage, profiles_dir=profiles_dir,
                  data_dir=data_dir, min_depth=min_depth, min_heads=min_heads, min_mlp_ratio=min_mlp_ratio,
-                 correction=correction, threads=threads)
+                 correction=correction, threads=threads, adapters=adapters)
     ctx = build_context(args)
     study = pareto(ctx, trials, sampler, seed, progress=True)
     rows = pareto_rows(ctx, study, baselines)

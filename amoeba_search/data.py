@@ -49,13 +49,7 @@ def read_text(path: Path) -> str:
 
 
 def _jsonl(path: Path) -> Iterator[dict]:
-    with require_file(path, "JSONL").open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{number} is not valid JSON ({exc.msg})") from exc
+    return (record for _, record in _numbered_jsonl(path))
 
 
 def read_arc(path: Path) -> list[MCItem]:
@@ -83,3 +77,61 @@ def read_mmlu(path: Path) -> list[MCItem]:
         items.append(MCItem(context=record["input"], continuations=tuple(f" {c}" for c in letters),
                             gold=letters.index(record["output"]), choice_lengths=(1, 1, 1, 1)))
     return items
+
+
+ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                     "context. Write a response that appropriately completes the request.\n\n"
+                     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}")
+ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                   "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n{output}")
+
+
+def alpaca_text(instruction: str, input_text: str, output: str) -> str:
+    template = ALPACA_WITH_INPUT if input_text.strip() else ALPACA_NO_INPUT
+    return template.format(instruction=instruction, input=input_text, output=output)
+
+
+def _instruction_texts(path: Path, number: int, record: dict) -> list[str]:
+    """Alpaca records ({instruction, input?, output}), self-instruct seed tasks ({instruction, instances: [{input,
+    output}]}) or {text}; a record matching none is named with the field it lacks."""
+    if not isinstance(record, dict):
+        raise UserError(f"{path}:{number}: a record must be a JSON object")
+    if isinstance(record.get("text"), str):
+        return [record["text"]]
+    if not isinstance(record.get("instruction"), str):
+        raise UserError(f"{path}:{number}: missing string field 'instruction' (or 'text'); instruction data needs "
+                        "{\"instruction\", \"input\", \"output\"} records")
+    instances = record["instances"] if "instances" in record else [record]
+    if not isinstance(instances, list) or not instances:
+        raise UserError(f"{path}:{number}: 'instances' must be a non-empty list of {{input, output}} objects")
+    texts = []
+    for instance in instances:
+        if not isinstance(instance, dict) or not isinstance(instance.get("output"), str):
+            raise UserError(f"{path}:{number}: missing string field 'output'")
+        input_text = instance.get("input") or ""
+        if not isinstance(input_text, str):
+            raise UserError(f"{path}:{number}: field 'input' must be a string")
+        texts.append(alpaca_text(record["instruction"], input_text, instance["output"]))
+    return texts
+
+
+def read_training_texts(path: Path) -> list[str]:
+    """Training documents: JSONL instruction records in the Alpaca prompt template, or a plain text file."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        texts = [t for number, record in _numbered_jsonl(path) for t in _instruction_texts(path, number, record)]
+    else:
+        texts = [read_text(path)]
+    if not any(t.strip() for t in texts):
+        raise UserError(f"{path} holds no text to train on")
+    return texts
+
+
+def _numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with require_file(path, "JSONL").open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{number} is not valid JSON ({exc.msg})") from exc

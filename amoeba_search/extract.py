@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -113,12 +114,18 @@ def _add_compensation(state: dict[str, torch.Tensor], target: dict[str, torch.Te
 
 
 def extract(loaded: LoadedModel, subnet: Subnet, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write the subnet as a checkpoint dir (safetensors + config + tokenizer + amoeba_subnet.json), atomically."""
-    small = extract_model(loaded.model, subnet)
+    """Write the subnet as a checkpoint dir (safetensors + config + tokenizer + amoeba_subnet.json), atomically;
+    attached adapters are merged in, so the result is a plain dense model."""
+    source = loaded.model
+    if loaded.adapters is not None:   # merge: this subnet's gate-mixed LoRA update goes into a copy of the weights
+        source = copy.deepcopy(loaded.model)
+        loaded.adapters.merge_into(source, subnet)
+    small = extract_model(source, subnet)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         small.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         provenance = subnet.to_dict(loaded.fingerprint)
         provenance["source_model_path"] = str(loaded.path)
+        provenance["adapters_merged"] = None if loaded.adapters is None else loaded.adapters.describe()
         write_json_atomic(tmp / SUBNET_FILE, provenance)
     return Path(out_dir)

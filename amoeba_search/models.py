@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -9,12 +10,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ContextManager
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .artifacts import atomic_directory
 from .errors import UserError
+from .subnet import ModelDims, Subnet
+from .view import subnet_view
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ALIASES = {"default", DEFAULT_MODEL}
@@ -36,10 +40,18 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     name: str
     path: Path
+    adapters: Any = None                 # trained SMoL adapters (finetune.smol.SMoLAdapters), if attached
 
     @property
     def fingerprint(self) -> dict[str, str]:
         return fingerprint(self.name, self.model.config)
+
+    def view(self, subnet: Subnet | None) -> ContextManager[PreTrainedModel]:
+        """The model run as `subnet` (None: the whole model), with the attached adapters if there are any: the one
+        way evaluation and search see a subnet."""
+        if self.adapters is not None:
+            return self.adapters.applied(self.model, subnet or Subnet.full(ModelDims.from_config(self.model.config)))
+        return subnet_view(self.model, subnet) if subnet is not None else contextlib.nullcontext(self.model)
 
 
 def fingerprint(name: str, config) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,7 +14,6 @@ from .evaluate import multiple_choice, perplexity
 from .models import LoadedModel
 from .registry import Registry
 from .subnet import ModelDims, Subnet
-from .view import subnet_view
 
 
 @dataclass(frozen=True)
@@ -62,11 +60,10 @@ def evaluate_tasks(loaded: LoadedModel, tasks: list[Task], data_dir: Path, subne
                    limit: int | None = None, seq_len: int = 512, progress: bool = True) -> dict:
     """Score a model (or a subnet of it, through the in-place view) on tasks; the record is the JSON artifact."""
     dims = ModelDims.from_config(loaded.model.config)
-    scope = subnet_view(loaded.model, subnet) if subnet is not None else contextlib.nullcontext()
     results = {}
-    with scope:
+    with loaded.view(subnet) as model:
         for task in tasks:
-            results[task.name] = task.run(loaded.model, loaded.tokenizer, data_dir, limit=limit, seq_len=seq_len,
+            results[task.name] = task.run(model, loaded.tokenizer, data_dir, limit=limit, seq_len=seq_len,
                                           progress=progress)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -74,6 +71,7 @@ def evaluate_tasks(loaded: LoadedModel, tasks: list[Task], data_dir: Path, subne
         "model": loaded.fingerprint,
         "model_path": str(loaded.path),
         "subnet": None if subnet is None else {"summary": subnet.summary(dims), **subnet.to_dict()},
+        "adapters": None if loaded.adapters is None else loaded.adapters.describe(),
         "data_dir": str(data_dir),
         "limit": limit,
         "dtype": str(loaded.model.dtype).removeprefix("torch."),

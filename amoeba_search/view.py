@@ -51,9 +51,10 @@ def _sliced_forward(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Te
 Slice = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]  # rows, cols, extra bias
 
 
-def _block_slices(dims: ModelDims, heads: tuple[int, ...], groups: tuple[int, ...], channels: tuple[int, ...],
-                  bias: tuple[tuple[float, ...], tuple[float, ...]] | None) -> dict[str, Slice]:
-    """(rows, cols, extra bias) per projection of one decoder block; projections left whole are left out."""
+def block_slices(dims: ModelDims, subnet: Subnet, position: int) -> dict[str, Slice]:
+    """(rows, cols, extra bias) per projection of kept layer number `position`; projections left whole are left out."""
+    heads, groups, channels = subnet.heads[position], subnet.kv_groups(dims, position), subnet.mlp_channels[position]
+    bias = subnet.bias[position] if subnet.bias is not None else None
     slices: dict[str, Slice] = {}
     if len(heads) < dims.num_heads:
         head_rows = expand_blocks(list(heads), dims.head_dim)            # q rows / o_proj cols: (heads*hd)
@@ -99,9 +100,7 @@ def subnet_view(model: PreTrainedModel, subnet: Subnet) -> Iterator[PreTrainedMo
         for position, layer_idx in enumerate(subnet.layers):
             block = original[layer_idx]
             heads, groups = subnet.heads[position], subnet.kv_groups(dims, position)
-            bias = subnet.bias[position] if subnet.bias is not None else None
-            slices = _block_slices(dims, heads, groups, subnet.mlp_channels[position], bias)
-            for name, (rows, cols, extra_bias) in slices.items():
+            for name, (rows, cols, extra_bias) in block_slices(dims, subnet, position).items():
                 linear = block.get_submodule(name)
                 linear.forward = _sliced_forward(linear, rows, cols, extra_bias)
                 patched.append(linear)

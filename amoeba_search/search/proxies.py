@@ -19,7 +19,6 @@ from ..models import LoadedModel
 from ..registry import Registry
 from ..selection.calibration import text_calibration
 from ..subnet import Subnet
-from ..view import subnet_view
 
 
 @dataclass
@@ -52,7 +51,7 @@ def perplexity_proxy(loaded: LoadedModel, data_dir: Path, samples: int = 8, seq_
 
     @torch.inference_mode()
     def score(subnet: Subnet) -> float:
-        with subnet_view(loaded.model, subnet) as model:
+        with loaded.view(subnet) as model:
             logits = model(input_ids=ids).logits[:, :-1].float()
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
         return math.exp(loss.item())
@@ -65,7 +64,7 @@ def _mc_proxy(name: str, relative: str, reader, loaded: LoadedModel, data_dir: P
     items = reader(require_file(data_dir / relative, name))[:samples]
 
     def score(subnet: Subnet) -> float:
-        with subnet_view(loaded.model, subnet) as model:
+        with loaded.view(subnet) as model:
             return multiple_choice(model, loaded.tokenizer, items, progress=False)["acc"]
 
     return Proxy(name, "maximize", "acc %", {"data": relative, "samples": len(items)}, score)

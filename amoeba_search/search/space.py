@@ -44,14 +44,31 @@ class SearchSpace:
               max_mlp_options: int | None = None) -> "SearchSpace":
         """Depths the strategy computed (>= min_depth, default half the model), GQA-valid head counts (>= one per
         KV group by default), and the MLP widths the profile measured (>= min_mlp_ratio of the full width)."""
+        measured = lut.widths(setting)
+        space = cls.floored(strategy, dims, sorted({h for h, _ in measured}), sorted({m for _, m in measured}),
+                            min_depth, min_heads, min_mlp_ratio, max_mlp_options)
+        space.check_profile(lut, setting)
+        return space
+
+    @classmethod
+    def from_strategy(cls, strategy: Strategy, dims: ModelDims, mlp_steps: int = 8, min_depth: int | None = None,
+                      min_heads: int | None = None, min_mlp_ratio: float = 0.25) -> "SearchSpace":
+        """The space without a device profile (fine-tuning): MLP widths are multiples of 1/mlp_steps of the full
+        width, the grid `amoeba profile` measures by default."""
+        mlp = [round(dims.intermediate_size * k / mlp_steps) for k in range(1, mlp_steps + 1)]
+        return cls.floored(strategy, dims, dims.head_counts(), mlp, min_depth, min_heads, min_mlp_ratio)
+
+    @classmethod
+    def floored(cls, strategy: Strategy, dims: ModelDims, heads: list[int], mlp: list[int], min_depth: int | None,
+                min_heads: int | None, min_mlp_ratio: float, max_mlp_options: int | None = None) -> "SearchSpace":
+        """Apply the floors to the strategy's depths and the offered widths, refusing an empty result."""
         if strategy.width is None:
             raise UserError("the strategy has no width scores: rerun `amoeba select` with a --width-method")
         floor_depth = max(2, dims.num_layers // 2) if min_depth is None else min_depth
         depths = tuple(d for d in strategy.depths() if d >= floor_depth)
         floor_heads = dims.num_kv_heads if min_heads is None else min_heads
-        measured = lut.widths(setting)
-        heads = tuple(h for h in dims.head_counts() if h >= floor_heads and any(w[0] == h for w in measured))
-        mlp = sorted({m for _, m in measured if m >= min_mlp_ratio * dims.intermediate_size})
+        heads = tuple(h for h in dims.head_counts() if h >= floor_heads and h in heads)
+        mlp = sorted({m for m in mlp if m >= min_mlp_ratio * dims.intermediate_size})
         if max_mlp_options and len(mlp) > max_mlp_options:      # evenly spaced subset, always with the full width
             step = (len(mlp) - 1) / (max_mlp_options - 1)
             mlp = sorted({mlp[round(i * step)] for i in range(max_mlp_options)})
@@ -59,9 +76,7 @@ class SearchSpace:
             raise UserError(f"empty search space: depths {depths}, heads {heads}, MLP widths {mlp} after the floors "
                             f"(min depth {floor_depth}, min heads {floor_heads}, min MLP ratio {min_mlp_ratio}); lower "
                             "a floor or profile more widths")
-        space = cls(depths, heads, tuple(mlp))
-        space.check_profile(lut, setting)
-        return space
+        return cls(depths, heads, tuple(mlp))
 
     def candidates(self) -> list[Candidate]:
         return [Candidate(d, h, m) for d, h, m in itertools.product(self.depths, self.heads, self.mlp)]
@@ -73,6 +88,17 @@ class SearchSpace:
     @property
     def largest(self) -> Candidate:
         return Candidate(max(self.depths), max(self.heads), max(self.mlp))
+
+    @property
+    def smallest(self) -> Candidate:
+        return Candidate(min(self.depths), min(self.heads), min(self.mlp))
+
+    def to_dict(self) -> dict:
+        return {"depths": list(self.depths), "heads": list(self.heads), "mlp": list(self.mlp)}
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> "SearchSpace":
+        return cls(tuple(payload["depths"]), tuple(payload["heads"]), tuple(payload["mlp"]))
 
     def check_profile(self, lut: LookupTable, setting: Setting) -> None:
         """Every width the space offers must have been profiled on the device."""

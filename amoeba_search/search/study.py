@@ -44,6 +44,8 @@ class SearchContext:
 
     def __post_init__(self) -> None:
         self.strategy.check_model(self.loaded.fingerprint)
+        if self.loaded.adapters is not None:
+            self.loaded.adapters.check_strategy(self.strategy)
         if self.lut.meta.get("model") != self.loaded.fingerprint:
             raise UserError(f"profile {self.lut.name} was made for model {self.lut.meta.get('model')}, not "
                             f"{self.loaded.fingerprint}: profile this model")
@@ -56,9 +58,10 @@ class SearchContext:
     @property
     def cache_name(self) -> str:
         """One cache per (model, strategy, proxy): shared by every device, flow, phase and target."""
-        strategy_id = digest({"layers": [r["layers"] for r in self.strategy.depth["table"]],
-                              "width": self.strategy.width.get("method")})
-        return f"amoeba-accuracy/{self.loaded.fingerprint['config_sha256']}/{strategy_id}/{self.proxy.fingerprint}"
+        adapters = self.loaded.adapters
+        suffix = f"/adapters-{adapters.fingerprint}" if adapters is not None else ""
+        return (f"amoeba-accuracy/{self.loaded.fingerprint['config_sha256']}/{self.strategy.fingerprint}/"
+                f"{self.proxy.fingerprint}{suffix}")
 
     def latency_ms(self, candidate: Candidate) -> float:
         return self.predictor.predict_ms(self.setting, candidate.widths)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,13 @@ class Strategy:
         if self.model != fingerprint:
             raise UserError(f"strategy was computed for model {self.model} but the loaded model is {fingerprint}: "
                             "run `amoeba select` on this model")
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies what a candidate means (the DP layers per depth + the width method), for caches and adapters."""
+        payload = {"layers": [r["layers"] for r in self.depth["table"]],
+                   "width": (self.width or {}).get("method")}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def depths(self) -> list[int]:
         return sorted(row["num_layers"] for row in self.depth["table"])

@@ -1,0 +1,102 @@
+"""Adapter checkpoints: router + experts (+ optimizer state for resuming) as safetensors beside a JSON record; no
+pickle. Each checkpoint is a complete `step-NNNNNN/` directory moved into place atomically; the newest wins."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..artifacts import SCHEMA_VERSION, atomic_directory, environment, read_json
+from ..errors import UserError
+from ..models import LoadedModel
+from ..search.space import SearchSpace
+from ..subnet import ModelDims
+from .smol import AdapterConfig, SMoLAdapters
+
+ADAPTERS_KIND = "amoeba_search.adapters"
+RECORD, WEIGHTS, OPTIMIZER = "adapters.json", "adapters.safetensors", "optimizer.safetensors"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints in a run directory, oldest first (partial ones are hidden temp dirs)."""
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if _STEP_DIR.match(p.name) and (p / RECORD).is_file()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name)[1]))
+
+
+def resolve(path: Path) -> Path:
+    """A checkpoint dir, or a run dir (its newest checkpoint)."""
+    if (path / RECORD).is_file():
+        return path
+    found = checkpoints(path)
+    if not found:
+        raise UserError(f"no adapter checkpoint in {path}: train one with `amoeba finetune --out {path}`")
+    return found[-1]
+
+
+def save_checkpoint(run_dir: Path, adapters: SMoLAdapters, optimizer: torch.optim.Optimizer, record: dict,
+                    keep: int = 2) -> Path:
+    """Write step-N/ atomically, then drop all but the newest `keep` checkpoints."""
+    target = run_dir / f"step-{record['step']:06d}"
+    with atomic_directory(target, overwrite=True) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in adapters.state_dict().items()}, str(tmp / WEIGHTS))
+        tensors, groups = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, str(tmp / OPTIMIZER))
+        full = {"schema_version": SCHEMA_VERSION, "kind": ADAPTERS_KIND, **record, "optimizer_param_groups": groups,
+                "environment": environment()}
+        (tmp / RECORD).write_text(json.dumps(full, indent=1) + "\n")
+    for old in checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def read_record(path: Path) -> dict:
+    record = read_json(path / RECORD, "adapters", f"train adapters with `amoeba finetune --out {path}`")
+    if record.get("kind") != ADAPTERS_KIND or record.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path} is not a version-{SCHEMA_VERSION} adapters checkpoint (kind {record.get('kind')!r})")
+    return record
+
+
+def build_adapters(loaded: LoadedModel, record: dict) -> SMoLAdapters:
+    """Empty adapters of the recorded shape for this model; refuses adapters trained on another model."""
+    if record["model"] != loaded.fingerprint:
+        raise UserError(f"adapters were trained on model {record['model']}, not {loaded.fingerprint}: pass the "
+                        "model they were trained on (--model) or train adapters for this one")
+    config = AdapterConfig(**{**record["adapter"], "targets": tuple(record["adapter"]["targets"])})
+    adapters = SMoLAdapters(ModelDims.from_config(loaded.model.config), SearchSpace.from_dict(record["space"]),
+                            config, loaded.model)
+    adapters.record = record
+    return adapters
+
+
+def load_adapters(loaded: LoadedModel, path: Path) -> SMoLAdapters:
+    """Adapters ready to evaluate (eval mode: no router noise), with an id derived from their weights."""
+    path = resolve(Path(path))
+    adapters = build_adapters(loaded, read_record(path))
+    weights = path / WEIGHTS
+    adapters.load_state_dict(load_file(str(weights)))
+    adapters.fingerprint = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    adapters.path = path
+    return adapters.eval()
+
+
+def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, record: dict) -> None:
+    state: dict = {}
+    for key, tensor in load_file(str(path / OPTIMIZER)).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": record["optimizer_param_groups"]})
+
+
+def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    tensors = {f"{index}.{name}": torch.as_tensor(value).detach().contiguous().cpu()
+               for index, per_param in state_dict["state"].items() for name, value in per_param.items()}
+    return tensors, state_dict["param_groups"]

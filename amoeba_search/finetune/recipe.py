@@ -1,0 +1,214 @@
+"""The one-for-all fine-tuning recipe, as one linear class (setup / train / save_checkpoint): every step samples a
+sandwich of subnets (largest, smallest, K-2 random), trains the largest on the next-token loss and the others to
+match its logits (in-place distillation), rescales each distillation loss to the largest's magnitude (loss-magnitude
+balancing), accumulates all K gradients, then takes one optimizer step. Sampling, data windows and router noise are
+derived from (seed, step), so a resumed run takes exactly the steps an uninterrupted one would."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..models import LoadedModel
+from ..search.space import Candidate, SearchSpace, candidate_subnet
+from ..selection.strategy import Strategy
+from ..subnet import ModelDims, Subnet
+from .checkpoint import build_adapters, checkpoints, load_optimizer, save_checkpoint, read_record
+from .smol import AdapterConfig, SMoLAdapters
+from safetensors.torch import load_file
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """CPU default: finishes in minutes on the embedded model; the paper's GPU recipe is lr 2e-4, 10K steps."""
+
+    steps: int = 200
+    subnets_per_step: int = 4            # K: largest + smallest + K-2 random
+    batch_size: int = 4
+    seq_len: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    balance: bool = True                 # loss-magnitude balancing (off for the ablation)
+    seed: int = 0
+    checkpoint_every: int = 50
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"          # "bf16" / "fp16" on GPU (Accelerate autocast)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "subnets_per_step", "batch_size", "seq_len", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise UserError(f"--mixed-precision {self.mixed_precision!r}: choose no, bf16 or fp16")
+
+
+def token_stream(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
+    """All documents tokenized and joined with EOS: the stream training windows are cut from."""
+    eos = loaded.tokenizer.eos_token_id
+    ids: list[int] = []
+    for text in texts:
+        ids += loaded.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        if eos is not None:
+            ids.append(eos)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per token, averaged over tokens; the teacher is detached."""
+    student = F.log_softmax(student_logits.float(), dim=-1).flatten(0, -2)        # (B*T, V)
+    return F.kl_div(student, teacher_logprobs.flatten(0, -2), log_target=True, reduction="batchmean")
+
+
+def balanced(loss: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Rescale to the reference's magnitude (loss_ref / loss.detach()), so large losses of small subnets do not
+    dominate the shared adapters; the gradient direction of each loss is unchanged."""
+    return loss * (reference.detach() / loss.detach().clamp_min(1e-12))
+
+
+class Trainer:
+    def __init__(self, loaded: LoadedModel, strategy: Strategy, strategy_path: Path, data: dict[str, list[str]],
+                 out_dir: Path, config: TrainConfig, adapter_config: AdapterConfig, space: SearchSpace | None = None,
+                 progress: bool = True) -> None:
+        strategy.check_model(loaded.fingerprint)
+        self.loaded, self.strategy, self.out_dir, self.config, self.progress = loaded, strategy, Path(out_dir), config, progress
+        self.dims = ModelDims.from_config(loaded.model.config)
+        self.space = space or SearchSpace.from_strategy(strategy, self.dims)
+        self.tokens = token_stream(loaded, [t for texts in data.values() for t in texts])
+        if len(self.tokens) <= config.seq_len + 1:
+            raise UserError(f"the training data has {len(self.tokens)} tokens, fewer than one --seq-len "
+                            f"{config.seq_len} window: add data or shorten --seq-len")
+        self.record = {"model": loaded.fingerprint,
+                       "strategy": {"path": str(strategy_path), "fingerprint": strategy.fingerprint},
+                       "space": self.space.to_dict(), "adapter": adapter_config.to_dict(),
+                       "training": dataclasses.asdict(config),
+                       "data": {"files": list(data), "tokens": len(self.tokens)},
+                       "step": 0, "seconds": 0.0, "history": []}
+        self.setup()
+
+    # ---- setup ----------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator(mixed_precision=self.config.mixed_precision, cpu=not torch.cuda.is_available())
+        model = self.loaded.model.to(self.accelerator.device).requires_grad_(False)
+        if self.config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()                  # transformers only checkpoints in train mode; LLaMA has no dropout
+        with torch.random.fork_rng(devices=[]):    # the initial experts and router come from the seed too
+            torch.manual_seed(self.config.seed)
+            self.adapters: SMoLAdapters = build_adapters(self.loaded, self.record)
+        self.adapters.to(self.accelerator.device).train()
+        self.optimizer = torch.optim.AdamW(self.adapters.parameters(), lr=self.config.lr,
+                                           weight_decay=self.config.weight_decay)
+        self.subnet = functools.lru_cache(maxsize=64)(self._subnet)
+        self._resume()
+
+    def _resume(self) -> None:
+        """Continue the newest checkpoint in out_dir, if any, after checking it is the same run."""
+        found = checkpoints(self.out_dir)
+        if not found:
+            return
+        saved = read_record(found[-1])
+        for field in ("model", "strategy", "space", "adapter"):
+            if saved[field] != self.record[field]:
+                raise UserError(f"{self.out_dir} holds a run with a different {field}: pass a new --out, or the "
+                                "same settings to resume it")
+        ignore = {"steps", "checkpoint_every"}
+        if {k: v for k, v in saved["training"].items() if k not in ignore} != \
+                {k: v for k, v in self.record["training"].items() if k not in ignore}:
+            raise UserError(f"{self.out_dir} holds a run with different training settings: pass a new --out, or the "
+                            "same settings (only --steps may change) to resume it")
+        self.adapters.load_state_dict(load_file(str(found[-1] / "adapters.safetensors")))
+        load_optimizer(found[-1], self.optimizer, saved)
+        self.record.update(step=saved["step"], seconds=saved["seconds"], history=saved["history"])
+
+    def _subnet(self, candidate: Candidate) -> Subnet:
+        return candidate_subnet(self.loaded.model, self.strategy, candidate)
+
+    # ---- one step -------------------------------------------------------------------------------------------
+    def sandwich(self, step: int) -> list[Candidate]:
+        """Largest, smallest, then K-2 uniformly random shapes of the space."""
+        rng = random.Random(self.config.seed * 1_000_003 + step)
+        chosen = [self.space.largest, self.space.smallest][: self.config.subnets_per_step]
+        while len(chosen) < self.config.subnets_per_step:
+            chosen.append(Candidate(rng.choice(self.space.depths), rng.choice(self.space.heads),
+                                    rng.choice(self.space.mlp)))
+        return chosen
+
+    def batch(self, step: int) -> torch.Tensor:
+        """(B, T+1) random windows of the token stream; each process of a multi-GPU run gets its own."""
+        generator = torch.Generator().manual_seed((self.config.seed * 1_000_003 + step) * 64
+                                                  + self.accelerator.process_index)
+        starts = torch.randint(0, len(self.tokens) - self.config.seq_len - 1, (self.config.batch_size,),
+                               generator=generator)
+        window = torch.arange(self.config.seq_len + 1)
+        return self.tokens[starts[:, None] + window].to(self.accelerator.device)
+
+    def train_step(self, step: int) -> list[float]:
+        """K forward/backward passes, gradients accumulated, one optimizer step; returns each subnet's raw loss."""
+        ids = self.batch(step)
+        inputs, targets = ids[:, :-1], ids[:, 1:]
+        self.optimizer.zero_grad(set_to_none=True)
+        teacher, reference, raw = None, None, []
+        for index, candidate in enumerate(self.sandwich(step)):
+            noise = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step * 16 + index)
+            with self.adapters.applied(self.loaded.model, self.subnet(candidate), noise) as model, \
+                    self.accelerator.autocast():
+                logits = model(input_ids=inputs).logits                                  # (B, T, V)
+                if teacher is None:      # the largest subnet learns from the data and teaches the rest
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+                    teacher = F.log_softmax(logits.detach().float(), dim=-1)
+                    reference = loss.detach()
+                else:
+                    loss = distillation_loss(logits, teacher)
+                raw.append(loss.item())
+                if index and self.config.balance:
+                    loss = balanced(loss, reference)
+                self.accelerator.backward(loss)     # inside the view: gradient checkpointing re-runs the subnet
+        self._sync_gradients()
+        self.optimizer.step()
+        return raw
+
+    def _sync_gradients(self) -> None:
+        """Average adapter gradients over processes (every process samples the same subnets and router noise, so
+        the same experts have gradients everywhere)."""
+        if self.accelerator.num_processes == 1:
+            return
+        for parameter in self.adapters.parameters():
+            if parameter.grad is not None:
+                parameter.grad = self.accelerator.reduce(parameter.grad, reduction="mean")
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        start_step = self.record["step"]
+        if start_step >= self.config.steps:
+            return self.record
+        names = ["full", "small"] + [f"r{i}" for i in range(1, self.config.subnets_per_step - 1)]
+        bar = tqdm(range(start_step, self.config.steps), initial=start_step, total=self.config.steps,
+                   desc="finetune", unit="step", disable=not self.progress)
+        for step in bar:
+            began = time.perf_counter()
+            losses = self.train_step(step)
+            self.record["seconds"] += time.perf_counter() - began
+            self.record["step"] = step + 1
+            self.record["history"].append({"step": step + 1, "subnets": [c.key for c in self.sandwich(step)],
+                                           "losses": [round(v, 5) for v in losses]})
+            bar.set_postfix({n: f"{v:.3f}" for n, v in zip(names, losses)})
+            if (step + 1) % self.config.checkpoint_every == 0 or step + 1 == self.config.steps:
+                self.save_checkpoint()
+        return self.record
+
+    def save_checkpoint(self) -> Path:
+        if not self.accelerator.is_main_process:
+            return self.out_dir
+        return save_checkpoint(self.out_dir, self.accelerator.unwrap_model(self.adapters), self.optimizer,
+                               {**self.record, "training": {**self.record["training"]}})

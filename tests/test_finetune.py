@@ -1,0 +1,198 @@
+"""Fine-tuning: the shape router, merge equivalence, one step reduces the loss, exact resume, loss balancing, data
+readers and mismatch errors, and the CLI round trip (finetune -> evaluate -> extract --adapters)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from amoeba_search.data import read_text, read_training_texts
+from amoeba_search.errors import UserError
+from amoeba_search.extract import extract_model
+from amoeba_search.finetune.checkpoint import checkpoints, load_adapters
+from amoeba_search.finetune.recipe import TrainConfig, Trainer, balanced, distillation_loss
+from amoeba_search.finetune.smol import AdapterConfig, SMoLAdapters
+from amoeba_search.models import load_model
+from amoeba_search.search.space import Candidate, SearchSpace, candidate_subnet
+from amoeba_search.selection.calibration import text_calibration
+from amoeba_search.selection.select import select_depth
+from amoeba_search.subnet import ModelDims
+from tests.test_cli import amoeba
+
+ADAPTER = AdapterConfig(experts=3, top_k=2, rank=4)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_dir, tiny_data):
+    root = tmp_path_factory.mktemp("finetune")
+    loaded = load_model(str(tiny_dir))
+    text = read_text(tiny_data / "wikitext2" / "valid.txt")
+    strategy = select_depth(loaded, text_calibration(loaded.tokenizer, text, 4, 32), "dp", max_removed=3,
+                            progress=False)
+    strategy.save(root / "strategy.json")
+    return loaded, strategy, root, {"valid.txt": [text]}
+
+
+def trainer(world, out, steps=2, **overrides) -> Trainer:
+    loaded, strategy, root, data = world
+    config = TrainConfig(**{"steps": steps, "batch_size": 2, "seq_len": 32, "lr": 1e-2, "checkpoint_every": 2,
+                            **overrides})
+    return Trainer(loaded, strategy, root / "strategy.json", data, out, config, ADAPTER, progress=False)
+
+
+def test_router_gate_is_top_k_sparse_and_depends_on_shape(world):
+    loaded, strategy, _, _ = world
+    dims = ModelDims.from_config(loaded.model.config)
+    adapters = SMoLAdapters(dims, SearchSpace.from_strategy(strategy, dims), ADAPTER, loaded.model).eval()
+    gates = [adapters.gate(candidate_subnet(loaded.model, strategy, c))
+             for c in (Candidate(5, 6, 48), Candidate(2, 2, 12), Candidate(3, 6, 24))]
+    for gate in gates:
+        assert gate.shape == (ADAPTER.experts,)
+        assert int((gate > 0).sum()) == ADAPTER.top_k
+        assert gate.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert not torch.allclose(gates[0], gates[1]) and not torch.allclose(gates[0], gates[2])
+    adapters.train()   # learned noise while training: the same shape can route differently
+    noisy = [adapters.gate(candidate_subnet(loaded.model, strategy, Candidate(5, 6, 48)),
+                           torch.Generator().manual_seed(s)) for s in range(8)]
+    assert any(not torch.allclose(noisy[0], g) for g in noisy[1:])
+
+
+def test_shape_outside_the_trained_space_is_refused(world):
+    loaded, strategy, _, _ = world
+    dims = ModelDims.from_config(loaded.model.config)
+    adapters = SMoLAdapters(dims, SearchSpace.from_strategy(strategy, dims), ADAPTER, loaded.model)
+    with pytest.raises(UserError, match="MLP widths"):
+        adapters.gate(candidate_subnet(loaded.model, strategy, Candidate(5, 6, 7)))
+
+
+def test_merged_extracted_subnet_matches_adapted_view(world):
+    """Merge sum_e g_e B_e A_e into the dense weights, extract: logits equal the adapted in-place subnet."""
+    loaded, strategy, _, _ = world
+    dims = ModelDims.from_config(loaded.model.config)
+    adapters = SMoLAdapters(dims, SearchSpace.from_strategy(strategy, dims), ADAPTER, loaded.model).eval()
+    torch.manual_seed(3)
+    for name, param in adapters.named_parameters():
+        if name.endswith(".B"):
+            param.data.normal_(0, 0.05)      # trained-looking adapters (B starts at zero)
+    ids = torch.randint(0, 257, (2, 24))
+    for candidate in (Candidate(3, 4, 24), Candidate(5, 6, 48), Candidate(2, 3, 12)):
+        subnet = candidate_subnet(loaded.model, strategy, candidate)
+        with torch.no_grad(), adapters.applied(loaded.model, subnet) as model:
+            adapted = model(input_ids=ids).logits
+        with torch.no_grad():
+            plain = loaded.model(input_ids=ids).logits if candidate.depth == 5 else None
+        merged = load_model(str(loaded.path)).model
+        adapters.merge_into(merged, subnet)
+        with torch.no_grad():
+            extracted = extract_model(merged, subnet)(input_ids=ids).logits
+        assert (adapted - extracted).abs().max().item() <= 1e-4
+        if plain is not None:                # the adapters really change the output
+            assert (adapted - plain).abs().max().item() > 1e-3
+
+
+def test_one_step_reduces_the_loss(world, tmp_path):
+    run = trainer(world, tmp_path / "run", steps=1)
+    loaded = world[0]
+    ids = run.batch(0)
+    largest = candidate_subnet(loaded.model, world[1], run.space.largest)
+
+    def loss() -> float:
+        with torch.no_grad(), run.adapters.applied(loaded.model, largest) as model:
+            logits = model(input_ids=ids[:, :-1]).logits
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).item()
+
+    run.adapters.eval()
+    before = loss()
+    run.adapters.train()
+    raw = run.train_step(0)
+    run.adapters.eval()
+    assert len(raw) == 4 and loss() < before
+
+
+def test_resume_gives_identical_state(world, tmp_path):
+    straight = trainer(world, tmp_path / "straight", steps=4)
+    straight.train()
+    first = trainer(world, tmp_path / "resumed", steps=2)
+    first.train()
+    assert [p.name for p in checkpoints(tmp_path / "resumed")] == ["step-000002"]
+    second = trainer(world, tmp_path / "resumed", steps=4)       # a new process would start exactly like this
+    assert second.record["step"] == 2
+    second.train()
+    for (name, a), b in zip(straight.adapters.state_dict().items(), second.adapters.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert straight.record["history"] == second.record["history"]
+
+
+def test_resume_refuses_different_settings(world, tmp_path):
+    trainer(world, tmp_path / "run", steps=2).train()
+    with pytest.raises(UserError, match="different training settings"):
+        trainer(world, tmp_path / "run", steps=4, lr=5e-3)
+
+
+def test_balancing_rescales_to_the_reference():
+    weight = torch.tensor(2.0, requires_grad=True)
+    loss = weight ** 2                                  # 4, gradient 4
+    scaled = balanced(loss, torch.tensor(0.5))
+    assert scaled.item() == pytest.approx(0.5)
+    scaled.backward()
+    assert weight.grad.item() == pytest.approx(4 * 0.5 / 4)   # gradient scaled by ref / loss, direction unchanged
+
+
+def test_distillation_loss_is_zero_for_the_teacher_itself():
+    logits = torch.randn(2, 5, 11)
+    teacher = torch.log_softmax(logits, -1)
+    assert distillation_loss(logits, teacher).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(torch.randn(2, 5, 11), teacher).item() > 0
+
+
+def test_training_data_readers(tmp_path):
+    good = tmp_path / "a.jsonl"
+    good.write_text(json.dumps({"instruction": "Add", "input": "1+1", "output": "2"}) + "\n"
+                    + json.dumps({"instruction": "Greet", "instances": [{"input": "", "output": "Hi"}]}) + "\n")
+    texts = read_training_texts(good)
+    assert "### Input:\n1+1" in texts[0] and "### Response:\nHi" in texts[1] and "### Input" not in texts[1]
+    bad = tmp_path / "b.jsonl"
+    bad.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(UserError, match=r"b.jsonl:2: missing string field 'instruction'"):
+        read_training_texts(bad)
+    with pytest.raises(UserError, match="not found"):
+        read_training_texts(tmp_path / "missing.jsonl")
+
+
+def test_adapters_for_another_model_are_refused(world, tmp_path, tiny_dir):
+    from tests.conftest import build_tiny
+
+    trainer(world, tmp_path / "run", steps=1, checkpoint_every=1).train()
+    other = load_model(str(build_tiny(tmp_path / "other", seed=1, intermediate_size=40)))
+    with pytest.raises(UserError, match="trained on model"):
+        load_adapters(other, tmp_path / "run")
+
+
+def test_cli_finetune_evaluate_extract(world, tmp_path, tiny_dir, tiny_data):
+    root = world[2]
+    common = ["--model", str(tiny_dir), "--data-dir", str(tiny_data)]
+    instructions = tmp_path / "tasks.jsonl"
+    instructions.write_text("".join(json.dumps({"instruction": f"Count to {n}", "input": "",
+                                                "output": " ".join(map(str, range(n)))}) + "\n" for n in range(9)))
+    result = amoeba("finetune", "--strategy", root / "strategy.json", "--out", tmp_path / "ad", "--steps", "2",
+                    "--seq-len", "32", "--batch-size", "2", "--experts", "3", "--rank", "4", "--data", instructions,
+                    "--data", tiny_data / "wikitext2" / "valid.txt", *common)
+    assert result.returncode == 0, result.stderr
+    result = amoeba("subnet", "--strategy", root / "strategy.json", "--layers", "3", "--heads", "4", "--mlp", "0.5",
+                    "--model", str(tiny_dir), "--out", tmp_path / "s.json")
+    assert result.returncode == 0, result.stderr
+    result = amoeba("evaluate", "--adapters", tmp_path / "ad", "--subnet", tmp_path / "s.json", "--tasks",
+                    "wikitext2", "--seq-len", "32", "--out", tmp_path / "e.json", *common)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["adapters"]["step"] == 2
+    result = amoeba("extract", "--adapters", tmp_path / "ad", "--subnet", tmp_path / "s.json", "--out",
+                    tmp_path / "ckpt", "--model", str(tiny_dir))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "ckpt" / "amoeba_subnet.json").read_text())["adapters_merged"]["step"] == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x"}\n')
+    result = amoeba("finetune", "--strategy", root / "strategy.json", "--data", bad, "--out", tmp_path / "ad2",
+                    *common)
+    assert result.returncode == 2 and "bad.jsonl:1: missing string field 'output'" in result.stderr
