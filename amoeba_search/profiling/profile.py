@@ -138,7 +138,10 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
     })
     log = open_profile(directory, meta, overwrite)
     done = log.done()
-    configs = [(0, 0, 0)] + [(layers_per_row, h, m) for h, m in grid.widths()]
+    # The per-call part comes from a 0-layer model, or (runtimes that cannot load one) from a 1-layer model of the
+    # widest width, which the fit separates from that width's layers_per_row row.
+    anchor = (0, 0, 0) if flow.min_layers == 0 else (1, *max(grid.widths()))
+    configs = [anchor] + [(layers_per_row, h, m) for h, m in grid.widths()]
     todo = [(p, c, s) for p in range(passes) for c in configs for s in settings
             if (p, s.phase, s.tokens, s.batch, s.dtype, *c) not in done]
     with tqdm(total=len(todo), disable=not progress, desc=f"profile {device}/{flow.name}", unit="row") as bar:

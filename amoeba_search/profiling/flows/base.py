@@ -15,8 +15,14 @@ from ...registry import Registry
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def element_bytes(dtype: str) -> int:
-    """Bytes per element of a dtype name ('float16' -> 2); unknown names are a one-line error."""
+# GGUF block formats: 32 weights share a scale (q8_0: 32 bytes + fp16 scale) or a scale and a minimum (q4_1)
+GGUF_BYTES_PER_ELEMENT = {"q8_0": 34 / 32, "q4_1": 20 / 32}
+
+
+def element_bytes(dtype: str) -> float:
+    """Bytes per element of a dtype name ('float16' -> 2, 'q4_1' -> 0.625); unknown names are a one-line error."""
+    if dtype in GGUF_BYTES_PER_ELEMENT:
+        return GGUF_BYTES_PER_ELEMENT[dtype]
     target = getattr(torch, dtype, None)
     if not isinstance(target, torch.dtype):
         raise UserError(f"unknown dtype {dtype!r}: use float32, bfloat16, float16 (or int8 for estimates)")
@@ -41,6 +47,7 @@ class Flow:
     dtypes: tuple[str, ...] = ("float32",)
     packages: tuple[str, ...] = ("torch",)
     description: str = ""
+    min_layers: int = 0          # smallest block count the runtime can load (profiles need a 0- or 1-layer anchor)
 
     def unavailable(self) -> str | None:
         """None when usable here, else one line saying what is missing and how to get it."""
