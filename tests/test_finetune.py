@@ -196,3 +196,30 @@ def test_cli_finetune_evaluate_extract(world, tmp_path, tiny_dir, tiny_data):
     result = amoeba("finetune", "--strategy", root / "strategy.json", "--data", bad, "--out", tmp_path / "ad2",
                     *common)
     assert result.returncode == 2 and "bad.jsonl:1: missing string field 'output'" in result.stderr
+
+
+def test_adapters_refuse_another_strategy(world, tmp_path):
+    import copy
+
+    loaded, strategy, _, _ = world
+    trainer(world, tmp_path / "run", steps=1, checkpoint_every=1).train()
+    adapters = load_adapters(loaded, tmp_path / "run")
+    adapters.check_strategy(strategy)                      # the one it was trained with
+    other = copy.deepcopy(strategy)
+    other.depth["table"] = other.depth["table"][:-1]
+    with pytest.raises(UserError, match="trained with strategy"):
+        adapters.check_strategy(other)
+
+
+def test_gradient_checkpointing_gives_the_same_step(world, tmp_path):
+    """Recomputing activations in backward (inside the subnet's view) must not change the update."""
+    plain = trainer(world, tmp_path / "plain", steps=1)
+    plain.train()
+    checkpointed = trainer(world, tmp_path / "ckpt", steps=1, gradient_checkpointing=True)
+    try:
+        checkpointed.train()
+    finally:
+        world[0].model.gradient_checkpointing_disable()
+        world[0].model.eval()
+    for (name, a), b in zip(plain.adapters.state_dict().items(), checkpointed.adapters.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
