@@ -125,7 +125,8 @@ def write_gguf(model: PreTrainedModel, out: str | os.PathLike, tokenizer_gguf: P
     for tensor_name, array in gguf_tensors(model):
         if array.ndim == 1 or weight_type == "f32":
             writer.add_tensor(tensor_name, array.astype(np.float32))
-        elif weight_type == "f16":
+        elif weight_type == "f16" or array.shape[-1] % 32:
+            # quantised blocks hold 32 weights of a row; other rows stay f16, as llama.cpp's converter does
             writer.add_tensor(tensor_name, array.astype(np.float16))
         else:
             qtype = gguf.GGMLQuantizationType.Q8_0 if weight_type == "q8_0" or tensor_name == "token_embd.weight" \

@@ -120,7 +120,7 @@ def evaluate_flow(lut: LookupTable, rows: list[dict]) -> tuple[list[dict], dict,
         composed = [base + blocks for base, blocks in parts]
         errors = [100 * (p - m) / m for p, m in zip(composed, measured)]
         common = {"device": lut.meta["device"], "flow": lut.meta["flow"], "phase": setting.phase,
-                  "tokens": setting.tokens, "n_subnets": len(group)}
+                  "tokens": setting.tokens, "dtype": setting.dtype, "n_subnets": len(group)}
         results.append({**common, **score(errors), "corrected": False})
         corrected = [None] * len(group)
         if score(errors)["mape_pct"] > TARGET_MAPE:
@@ -142,7 +142,7 @@ def evaluate_flow(lut: LookupTable, rows: list[dict]) -> tuple[list[dict], dict,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", required=True, help="profile name under device_profiles/")
-    parser.add_argument("--flows", default="torch-eager,torch-compile,onnxruntime")
+    parser.add_argument("--flows", default="torch-eager,torch-compile,onnxruntime,llama.cpp")
     parser.add_argument("--n", type=int, default=20, help="random subnets per flow (>= 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--passes", type=int, default=3, help="round-robin passes per subnet (median of medians)")
@@ -193,7 +193,7 @@ def write_markdown(payload: dict) -> None:
     env = payload["environment"]
     lines = ["# Latency predictor accuracy", "",
              f"{env['machine']}, {env['torch_threads']} threads, torch {env['torch']}, transformers "
-             f"{env['transformers']}, fp32, batch 1, {env['date']}. Command: `{payload['command']}`.", "",
+             f"{env['transformers']}, batch 1, {env['date']}. Command: `{payload['command']}`.", "",
              f"{payload['subnets']['random']} random extracted subnets per flow (depth 10..30, random layers, uniform "
              "width from the table's grid), each timed end to end in round-robin passes ("
              + ", ".join(f"{f}: {n}" for f, n in payload["subnets"]["passes"].items())
@@ -202,10 +202,11 @@ def write_markdown(payload: dict) -> None:
              "Composed = base + Σ block from the lookup table. Corrected = two-term least-squares correction, "
              "2-fold cross-validated (never scored on the subnets it was fitted on); only fitted when composed "
              "MAPE > 5%.", "",
-             "| device | flow | phase | tokens | n | predictor | MAPE % | max err % | within ±5% | within ±10% |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| device | flow | dtype | phase | tokens | n | predictor | MAPE % | max err % | within ±5% | within ±10% |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
-        lines.append(f"| {r['device']} | {r['flow']} | {r['phase']} | {r['tokens']} | {r['n_subnets']} | "
+        lines.append(f"| {r['device']} | {r['flow']} | {r.get('dtype', 'float32')} | {r['phase']} | {r['tokens']} | "
+                     f"{r['n_subnets']} | "
                      f"{'corrected (CV)' if r['corrected'] else 'composed'} | {r['mape_pct']:.2f} | "
                      f"{r['max_err_pct']:.2f} | {r['within_5_pct']:.0f}% | {r['within_10_pct']:.0f}% |")
     lines += ["", "Median spread between a subnet's passes ((max - min) / median), the measurement noise the "

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", required=True)
-    parser.add_argument("--flows", default="torch-eager,torch-compile,onnxruntime")
+    parser.add_argument("--flows", default="torch-eager,torch-compile,onnxruntime,llama.cpp")
     parser.add_argument("--min-depth", type=int, default=15)
     args = parser.parse_args()
     results = read_json(RESULTS / "predictor.json", "predictor results", "run benchmarks/predictor_accuracy.py first")

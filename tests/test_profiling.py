@@ -202,3 +202,20 @@ def test_every_available_flow_times_both_phases(flow_name, phase, tiny):
     assert row["weights_mib"] > 0 and row["kv_mib"] > 0
     assert len(row["samples_ms"].split()) == row["repeats"]
     assert dims.num_layers == 5  # the source model is untouched
+
+
+@pytest.mark.skipif("llama.cpp" not in AVAILABLE, reason="llama-cpp-python is not installed (make llama-cpp)")
+def test_llama_cpp_profile_anchors_on_a_one_layer_model(tiny, tmp_path):
+    """llama.cpp cannot load a 0-layer model: the per-call part is separated with a 1-layer row of the widest width."""
+    dims = ModelDims.from_config(tiny.model.config)
+    grid = WidthGrid.for_model(dims, (0.5, 1.0), heads=(3, 6))
+    setting = Setting("decode", 8, 1, "q8_0")
+    with pytest.raises(UserError, match="does not run dtype 'bfloat16'"):
+        FLOWS.get("llama.cpp").require("bfloat16")
+    lut = build_profile(tiny, tmp_path / "dev" / "llama.cpp", "dev", "llama.cpp", [setting], grid, layers_per_row=2,
+                        rule=FAST, passes=1, progress=False)
+    measured = MeasurementLog(lut.directory).read()
+    assert sorted(set(measured["layers"])) == [1, 2]
+    assert len(measured[measured["layers"] == 1]) == 1 and max(grid.widths()) == (6, 48)
+    assert sorted(lut.widths(setting)) == sorted(grid.widths())
+    assert Predictor(lut).predict_ms(setting, [(3, 24)] * 4) > 0
