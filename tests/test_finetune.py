@@ -223,3 +223,38 @@ def test_gradient_checkpointing_gives_the_same_step(world, tmp_path):
         world[0].model.eval()
     for (name, a), b in zip(plain.adapters.state_dict().items(), checkpointed.adapters.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_search_with_adapters_uses_and_caches_fine_tuned_accuracy(world, tmp_path, tiny_data):
+    """`amoeba search --adapters`: the proxy sees the adapted subnet, and its values are cached apart."""
+    from amoeba_search.profiling.lut import LookupTable, Setting
+    from amoeba_search.profiling.profile import WidthGrid
+    from amoeba_search.profiling.roofline import DeviceSpec, estimate_profile
+    from amoeba_search.search.proxies import PROXIES
+    from amoeba_search.search.study import SearchContext, search
+
+    loaded, strategy, root, _ = world
+    setting = Setting("decode", 32, 1, "float32")
+    grid = WidthGrid.for_model(ModelDims.from_config(loaded.model.config), (0.5, 1.0), heads=(3, 6))
+    spec = DeviceSpec("toy", 1.0, {"float32": 0.01}, {"bandwidth": 1.0, "compute": 1.0})
+    estimate_profile(loaded, spec, tmp_path / "toy" / "roofline", [setting], grid)
+    lut = LookupTable.load(tmp_path / "toy" / "roofline")
+    trainer(world, tmp_path / "run", steps=1, checkpoint_every=1).train()
+
+    def context():
+        space = SearchSpace.build(strategy, ModelDims.from_config(loaded.model.config), lut, setting, min_depth=2)
+        proxy = PROXIES.get("ppl")(loaded, tiny_data, samples=2, seq_len=32)
+        return SearchContext(loaded, strategy, lut, setting, space, proxy, f"sqlite:///{tmp_path}/s.db")
+
+    plain = context()
+    plain_name, subnet = plain.cache_name, plain.subnet(Candidate(3, 6, 24))
+    plain_ppl = plain.proxy.score(subnet)
+    loaded.adapters = load_adapters(loaded, tmp_path / "run")
+    try:
+        adapted = context()
+        assert plain_name != adapted.cache_name and "adapters-" in adapted.cache_name
+        assert adapted.proxy.score(subnet) != pytest.approx(plain_ppl, rel=1e-6)
+        study = search(adapted, adapted.full_model_ms(), 3, "tpe", 0, "s", progress=False)
+        assert adapted.cache.evaluations > 0 and len(study.trials) == 3
+    finally:
+        loaded.adapters = None
