@@ -78,7 +78,7 @@ def pareto_figure(files: list[Path], target_ratios: list[float] = ()) -> Figure:
         first = frame.iloc[0]
         kind = "" if first["source"] == "measured" else f", {first['source']}"
         panel = Panel(f"{first['device']} / {first['flow']}{kind}\n{first['setting']}",
-                      f"predicted latency (ms)", f"{first['proxy']} ({first['proxy_unit']}, "
+                      "predicted latency (ms)", f"{first['proxy']} ({first['proxy_unit']}, "
                       f"{'lower' if first['direction'] == 'minimize' else 'higher'} is better)",
                       ylog=first["proxy"] == "ppl")
         for name in PARETO_ORDER:

@@ -175,7 +175,7 @@ def main() -> None:
         by = {(r["subnet"], r["phase"]): r["measured_ms"] for r in rows}
         for setting in lut.settings():
             full = by[("full", setting.phase)]
-            shapes.append({"flow": flow, "phase": setting.phase, "full_ms": full,
+            shapes.append({"flow": flow, "phase": setting.phase, "dtype": setting.dtype, "full_ms": full,
                            "depth50_ms": by[("depth50", setting.phase)], "width50_ms": by[("width50", setting.phase)],
                            "depth50_over_width50": by[("depth50", setting.phase)] / by[("width50", setting.phase)]})
     existing = read_json(RESULTS / "predictor.json", "results", "") if (RESULTS / "predictor.json").is_file() else {}
@@ -215,9 +215,10 @@ def write_markdown(payload: dict) -> None:
               "", "## Which shape is faster depends on the flow", "",
               "Measured latency of the full model, a 50%-depth subnet (15 of 30 layers, full width) and a 50%-width "
               "subnet (30 layers, 6 of 9 heads, 768 of 1536 MLP channels).", "",
-              "| flow | phase | full ms | 50%-depth ms | 50%-width ms | depth50 / width50 |", "|---|---|---|---|---|---|"]
+              "| flow | dtype | phase | full ms | 50%-depth ms | 50%-width ms | depth50 / width50 |",
+              "|---|---|---|---|---|---|---|"]
     for s in payload["shapes"]:
-        lines.append(f"| {s['flow']} | {s['phase']} | {s['full_ms']:.2f} | {s['depth50_ms']:.2f} | "
+        lines.append(f"| {s['flow']} | {s.get('dtype', 'float32')} | {s['phase']} | {s['full_ms']:.2f} | {s['depth50_ms']:.2f} | "
                      f"{s['width50_ms']:.2f} | {s['depth50_over_width50']:.3f} |")
     if "profile_cost" in payload:
         c = payload["profile_cost"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
@@ -22,9 +23,8 @@ from ..models import LoadedModel
 from ..search.space import Candidate, SearchSpace, candidate_subnet
 from ..selection.strategy import Strategy
 from ..subnet import ModelDims, Subnet
-from .checkpoint import build_adapters, checkpoints, load_optimizer, save_checkpoint, read_record
+from .checkpoint import build_adapters, checkpoints, load_optimizer, read_record, save_checkpoint
 from .smol import AdapterConfig, SMoLAdapters
-from safetensors.torch import load_file
 
 
 @dataclass(frozen=True)

@@ -62,10 +62,6 @@ def storage_errors(url: str) -> Iterator[None]:
                         "the database is reachable and not locked, or use another --storage") from exc
 
 
-def digest(payload) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 class AccuracyCache:
     """Accuracy-proxy values by subnet key, stored as trials of one dedicated study in the shared storage."""
 

@@ -19,7 +19,7 @@ from ..selection.strategy import Strategy
 from ..subnet import ModelDims, Subnet
 from .proxies import Proxy
 from .space import Candidate, SearchSpace, candidate_subnet
-from .storage import AccuracyCache, digest, open_storage, storage_errors
+from .storage import AccuracyCache, open_storage, storage_errors
 
 # multivariate TPE, constraints and metric names are marked experimental; they are stable enough for our use
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
