@@ -4,8 +4,6 @@ device and flow that shares the storage shares the evaluations (accuracy does no
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Callable, Iterator
