@@ -107,7 +107,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "finetune_bench")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true", help="re-render finetune.md from finetune.json")
     args = parser.parse_args()
+    if args.report_only:
+        result = json.loads((args.results / "finetune.json").read_text())
+        (args.results / "finetune.md").write_text(markdown(result, result["details"]["subnets"]))
+        return
     command = setup(args.threads)
 
     strategy_path = ROOT / "strategies" / "smollm2-135m.dp-flap.json"
@@ -184,6 +189,22 @@ def markdown(result: dict, picks: list[dict]) -> str:
             cells = [f"**{v}**" if v == best else str(v) for v in values]
             lines.append(f"| {p['target']:.0%} | {p['shape']} | {p['subnet']} | {p['latency_ratio']:.3f} | {label} | "
                          + " | ".join(cells) + " |")
+    distinct = list(dict.fromkeys(p["subnet"] for p in picks))
+    lines += ["", f"{len(distinct)} distinct subnets (a subnet listed twice is the narrowest full-depth width, which "
+              "is all a width-only subnet can reach at both targets)."]
+    for metric, label, better in (("wikitext2_test_ppl", "WikiText-2 test ppl", min), ("arc_easy_acc", "ARC-e", max),
+                                  ("mmlu_acc", "MMLU", max)):
+        wins = {m: sum(better(by[(n, m)][metric], by[(n, "none")][metric]) != by[(n, "none")][metric]
+                       for n in distinct) for m in METHODS[1:]}
+        best = {m: sum(by[(n, m)][metric] == better(by[(n, k)][metric] for k in METHODS) for n in distinct)
+                for m in METHODS}
+        lines.append(f"- {label}: better than no fine-tuning in " + ", ".join(
+            f"{m} {wins[m]}/{len(distinct)}" for m in METHODS[1:]) + "; best of the four in " + ", ".join(
+            f"{m} {best[m]}" for m in METHODS) + ".")
+    config = result["details"]["config"]
+    for name, n in (("ARC-e", config["arc"]), ("MMLU", config["mmlu"])):
+        lines.append(f"- {name} uses {n} questions: one standard error of an accuracy near 30% is "
+                     f"{100 * (0.3 * 0.7 / n) ** 0.5:.1f} points, so most accuracy differences here are within noise.")
     lines += ["", "Training per method: " + "; ".join(
         f"{m}: {t['params_m']:.2f} M params, {t['seconds'] / 60:.1f} min, final losses {t['final_losses']}"
         for m, t in result["details"]["training"].items()), ""]
