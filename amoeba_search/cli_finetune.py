@@ -22,7 +22,7 @@ def finetune(
     steps: int = typer.Option(200, help="Optimizer steps in all (a resumed run does only the rest)."),
     subnets_per_step: int = typer.Option(4, "--subnets-per-step", help="K sandwich subnets per step: largest, "
                                                                         "smallest, K-2 random."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Sequences per step."),
+    batch_size: int = typer.Option(2, "--batch-size", help="Sequences per step."),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per sequence."),
     lr: float = typer.Option(1e-3, help="AdamW learning rate, constant (paper on GPUs: 2e-4 for 10K steps)."),
     experts: int = typer.Option(4, help="LoRA experts per adapted linear; 1 = one plain shared LoRA (no router)."),

@@ -33,7 +33,7 @@ class TrainConfig:
 
     steps: int = 200
     subnets_per_step: int = 4            # K: largest + smallest + K-2 random
-    batch_size: int = 4
+    batch_size: int = 2
     seq_len: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
