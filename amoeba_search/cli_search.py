@@ -55,11 +55,7 @@ def build_context(args: SearchArgs, loaded=None):
     lut = LookupTable.load(profiles_root(Path(args.profiles_dir) if args.profiles_dir else None) / args.device
                            / args.flow)
     setting = lut.setting(args.phase, args.tokens, args.batch, args.dtype)
-    loaded = loaded or _load(args.model)
-    if args.adapters and loaded.adapters is None:
-        from .finetune.checkpoint import load_adapters
-
-        loaded.adapters = load_adapters(loaded, Path(args.adapters))
+    loaded = loaded or _load(args.model, Path(args.adapters) if args.adapters else None)
     dims = ModelDims.from_config(loaded.model.config)
     space = SearchSpace.build(strategy, dims, lut, setting, args.min_depth, args.min_heads, args.min_mlp_ratio)
     extra = {"samples": args.proxy_samples} if args.proxy_samples else {}

@@ -4,7 +4,6 @@ pickle. Each checkpoint is a complete `step-NNNNNN/` directory moved into place 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..artifacts import SCHEMA_VERSION, atomic_directory, environment, read_json
+from ..artifacts import SCHEMA_VERSION, atomic_directory, environment, read_json, write_json_atomic
 from ..errors import UserError
 from ..models import LoadedModel
 from ..search.space import SearchSpace
@@ -52,7 +51,7 @@ def save_checkpoint(run_dir: Path, adapters: SMoLAdapters, optimizer: torch.opti
         save_file(tensors, str(tmp / OPTIMIZER))
         full = {"schema_version": SCHEMA_VERSION, "kind": ADAPTERS_KIND, **record, "optimizer_param_groups": groups,
                 "environment": environment()}
-        (tmp / RECORD).write_text(json.dumps(full, indent=1) + "\n")
+        write_json_atomic(tmp / RECORD, full, indent=1)
     for old in checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -88,7 +87,9 @@ def load_adapters(loaded: LoadedModel, path: Path) -> SMoLAdapters:
     return adapters.eval()
 
 
-def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, record: dict) -> None:
+def restore(path: Path, adapters: SMoLAdapters, optimizer: torch.optim.Optimizer, record: dict) -> None:
+    """Put a checkpoint's adapter weights and AdamW moments back, to resume training from it."""
+    adapters.load_state_dict(load_file(str(path / WEIGHTS)))
     state: dict = {}
     for key, tensor in load_file(str(path / OPTIMIZER)).items():
         index, name = key.split(".", 1)

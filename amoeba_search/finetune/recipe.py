@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
@@ -23,7 +22,7 @@ from ..models import LoadedModel
 from ..search.space import Candidate, SearchSpace, candidate_subnet
 from ..selection.strategy import Strategy
 from ..subnet import ModelDims, Subnet
-from .checkpoint import build_adapters, checkpoints, load_optimizer, read_record, save_checkpoint
+from .checkpoint import build_adapters, checkpoints, read_record, restore, save_checkpoint
 from .smol import AdapterConfig, SMoLAdapters
 
 
@@ -127,8 +126,7 @@ class Trainer:
                 {k: v for k, v in self.record["training"].items() if k not in ignore}:
             raise UserError(f"{self.out_dir} holds a run with different training settings: pass a new --out, or the "
                             "same settings (only --steps may change) to resume it")
-        self.adapters.load_state_dict(load_file(str(found[-1] / "adapters.safetensors")))
-        load_optimizer(found[-1], self.optimizer, saved)
+        restore(found[-1], self.adapters, self.optimizer, saved)
         self.record.update(step=saved["step"], seconds=saved["seconds"], history=saved["history"])
 
     def _subnet(self, candidate: Candidate) -> Subnet:
@@ -211,4 +209,4 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return self.out_dir
         return save_checkpoint(self.out_dir, self.accelerator.unwrap_model(self.adapters), self.optimizer,
-                               {**self.record, "training": {**self.record["training"]}})
+                               self.record)
