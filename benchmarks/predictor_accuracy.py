@@ -5,12 +5,14 @@ For each flow profiled under device_profiles/<device>/, --n random subnets (dept
 uniform width from the table's grid; the same subnets for every flow) are extracted and timed end to end with the
 flow's own step and the profiler's stop rule. If composition alone misses 5%, a two-term correction
 (block_scale * Σ block + base_scale * base) is fitted by least squares; its error is scored by 2-fold
-cross-validation, so no subnet is scored by a correction fitted on it. The correction fitted on all subnets is
-saved as the profile's correction.json (the search then uses it) and every subnet's figures as validation.csv.
+cross-validation, so no subnet is scored by a correction fitted on it. Only where the cross-validated correction
+beats composition is the correction fitted on all subnets saved as the profile's correction.json (the search then
+uses it); every subnet's figures go to validation.csv.
 Also measured: the full model, a 50%-depth subnet (15 layers, full width) and a 50%-width subnet (30 layers,
 6 of 9 heads, half the MLP channels), to show that the flows rank shapes differently.
-Resumable: measured rows are kept in results/predictor.partial.jsonl.
-Writes benchmarks/results/predictor.json (rows) and predictor.md.
+Resumable: measured rows are kept in results/<name>.partial.jsonl.
+Writes benchmarks/results/<name>.json (rows) and <name>.md; --results NAME (default predictor) keeps one file per
+device, e.g. --results predictor-h100 for a GPU.
 """
 
 from __future__ import annotations
@@ -31,10 +33,9 @@ from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.harness import StopRule
 from amoeba_search.profiling.lut import LookupTable
 from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key, subnet_widths
-from amoeba_search.profiling.profile import measure_model
+from amoeba_search.profiling.profile import WidthGrid, build_profile, measure_model
 from amoeba_search.subnet import ModelDims, Subnet
 
-PARTIAL = RESULTS / "predictor.partial.jsonl"
 PROFILES = Path(__file__).resolve().parents[1] / "device_profiles"
 TARGET_MAPE = 5.0
 
@@ -58,11 +59,11 @@ def shape_subnets(dims: ModelDims) -> dict[str, Subnet]:
                                       mlp=dims.intermediate_size // 2)}
 
 
-def load_partial() -> dict[tuple, dict]:
-    if not PARTIAL.is_file():
+def load_partial(partial: Path) -> dict[tuple, dict]:
+    if not partial.is_file():
         return {}
     rows = {}
-    for line in PARTIAL.read_text().splitlines():
+    for line in partial.read_text().splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -72,10 +73,12 @@ def load_partial() -> dict[tuple, dict]:
 
 
 def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet], rule: StopRule, passes: int,
-                done: dict) -> list[dict]:
+                done: dict, partial: Path, before_pass=None) -> list[dict]:
     """Time every subnet in `passes` round-robin passes (as the profiler does); a subnet's latency is the median
-    of its passes' medians."""
+    of its passes' medians. `before_pass(p)` runs first in each pass (the interleaved profile's rows)."""
     for pass_index in range(passes):
+        if before_pass is not None:
+            before_pass(pass_index)
         for name, subnet in subnets.items():
             pending = [s for s in lut.settings() if (flow, name, setting_key(s), pass_index) not in done]
             model = extract_model(loaded.model, subnet) if pending else None
@@ -85,7 +88,7 @@ def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet],
                        "phase": setting.phase, "layers": len(subnet.layers), "widths": subnet_widths(subnet)[0],
                        "measured_ms": measured["median_ms"], "p10_ms": measured["p10_ms"],
                        "p90_ms": measured["p90_ms"], "wall_s": measured["wall_s"]}
-                with open(PARTIAL, "a") as handle:
+                with open(partial, "a") as handle:
                     handle.write(json.dumps(row) + "\n")
                 done[(flow, name, setting_key(setting), pass_index)] = row
                 print(f"{flow:14s} pass {pass_index} {name:8s} {setting.phase:8s} L={row['layers']:2d} "
@@ -99,6 +102,21 @@ def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet],
                                  r["measured_ms"] for r in runs)) / statistics.median(r["measured_ms"] for r in runs),
                              "wall_s": sum(r["wall_s"] for r in runs)})
     return combined
+
+
+def interleaved_profile(loaded, lut: LookupTable, fresh: bool):
+    """Re-measure the profile's rows pass by pass, each pass right before the same validation pass, so a slow
+    drift of a shared machine moves the table and the subnets it is checked against alike."""
+    design = lut.meta["design"]
+    grid = WidthGrid(tuple(design["heads"]), tuple(design["mlp"]))
+    rule = StopRule(**design["stop_rule"])
+
+    def before_pass(pass_index: int) -> None:
+        print(f"{lut.meta['flow']:14s} pass {pass_index}: profile rows", flush=True)
+        build_profile(loaded, lut.directory, lut.meta["device"], lut.meta["flow"], lut.settings(), grid,
+                      design["layers_per_row"], rule, passes=pass_index + 1,
+                      overwrite=fresh and pass_index == 0, progress=False)
+    return before_pass
 
 
 def score(errors_pct: list[float]) -> dict:
@@ -132,7 +150,9 @@ def evaluate_flow(lut: LookupTable, rows: list[dict]) -> tuple[list[dict], dict,
                     corrected[i] = fit.apply(*parts[i])
             cv_errors = [100 * (c - m) / m for c, m in zip(corrected, measured)]
             results.append({**common, **score(cv_errors), "corrected": True})
-            corrections[setting_key(setting)] = Correction.fit([p[0] for p in parts], [p[1] for p in parts], measured)
+            if score(cv_errors)["mape_pct"] < score(errors)["mape_pct"]:    # keep it only where it helps
+                corrections[setting_key(setting)] = Correction.fit([p[0] for p in parts], [p[1] for p in parts],
+                                                                   measured)
         records += [{"subnet": r["subnet"], "phase": setting.phase, "tokens": setting.tokens, "layers": r["layers"],
                      "heads": r["widths"][0], "mlp": r["widths"][1], "measured_ms": m, "composed_ms": c,
                      "corrected_cv_ms": k} for r, m, c, k in zip(group, measured, composed, corrected)]
@@ -148,13 +168,19 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3, help="round-robin passes per subnet (median of medians)")
     parser.add_argument("--flow-passes", default="", help="per-flow override, e.g. onnxruntime=2 (slow exports)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", default="predictor", help="results file stem under benchmarks/results/")
+    parser.add_argument("--interleave-profile", action="store_true",
+                        help="re-measure each flow's profile pass by pass, interleaved with the validation passes "
+                             "(a fresh profile when the partial file has no rows of the flow; else both resume)")
     args = parser.parse_args()
     command = setup(args.threads)
+    out_json, partial = RESULTS / f"{args.results}.json", RESULTS / f"{args.results}.partial.jsonl"
     loaded = load_model("default")
     dims = ModelDims.from_config(loaded.model.config)
-    done = load_partial()
+    done = load_partial(partial)
     out_rows, shapes, details, passes = [], [], {}, {}
-    for flow in args.flows.split(","):
+    flows = args.flows.split(",")
+    for flow in flows:
         lut = LookupTable.load(PROFILES / args.device / flow)
         if lut.meta.get("model") != loaded.fingerprint:
             raise SystemExit(f"{lut.name} was profiled for another model")
@@ -162,7 +188,11 @@ def main() -> None:
         subnets = {**random_subnets(dims, widths, args.n, args.seed), **shape_subnets(dims)}
         overrides = dict(item.split("=") for item in args.flow_passes.split(",") if item)
         passes[flow] = int(overrides.get(flow, args.passes))
-        rows = measure_all(loaded, flow, lut, subnets, StopRule(), passes[flow], done)
+        before_pass = None
+        if args.interleave_profile:
+            before_pass = interleaved_profile(loaded, lut, fresh=not any(key[0] == flow for key in done))
+        rows = measure_all(loaded, flow, lut, subnets, StopRule(), passes[flow], done, partial, before_pass)
+        lut = LookupTable.load(lut.directory)                   # the interleaved profile's final fit
         random_rows = [r for r in rows if r["subnet"].startswith("r")]
         results, corrections, records = evaluate_flow(lut, random_rows)
         out_rows += results
@@ -171,29 +201,37 @@ def main() -> None:
         else:
             (lut.directory / "correction.json").unlink(missing_ok=True)
         pd.DataFrame(records).to_csv(lut.directory / "validation.csv", index=False, float_format="%.4f")
-        details[flow] = {"pass_spread_pct_median": statistics.median(r["pass_spread_pct"] for r in random_rows)}
+        details[flow] = {"pass_spread_pct_median": statistics.median(r["pass_spread_pct"] for r in random_rows),
+                         "profile_interleaved": args.interleave_profile, "command": command}
         by = {(r["subnet"], r["phase"]): r["measured_ms"] for r in rows}
         for setting in lut.settings():
             full = by[("full", setting.phase)]
             shapes.append({"flow": flow, "phase": setting.phase, "dtype": setting.dtype, "full_ms": full,
                            "depth50_ms": by[("depth50", setting.phase)], "width50_ms": by[("width50", setting.phase)],
                            "depth50_over_width50": by[("depth50", setting.phase)] / by[("width50", setting.phase)]})
-    existing = read_json(RESULTS / "predictor.json", "results", "") if (RESULTS / "predictor.json").is_file() else {}
-    payload = {**existing, "rows": out_rows, "shapes": shapes, "flow_costs": details, "command": command,
+    existing = read_json(out_json, "results", "") if out_json.is_file() else {}
+
+    def others(key: str) -> list:                 # results of flows this run did not measure are kept
+        return [r for r in existing.get(key, []) if r["flow"] not in flows]
+
+    payload = {**existing, "rows": others("rows") + out_rows, "shapes": others("shapes") + shapes,
+               "flow_costs": {**existing.get("flow_costs", {}), **details}, "command": command,
                "subnets": {"random": args.n, "seed": args.seed, "depth": "10..30", "width": "uniform, from the grid",
-                           "passes": passes},
+                           "passes": {**existing.get("subnets", {}).get("passes", {}), **passes}},
                "shape_params": {"depth50": "15 layers x full width", "width50": "30 layers x 6/9 heads x 50% MLP"},
                "environment": environment()}
-    write_json_atomic(RESULTS / "predictor.json", payload)
-    write_markdown(payload)
-    print((RESULTS / "predictor.md").read_text())
+    write_json_atomic(out_json, payload)
+    print(write_markdown(payload, out_json.with_suffix(".md")))
 
 
-def write_markdown(payload: dict) -> None:
+def write_markdown(payload: dict, path: Path) -> str:
     env = payload["environment"]
     lines = ["# Latency predictor accuracy", "",
-             f"{env['machine']}, {env['torch_threads']} threads, torch {env['torch']}, transformers "
-             f"{env['transformers']}, batch 1, {env['date']}. Command: `{payload['command']}`.", "",
+             f"Devices: {', '.join(sorted({r['device'] for r in payload['rows']}))}; host CPU {env['machine']}, "
+             f"{env['torch_threads']} threads, torch {env['torch']}, transformers "
+             f"{env['transformers']}, batch 1, {env['date']}. Commands: "
+             + "; ".join(sorted({f"`{d.get('command', payload['command'])}`" for d in payload["flow_costs"].values()}))
+             + ".", "",
              f"{payload['subnets']['random']} random extracted subnets per flow (depth 10..30, random layers, uniform "
              "width from the table's grid), each timed end to end in round-robin passes ("
              + ", ".join(f"{f}: {n}" for f, n in payload["subnets"]["passes"].items())
@@ -212,6 +250,10 @@ def write_markdown(payload: dict) -> None:
     lines += ["", "Median spread between a subnet's passes ((max - min) / median), the measurement noise the "
               "predictor is scored against: " + ", ".join(f"{flow} {d['pass_spread_pct_median']:.1f}%"
                                                            for flow, d in payload["flow_costs"].items()) + ".",
+              "", "Profiles re-measured pass by pass, interleaved with the validation passes (same time window, "
+              "so machine drift cancels): " + (", ".join(f for f, d in payload["flow_costs"].items()
+                                                      if d.get("profile_interleaved")) or "none") + "; the others "
+              "were profiled in a separate run before validation.",
               "", "## Which shape is faster depends on the flow", "",
               "Measured latency of the full model, a 50%-depth subnet (15 of 30 layers, full width) and a 50%-width "
               "subnet (30 layers, 6 of 9 heads, 768 of 1536 MLP channels).", "",
@@ -223,7 +265,9 @@ def write_markdown(payload: dict) -> None:
     if "profile_cost" in payload:
         c = payload["profile_cost"]
         lines += ["", "## Cost of a lookup table vs measuring every subnet", "", c["summary"]]
-    (RESULTS / "predictor.md").write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
 
 
 if __name__ == "__main__":

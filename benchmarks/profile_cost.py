@@ -6,7 +6,7 @@ DP layer set per depth 15..30 x every profiled width) times the mean wall time o
 subnet through the same flow (both phases, one pass), measured by benchmarks/predictor_accuracy.py - an
 extrapolation from those measured subnets, labelled as such. Per-layer widths would multiply the direct count
 by far more.
-Updates benchmarks/results/predictor.json ("profile_cost") and predictor.md.
+Updates benchmarks/results/<results>.json ("profile_cost") and <results>.md (default predictor).
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ def main() -> None:
     parser.add_argument("--device", required=True)
     parser.add_argument("--flows", default="torch-eager,torch-compile,onnxruntime,llama.cpp")
     parser.add_argument("--min-depth", type=int, default=15)
+    parser.add_argument("--results", default="predictor", help="stem predictor_accuracy.py --results wrote")
     args = parser.parse_args()
-    results = read_json(RESULTS / "predictor.json", "predictor results", "run benchmarks/predictor_accuracy.py first")
-    partial = [json.loads(line) for line in (RESULTS / "predictor.partial.jsonl").read_text().splitlines()
+    out_json = RESULTS / f"{args.results}.json"
+    results = read_json(out_json, "predictor results", "run benchmarks/predictor_accuracy.py first")
+    partial = [json.loads(line) for line in (RESULTS / f"{args.results}.partial.jsonl").read_text().splitlines()
                if line.strip().endswith("}")]
     per_flow = []
     for flow in args.flows.split(","):
@@ -54,10 +56,10 @@ def main() -> None:
     results["profile_cost"] = {"lut_seconds": first["lut_seconds"], "direct_seconds": first["direct_seconds"],
                                "n_configs": first["n_configs"], "flow": first["flow"], "per_flow": per_flow,
                                "summary": summary}
-    write_json_atomic(RESULTS / "predictor.json", results)
+    write_json_atomic(out_json, results)
     from predictor_accuracy import write_markdown
 
-    write_markdown(results)
+    write_markdown(results, out_json.with_suffix(".md"))
     print(summary)
 
 

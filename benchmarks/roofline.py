@@ -1,15 +1,16 @@
 """Claim: we know how far each flow is from this machine's physical limits, and the roofline estimator used for
-devices we cannot reach is checked against measurement where we can measure.
+devices we cannot reach is checked against measurement where we can measure (this CPU, and a CUDA GPU when lent).
 
-1. Measures this machine's memory bandwidth (STREAM-style copy of 512 MiB, fp32) and fp32 matrix-multiply peak
-   (2048^3 GEMM) with pinned threads; writes them as device_profiles/specs/<device>.json.
+1. Measures the device's memory bandwidth (STREAM-style copy: 512 MiB on CPU, 2 GiB on a GPU) and matrix-multiply
+   peak in the measured table's dtype (2048^3 on CPU, 8192^3 on a GPU), pinned threads, synchronised on CUDA;
+   writes them as device_profiles/specs/<device>.json.
 2. For the full embedded model, per flow and phase (measured latencies from benchmarks/predictor_accuracy.py):
    the compute-bound time (FLOPs / GEMM peak) and bandwidth-bound time (bytes / copy bandwidth), each as a
    percentage of the measured time.
 3. Estimator error: the pure roofline (efficiency 1, no overhead) and the calibrated one (efficiencies and
-   overheads fitted to the measured torch-eager table), each scored against every block and base entry of the
+   overheads fitted to the measured --flow table), each scored against every block and base entry of the
    measured table; the calibrated one by 2-fold cross-validation over widths (never scored on what it was fitted on).
-Writes benchmarks/results/roofline.json and roofline.md.
+Writes benchmarks/results/roofline.json and roofline.md (--results names them, e.g. roofline-h100 for a GPU).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from _common import RESULTS, setup
 
 from amoeba_search.artifacts import environment, read_json, write_json_atomic
 from amoeba_search.models import load_model
+from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.lut import LookupTable
 from amoeba_search.profiling.roofline import DeviceSpec, base_work, block_work, calibrate, seconds
 from amoeba_search.subnet import ModelDims
@@ -32,29 +34,35 @@ from amoeba_search.subnet import ModelDims
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(fn, repeats: int) -> list[float]:
+def timed(fn, repeats: int, device: str) -> list[float]:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     fn()
+    sync()
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         samples.append(time.perf_counter() - start)
     return samples
 
 
-def memory_bandwidth_gbs(repeats: int) -> dict:
-    src = torch.ones(128 * 2**20)                   # 512 MiB of fp32
+def memory_bandwidth_gbs(repeats: int, device: str) -> dict:
+    src = torch.rand((512 if device == "cuda" else 128) * 2**20, device=device)   # 2 GiB / 512 MiB of fp32
     dst = torch.empty_like(src)
-    samples = timed(lambda: dst.copy_(src), repeats)
+    samples = timed(lambda: dst.copy_(src), repeats, device)
     moved = 2 * src.numel() * 4                     # read + write
-    return {"median": moved / statistics.median(samples) / 1e9, "best": moved / min(samples) / 1e9}
+    return {"median": moved / statistics.median(samples) / 1e9, "best": moved / min(samples) / 1e9,
+            "copy_mib": src.numel() * 4 / 2**20}
 
 
-def matmul_tflops(repeats: int, n: int = 2048) -> dict:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    samples = timed(lambda: a @ b, repeats)
+def matmul_tflops(repeats: int, device: str, dtype: str) -> dict:
+    n = 8192 if device == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
+    samples = timed(lambda: a @ b, repeats, device)
     flops = 2 * n**3
-    return {"median": flops / statistics.median(samples) / 1e12, "best": flops / min(samples) / 1e12}
+    return {"median": flops / statistics.median(samples) / 1e12, "best": flops / min(samples) / 1e12, "n": n,
+            "dtype": dtype}
 
 
 SPEC_OF = {"RTX A5000": "a5000", "Jetson Orin NX 16GB": "jetson-orin-nx-16gb"}
@@ -117,24 +125,32 @@ def summarize_errors(rows: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", required=True, help="this machine's profile name under device_profiles/")
+    parser.add_argument("--flow", default="torch-eager", help="measured table to check and calibrate against")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--results", default="roofline", help="results file stem under benchmarks/results/")
+    parser.add_argument("--predictor-results", default="predictor", help="stem predictor_accuracy.py wrote")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     args = parser.parse_args()
     command = setup(args.threads)
-    bandwidth, gemm = memory_bandwidth_gbs(args.repeats), matmul_tflops(args.repeats)
-    print(f"copy bandwidth {bandwidth['median']:.1f} GB/s (best {bandwidth['best']:.1f}); "
-          f"fp32 GEMM {gemm['median']:.3f} TFLOP/s (best {gemm['best']:.3f}); {args.threads} threads")
+    profiles = ROOT / "device_profiles" / args.device
+    table = LookupTable.load(profiles / args.flow)
+    runs_on, dtype = FLOWS.get(args.flow).device, table.settings()[0].dtype
+    bandwidth, gemm = memory_bandwidth_gbs(args.repeats, runs_on), matmul_tflops(args.repeats, runs_on, dtype)
+    machine = table.meta["environment"]["device_name"]
+    print(f"{machine}: copy bandwidth {bandwidth['median']:.1f} GB/s (best {bandwidth['best']:.1f}); "
+          f"{dtype} GEMM {gemm['median']:.3f} TFLOP/s (best {gemm['best']:.3f}); {args.threads} threads")
     loaded = load_model("default")
     dims, vocab = ModelDims.from_config(loaded.model.config), loaded.model.config.vocab_size
-    profiles = ROOT / "device_profiles" / args.device
-    eager = LookupTable.load(profiles / "torch-eager")
-    pure = DeviceSpec(args.device, bandwidth["best"], {"float32": gemm["best"]}, {"bandwidth": 1.0, "compute": 1.0},
-                      {"per_call": 0.0, "per_block": 0.0}, f"{environment()['machine']}, {args.threads} threads",
-                      {"memory_bandwidth_gbs": f"measured by `{command}` (best of {args.repeats} 512 MiB copies)",
-                       "peak_tflops.float32": f"measured by `{command}` (best of {args.repeats} 2048^3 GEMMs)"})
-    all_widths = eager.widths
-    pure_rows = entry_errors(pure, eager, dims, vocab, all_widths)
+    copy_size = "2 GiB" if runs_on == "cuda" else "512 MiB"
+    pure = DeviceSpec(args.device, bandwidth["best"], {dtype: gemm["best"]}, {"bandwidth": 1.0, "compute": 1.0},
+                      {"per_call": 0.0, "per_block": 0.0},
+                      machine if runs_on == "cuda" else f"{machine}, {args.threads} threads",
+                      {"memory_bandwidth_gbs": f"measured by `{command}` (best of {args.repeats} {copy_size} copies)",
+                       f"peak_tflops.{dtype}": f"measured by `{command}` (best of {args.repeats} {gemm['n']}^3 "
+                                               f"{dtype} GEMMs)"})
+    all_widths = table.widths
+    pure_rows = entry_errors(pure, table, dims, vocab, all_widths)
     # 2-fold cross-validation over widths: calibrate on every other width, score the rest.
     calibrated_rows = []
     for fold in (0, 1):
@@ -144,17 +160,18 @@ def main() -> None:
         def score_on(s, fold=fold):
             return all_widths(s)[1 - fold::2]
 
-        fitted = calibrate(pure, eager, dims, vocab, eager.settings(), fit_on(eager.settings()[0]))
-        calibrated_rows += [r for r in entry_errors(fitted, eager, dims, vocab, score_on) if r["entry"] != "base"]
-    final = calibrate(pure, eager, dims, vocab, eager.settings())
+        fitted = calibrate(pure, table, dims, vocab, table.settings(), fit_on(table.settings()[0]))
+        calibrated_rows += [r for r in entry_errors(fitted, table, dims, vocab, score_on) if r["entry"] != "base"]
+    final = calibrate(pure, table, dims, vocab, table.settings())
     spec_payload = replace(final, sources={**pure.sources,
-                                           "efficiency": f"calibrated to device_profiles/{args.device}/torch-eager",
-                                           "overhead_ms": f"calibrated to device_profiles/{args.device}/torch-eager"})
+                                           "efficiency": f"calibrated to device_profiles/{args.device}/{args.flow}",
+                                           "overhead_ms": f"calibrated to device_profiles/{args.device}/{args.flow}"})
     write_json_atomic(ROOT / "device_profiles" / "specs" / f"{args.device}.json", spec_payload.to_dict())
 
-    predictor = read_json(RESULTS / "predictor.json", "predictor results", "run benchmarks/predictor_accuracy.py")
+    predictor = read_json(RESULTS / f"{args.predictor_results}.json", "predictor results",
+                          "run benchmarks/predictor_accuracy.py")
     full = []
-    setting_of = {s.phase: s for s in eager.settings()}
+    setting_of = {s.phase: s for s in table.settings()}
     for shape in predictor.get("shapes", []):
         # weights, KV cache and activations all counted at the flow's dtype: for llama.cpp's q4_1 an approximation
         # (its KV cache is f16 and its token embedding / tied LM head q8_0), so its bounds are slightly low
@@ -169,28 +186,30 @@ def main() -> None:
                      "compute_roofline_pct_of_measured": 100 * compute_ms / shape["full_ms"],
                      "bandwidth_roofline_pct_of_measured": 100 * memory_ms / shape["full_ms"]})
     published = published_check(Path(args.data_dir))
-    payload = {"machine": {"copy_bandwidth_gbs": bandwidth, "fp32_gemm_tflops": gemm, "threads": args.threads},
+    payload = {"machine": {"name": machine, "copy_bandwidth_gbs": bandwidth, "gemm_tflops": gemm,
+                           "threads": args.threads, "flow": args.flow},
                "full_model": full,
                "estimator_vs_measured": {"pure_roofline": summarize_errors(pure_rows),
                                          "calibrated_cv": summarize_errors(calibrated_rows),
                                          "calibrated_spec": spec_payload.to_dict()},
                "published_gpu_check": published,
                "command": command, "environment": environment()}
-    write_json_atomic(RESULTS / "roofline.json", payload)
-    write_markdown(payload)
-    print((RESULTS / "roofline.md").read_text())
+    write_json_atomic(RESULTS / f"{args.results}.json", payload)
+    print(write_markdown(payload, RESULTS / f"{args.results}.md"))
 
 
-def write_markdown(payload: dict) -> None:
+def write_markdown(payload: dict, path: Path) -> str:
     m, env = payload["machine"], payload["environment"]
+    gemm = m["gemm_tflops"]
     est = payload["estimator_vs_measured"]
     lines = ["# Distance to the physical limit, and the roofline estimator's error", "",
-             f"{env['machine']}, {m['threads']} threads, torch {env['torch']}, {env['date']}. Command: "
+             f"{m['name']}, {m['threads']} threads, torch {env['torch']}, {env['date']}. Command: "
              f"`{payload['command']}`.", "",
-             f"- Copy bandwidth (512 MiB, read + write): {m['copy_bandwidth_gbs']['median']:.1f} GB/s median, "
+             f"- Copy bandwidth ({m['copy_bandwidth_gbs']['copy_mib']:.0f} MiB, read + write): "
+             f"{m['copy_bandwidth_gbs']['median']:.1f} GB/s median, "
              f"{m['copy_bandwidth_gbs']['best']:.1f} best.",
-             f"- fp32 GEMM 2048^3: {m['fp32_gemm_tflops']['median']:.3f} TFLOP/s median, "
-             f"{m['fp32_gemm_tflops']['best']:.3f} best.", "",
+             f"- {gemm['dtype']} GEMM {gemm['n']}^3: {gemm['median']:.3f} TFLOP/s median, "
+             f"{gemm['best']:.3f} best.", "",
              "## Full SmolLM2-135M (30 layers), batch 1", "",
              "Roofline times use the best bandwidth and GEMM figures; a percentage is roofline time / measured "
              "time (100% = at the limit).", "",
@@ -201,7 +220,7 @@ def write_markdown(payload: dict) -> None:
                      f"{r['gflops']:.2f} | {r['mbytes']:.0f} "
                      f"| {r['compute_bound_ms']:.2f} | {r['bandwidth_bound_ms']:.2f} | "
                      f"{r['compute_roofline_pct_of_measured']:.0f}% | {r['bandwidth_roofline_pct_of_measured']:.0f}% |")
-    lines += ["", "## Estimator vs the measured torch-eager table", "",
+    lines += ["", f"## Estimator vs the measured {m['flow']} table", "",
               "| estimator | phase | entries | MAPE % | max err % |", "|---|---|---|---|---|"]
     for name, key in (("pure roofline (eff 1, no overhead)", "pure_roofline"),
                       ("calibrated, 2-fold CV over widths", "calibrated_cv")):
@@ -212,15 +231,18 @@ def write_markdown(payload: dict) -> None:
                   f"efficiency {spec['efficiency']['bandwidth']:.3f}, per-call overhead "
                   f"{spec['overhead_ms']['per_call']:.2f} ms, per-block overhead {spec['overhead_ms']['per_block']:.2f} "
                   "ms (written to the device's spec file)."]
-    lines += ["", "## GPU specs vs published llama-bench figures", "",
-              "Paired llama-bench rows from ../shared/data/devices (published, not ours). Efficiencies were taken "
-              "from the dense 12B rows, so those agree by construction; Gemma E2B/E4B look up much of their "
-              "parameters as per-layer embeddings, so streaming the whole file per token over-predicts their time.",
-              "", "| device | model | phase | published tok/s | estimate tok/s | error % |", "|---|---|---|---|---|---|"]
-    for r in payload["published_gpu_check"]:
-        lines.append(f"| {r['device']} | {r['model']} | {r['phase']} | {r['published_tok_s']:.1f} | "
-                     f"{r['estimate_tok_s']:.1f} | {r['err_pct']:+.0f} |")
-    (RESULTS / "roofline.md").write_text("\n".join(lines) + "\n")
+    if payload["published_gpu_check"]:
+        lines += ["", "## GPU specs vs published llama-bench figures", "",
+                  "Paired llama-bench rows from ../shared/data/devices (published, not ours). Efficiencies were taken "
+                  "from the dense 12B rows, so those agree by construction; Gemma E2B/E4B look up much of their "
+                  "parameters as per-layer embeddings, so streaming the whole file per token over-predicts their time.",
+                  "", "| device | model | phase | published tok/s | estimate tok/s | error % |", "|---|---|---|---|---|---|"]
+        for r in payload["published_gpu_check"]:
+            lines.append(f"| {r['device']} | {r['model']} | {r['phase']} | {r['published_tok_s']:.1f} | "
+                         f"{r['estimate_tok_s']:.1f} | {r['err_pct']:+.0f} |")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
 
 
 if __name__ == "__main__":
