@@ -82,3 +82,12 @@ def test_adaptive_allocation_varies_per_layer(tiny, calibration):
     assert abs(sum(counts) - 24 * 5) <= 5 and len(set(counts)) > 1
     with pytest.raises(UserError, match="different widths per layer"):
         extract_model(tiny.model, subnet)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compensation_follows_the_weights_device():
+    """Found on a lent H100: the compensation indexed CUDA weights with CPU indices."""
+    from amoeba_search.selection.width import _compensation
+
+    weight, mean = torch.randn(4, 6), [0.5, -1.0, 2.0, 0.25, 1.5, -0.75]
+    assert _compensation(weight.cuda(), mean, [1, 3]) == pytest.approx(_compensation(weight, mean, [1, 3]))

@@ -181,6 +181,7 @@ def _compensation(weight: torch.Tensor, mean: list[float], dropped: list[int]) -
     """W[:, dropped] @ mean[dropped]: the expected output of the removed inputs, kept as a bias."""
     if not dropped:
         return (0.0,) * weight.shape[0]
-    index = torch.tensor(dropped)
-    bias = weight.double().index_select(1, index) @ torch.tensor(mean, dtype=torch.float64).index_select(0, index)
+    index = torch.tensor(dropped, device=weight.device)
+    means = torch.tensor(mean, dtype=torch.float64, device=weight.device)
+    bias = weight.double().index_select(1, index) @ means.index_select(0, index)
     return tuple(_rounded(bias))
