@@ -91,6 +91,9 @@ def pareto_figure(files: list[Path], target_ratios: list[float] = ()) -> Figure:
     return Figure("accuracy vs latency", panels)
 
 
+MAX_COLUMNS = 4          # wider figures wrap into rows, so a page or a screen can still show them
+
+
 def render(figure: Figure, out_stem: Path) -> list[Path]:
     """Draw a Figure to OUT.png and OUT.svg."""
     import matplotlib
@@ -98,8 +101,12 @@ def render(figure: Figure, out_stem: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(figure.panels), figsize=(5.2 * len(figure.panels), 4.2), squeeze=False)
-    for ax, panel in zip(axes[0], figure.panels):
+    columns = min(len(figure.panels), MAX_COLUMNS)
+    rows = -(-len(figure.panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(figure.panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, figure.panels):
         for series in panel.series:
             if series.style == "faint":
                 ax.plot(series.x, series.y, ".", color="0.7", label=series.label, markersize=4)

@@ -114,8 +114,10 @@ def test_correction_is_applied_when_saved(tiny_profile, tmp_path):
     base, blocks = Predictor(lut).parts_ms(setting, [(6, 48)] * 2)
     fitted = Correction.fit([1.0, 2.0, 1.0], [3.0, 1.0, 5.0], [1.2 * 3 + 0.5, 1.2 + 1.0, 6.0 + 0.5])
     assert fitted.block_scale == pytest.approx(1.2) and fitted.base_scale == pytest.approx(0.5)
+    before = lut.fingerprint
     save_corrections(lut.directory, {setting_key(setting): fitted}, fitted_on=3)
     try:
+        assert lut.fingerprint != before          # studies made before the correction are not resumed
         assert Predictor(lut).predict_ms(setting, [(6, 48)] * 2) == pytest.approx(1.2 * blocks + 0.5 * base)
         assert Predictor(lut, use_correction=False).predict_ms(setting, [(6, 48)] * 2) == pytest.approx(base + blocks)
     finally:

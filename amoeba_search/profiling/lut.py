@@ -10,6 +10,7 @@ difference (T_k - T_0) / k, and it includes what blocks cost inside a real model
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,16 @@ class LookupTable:
     @property
     def name(self) -> str:
         return f"{self.meta['device']}/{self.meta['flow']}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the latencies a predictor reads (table + correction): studies made on an older table are not
+        resumed with its stale latencies after a re-profile."""
+        digest = hashlib.sha256()
+        for name in ("lut.csv", "correction.json"):
+            path = self.directory / name
+            digest.update(path.read_bytes() if path.is_file() else b"-")
+        return digest.hexdigest()[:12]
 
     def settings(self) -> list[Setting]:
         frame = self.table[SETTING].drop_duplicates()

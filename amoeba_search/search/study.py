@@ -80,7 +80,8 @@ class SearchContext:
         return self.accuracy(candidate.key, lambda: self.subnet(candidate))
 
     def study_name(self, kind: str, extra: str = "") -> str:
-        return (f"amoeba-{kind}/{self.loaded.fingerprint['config_sha256']}/{self.lut.name}/{setting_key(self.setting)}/"
+        return (f"amoeba-{kind}/{self.loaded.fingerprint['config_sha256']}/{self.lut.name}@{self.lut.fingerprint}/"
+                f"{setting_key(self.setting)}/"
                 f"{self.proxy.fingerprint}/{self.space.depths[0]}-{self.space.depths[-1]}x{len(self.space.heads)}x"
                 f"{len(self.space.mlp)}{extra}")
 
