@@ -86,7 +86,9 @@ def main() -> None:
     parser.add_argument("--strategy", default=str(ROOT / "strategies" / "smollm2-135m.dp-flap.json"))
     parser.add_argument("--device", required=True, help="this machine's profile name")
     parser.add_argument("--flows", default="torch-eager,torch-compile,onnxruntime")
-    parser.add_argument("--gpu-profiles", default="a5000/roofline,jetson-orin-nx-16gb/roofline")
+    parser.add_argument("--gpu-profiles", default="nvidia-h100-80gb-hbm3/cuda-graphs,nvidia-h100-80gb-hbm3/cuda-eager,"
+                                                   "a5000/roofline,jetson-orin-nx-16gb/roofline",
+                        help="other devices' profiles (measured elsewhere or estimated): DEVICE/FLOW,...")
     parser.add_argument("--storage", default=f"sqlite:///{ROOT / 'out' / 'search_bench.db'}")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--cap", type=int, default=192, help="trials per search before giving up")
@@ -154,6 +156,12 @@ def main() -> None:
             found = search(pctx, target, 40, "tpe", 0, study_name=f"bench-choose-{device}-{flow}-{ratio}",
                            storage=optuna.storages.InMemoryStorage())
             best = feasible_best(found, proxy)
+            if best is None:                      # e.g. a latency floor above the target: say so, go on
+                chosen.append({"device": device, "flow": flow, "source": pctx.lut.meta["source"],
+                               "target_ratio": ratio, "subnet": None, "full_model_ms": pctx.full_model_ms(),
+                               "smallest_subnet_ms": pctx.latency_ms(pctx.space.smallest)})
+                print(chosen[-1], flush=True)
+                continue
             c = Candidate(best.params["depth"], best.params["heads"], best.params["mlp"])
             if c.key not in heldout_cache:
                 model = extract_model(loaded.model, pctx.subnet(c))
@@ -163,7 +171,7 @@ def main() -> None:
                            "predicted_ms": pctx.latency_ms(c), "full_model_ms": pctx.full_model_ms(),
                            "calibration_ppl": best.value, "wikitext2_test_ppl": heldout_cache[c.key]})
             print(chosen[-1], flush=True)
-        pstudy = pareto(pctx, args.pareto_trials, "nsga2", 0, study_name=f"bench-front-{device}-{flow}")
+        pstudy = pareto(pctx, args.pareto_trials, "nsga2", 0, study_name=f"bench-front-{device}-{flow}-{pctx.lut.fingerprint}")
         path = write_csv(ROOT / "out" / f"pareto-{device}-{flow}-decode.csv", pareto_rows(pctx, pstudy))
         fronts.append(path)
         if device == args.device:
@@ -219,10 +227,16 @@ def write_markdown(p: dict) -> None:
                   f"(log ppl x latency) {pa['hypervolume_ratio']:.3f} of the exhaustive front's (reference: 1.01 x "
                   "the worst ppl and latency in the space).", "",
               "## The chosen subnet per device / flow (decode, C=128)", "",
-              "GPU rows use roofline *estimates* (no launch overhead), not measurements.", "",
+              "Rows whose source is `roofline-estimate` are estimates (spec file: datasheet peaks, efficiencies from "
+              "published llama-bench runs, fixed overheads from the measured H100 profile), not measurements; "
+              "`measured` rows were timed on that device (the H100 rows on a lent GPU).", "",
               "| device | flow | source | target | subnet | predicted ms | calib ppl | WikiText-2 test ppl |",
               "|---|---|---|---|---|---|---|---|"]
     for r in p["chosen"]:
+        if r["subnet"] is None:
+            lines.append(f"| {r['device']} | {r['flow']} | {r['source']} | {r['target_ratio']:.0%} | none feasible "
+                         f"(smallest subnet {r['smallest_subnet_ms']:.3f} ms) | - | - | - |")
+            continue
         lines.append(f"| {r['device']} | {r['flow']} | {r['source']} | {r['target_ratio']:.0%} | {r['subnet']} | "
                      f"{r['predicted_ms']:.3f} | {r['calibration_ppl']:.2f} | {r['wikitext2_test_ppl']:.2f} |")
     lines += ["", "## Verified on this machine (65% target, extracted)", "",
