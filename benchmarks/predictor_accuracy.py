@@ -12,7 +12,9 @@ Also measured: the full model, a 50%-depth subnet (15 layers, full width) and a 
 6 of 9 heads, half the MLP channels), to show that the flows rank shapes differently.
 Resumable: measured rows are kept in results/<name>.partial.jsonl.
 Writes benchmarks/results/<name>.json (rows) and <name>.md; --results NAME (default predictor) keeps one file per
-device, e.g. --results predictor-h100 for a GPU.
+device. The GPU results, benchmarks/results/predictor-nvidia-h100-80gb-hbm3.json/.md, come from
+`python benchmarks/predictor_accuracy.py --device nvidia-h100-80gb-hbm3 --flows cuda-eager,cuda-graphs
+--results predictor-nvidia-h100-80gb-hbm3 --threads 8 --flow-passes cuda-eager=2` on a lent H100.
 """
 
 from __future__ import annotations
@@ -243,7 +245,7 @@ def write_markdown(payload: dict, path: Path) -> str:
              "| device | flow | dtype | phase | tokens | n | predictor | MAPE % | max err % | within ±5% | within ±10% |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
-        lines.append(f"| {r['device']} | {r['flow']} | {r.get('dtype', 'float32')} | {r['phase']} | {r['tokens']} | "
+        lines.append(f"| {r['device']} | {r['flow']} | {r['dtype']} | {r['phase']} | {r['tokens']} | "
                      f"{r['n_subnets']} | "
                      f"{'corrected (CV)' if r['corrected'] else 'composed'} | {r['mape_pct']:.2f} | "
                      f"{r['max_err_pct']:.2f} | {r['within_5_pct']:.0f}% | {r['within_10_pct']:.0f}% |")
@@ -260,7 +262,7 @@ def write_markdown(payload: dict, path: Path) -> str:
               "| flow | dtype | phase | full ms | 50%-depth ms | 50%-width ms | depth50 / width50 |",
               "|---|---|---|---|---|---|---|"]
     for s in payload["shapes"]:
-        lines.append(f"| {s['flow']} | {s.get('dtype', 'float32')} | {s['phase']} | {s['full_ms']:.2f} | {s['depth50_ms']:.2f} | "
+        lines.append(f"| {s['flow']} | {s['dtype']} | {s['phase']} | {s['full_ms']:.2f} | {s['depth50_ms']:.2f} | "
                      f"{s['width50_ms']:.2f} | {s['depth50_over_width50']:.3f} |")
     if "profile_cost" in payload:
         c = payload["profile_cost"]

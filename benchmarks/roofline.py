@@ -10,7 +10,10 @@ devices we cannot reach is checked against measurement where we can measure (thi
 3. Estimator error: the pure roofline (efficiency 1, no overhead) and the calibrated one (efficiencies and
    overheads fitted to the measured --flow table), each scored against every block and base entry of the
    measured table; the calibrated one by 2-fold cross-validation over widths (never scored on what it was fitted on).
-Writes benchmarks/results/roofline.json and roofline.md (--results names them, e.g. roofline-h100 for a GPU).
+Writes benchmarks/results/roofline.json and roofline.md (--results names them). The GPU results,
+benchmarks/results/roofline-nvidia-h100-80gb-hbm3.json/.md, come from `python benchmarks/roofline.py --device
+nvidia-h100-80gb-hbm3 --flow cuda-graphs --results roofline-nvidia-h100-80gb-hbm3 --predictor-results
+predictor-nvidia-h100-80gb-hbm3 --threads 8` on a lent H100; --report-only re-renders a .md from its .json.
 """
 
 from __future__ import annotations
@@ -47,13 +50,18 @@ def timed(fn, repeats: int, device: str) -> list[float]:
     return samples
 
 
+def copy_mib(device: str) -> int:
+    """Size of the bandwidth copy: well past the caches (a GPU's L2 is ~50 MB, this CPU's L3 a few tens)."""
+    return 2048 if device == "cuda" else 512
+
+
 def memory_bandwidth_gbs(repeats: int, device: str) -> dict:
-    src = torch.rand((512 if device == "cuda" else 128) * 2**20, device=device)   # 2 GiB / 512 MiB of fp32
+    src = torch.rand(copy_mib(device) * 2**20 // 4, device=device)             # fp32
     dst = torch.empty_like(src)
     samples = timed(lambda: dst.copy_(src), repeats, device)
     moved = 2 * src.numel() * 4                     # read + write
     return {"median": moved / statistics.median(samples) / 1e9, "best": moved / min(samples) / 1e9,
-            "copy_mib": src.numel() * 4 / 2**20}
+            "copy_mib": copy_mib(device)}
 
 
 def matmul_tflops(repeats: int, device: str, dtype: str) -> dict:
@@ -124,14 +132,21 @@ def summarize_errors(rows: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", required=True, help="this machine's profile name under device_profiles/")
+    parser.add_argument("--device", help="this machine's profile name under device_profiles/ (required to measure)")
     parser.add_argument("--flow", default="torch-eager", help="measured table to check and calibrate against")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--results", default="roofline", help="results file stem under benchmarks/results/")
     parser.add_argument("--predictor-results", default="predictor", help="stem predictor_accuracy.py wrote")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--report-only", action="store_true", help="re-render <results>.md from <results>.json")
     args = parser.parse_args()
+    if args.report_only:
+        print(write_markdown(read_json(RESULTS / f"{args.results}.json", "roofline results", "run this script"),
+                             RESULTS / f"{args.results}.md"))
+        return
+    if not args.device:
+        parser.error("--device is required (unless --report-only)")
     command = setup(args.threads)
     profiles = ROOT / "device_profiles" / args.device
     table = LookupTable.load(profiles / args.flow)
@@ -142,11 +157,11 @@ def main() -> None:
           f"{dtype} GEMM {gemm['median']:.3f} TFLOP/s (best {gemm['best']:.3f}); {args.threads} threads")
     loaded = load_model("default")
     dims, vocab = ModelDims.from_config(loaded.model.config), loaded.model.config.vocab_size
-    copy_size = "2 GiB" if runs_on == "cuda" else "512 MiB"
     pure = DeviceSpec(args.device, bandwidth["best"], {dtype: gemm["best"]}, {"bandwidth": 1.0, "compute": 1.0},
                       {"per_call": 0.0, "per_block": 0.0},
                       machine if runs_on == "cuda" else f"{machine}, {args.threads} threads",
-                      {"memory_bandwidth_gbs": f"measured by `{command}` (best of {args.repeats} {copy_size} copies)",
+                      {"memory_bandwidth_gbs": f"measured by `{command}` (best of {args.repeats} "
+                                               f"{bandwidth['copy_mib']} MiB copies)",
                        f"peak_tflops.{dtype}": f"measured by `{command}` (best of {args.repeats} {gemm['n']}^3 "
                                                f"{dtype} GEMMs)"})
     all_widths = table.widths
@@ -175,7 +190,7 @@ def main() -> None:
     for shape in predictor.get("shapes", []):
         # weights, KV cache and activations all counted at the flow's dtype: for llama.cpp's q4_1 an approximation
         # (its KV cache is f16 and its token embedding / tied LM head q8_0), so its bounds are slightly low
-        s = replace(setting_of[shape["phase"]], dtype=shape.get("dtype", "float32"))
+        s = replace(setting_of[shape["phase"]], dtype=shape["dtype"])
         works = [block_work(dims, dims.num_heads, dims.intermediate_size, s)] * dims.num_layers + [
             base_work(dims, vocab, s)]
         flops, moved = sum(w.flops for w in works), sum(w.bytes for w in works)
@@ -205,7 +220,9 @@ def write_markdown(payload: dict, path: Path) -> str:
     lines = ["# Distance to the physical limit, and the roofline estimator's error", "",
              f"{m['name']}, {m['threads']} threads, torch {env['torch']}, {env['date']}. Command: "
              f"`{payload['command']}`.", "",
-             f"- Copy bandwidth ({m['copy_bandwidth_gbs']['copy_mib']:.0f} MiB, read + write): "
+             # results written before the size was recorded: the size the measured flow's device used
+             f"- Copy bandwidth ({m['copy_bandwidth_gbs'].get('copy_mib') or copy_mib(FLOWS.get(m['flow']).device)} "
+             "MiB, read + write): "
              f"{m['copy_bandwidth_gbs']['median']:.1f} GB/s median, "
              f"{m['copy_bandwidth_gbs']['best']:.1f} best.",
              f"- {gemm['dtype']} GEMM {gemm['n']}^3: {gemm['median']:.3f} TFLOP/s median, "
@@ -216,7 +233,7 @@ def write_markdown(payload: dict, path: Path) -> str:
              "| flow | dtype | phase | measured ms | GFLOP | MB moved | compute bound ms | bandwidth bound ms | "
              "compute % | bandwidth % |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["full_model"]:
-        lines.append(f"| {r['flow']} | {r.get('dtype', 'float32')} | {r['phase']} | {r['measured_ms']:.1f} | "
+        lines.append(f"| {r['flow']} | {r['dtype']} | {r['phase']} | {r['measured_ms']:.1f} | "
                      f"{r['gflops']:.2f} | {r['mbytes']:.0f} "
                      f"| {r['compute_bound_ms']:.2f} | {r['bandwidth_bound_ms']:.2f} | "
                      f"{r['compute_roofline_pct_of_measured']:.0f}% | {r['bandwidth_roofline_pct_of_measured']:.0f}% |")

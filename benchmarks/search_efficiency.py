@@ -171,7 +171,7 @@ def main() -> None:
                            "predicted_ms": pctx.latency_ms(c), "full_model_ms": pctx.full_model_ms(),
                            "calibration_ppl": best.value, "wikitext2_test_ppl": heldout_cache[c.key]})
             print(chosen[-1], flush=True)
-        pstudy = pareto(pctx, args.pareto_trials, "nsga2", 0, study_name=f"bench-front-{device}-{flow}-{pctx.lut.fingerprint}")
+        pstudy = pareto(pctx, args.pareto_trials, "nsga2", 0, study_name=pctx.study_name("bench-front"))
         path = write_csv(ROOT / "out" / f"pareto-{device}-{flow}-decode.csv", pareto_rows(pctx, pstudy))
         fronts.append(path)
         if device == args.device:
