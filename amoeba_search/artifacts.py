@@ -15,6 +15,14 @@ from typing import Any, Iterator
 SCHEMA_VERSION = 1
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode a plain open()/mkdir() would give (0644/0755 under the usual umask): mkstemp/mkdtemp create
+    0600/0700, which another user (a serving container) could not read after the rename."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int | None = 2) -> Path:
     """Write JSON next to its destination, then rename, so a crash never leaves a truncated file; indent=None
     writes it compactly (for files that are mostly long number lists)."""
@@ -26,6 +34,7 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int | None 
             json.dump(payload, handle, indent=indent, sort_keys=False,
                       separators=None if indent is not None else (",", ":"))
             handle.write("\n")
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -46,6 +55,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
     try:
         yield tmp
+        os.chmod(tmp, umask_mode(directory=True))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

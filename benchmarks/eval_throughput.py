@@ -15,7 +15,8 @@ from _common import RESULTS, setup
 from amoeba_search.artifacts import cpu_name, environment, write_json_atomic
 from amoeba_search.data import data_root
 from amoeba_search.models import load_model
-from amoeba_search.tasks import TASKS, evaluate_tasks
+from amoeba_search.tasks import TASKS
+from amoeba_search.tasks.base import evaluate_tasks
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     command = setup(args.threads)
     model = load_model("default")
     root = data_root()
-    ppl = evaluate_tasks(model, [TASKS.get("wikitext2")], root, limit=args.windows, seq_len=args.seq_len)["tasks"]
+    ppl = evaluate_tasks(model, [TASKS.get("wikitext2")], root, windows=args.windows, seq_len=args.seq_len)["tasks"]
     mc = evaluate_tasks(model, [TASKS.get(n) for n in ("arc_easy", "arc_challenge", "mmlu")], root)["tasks"]
     wiki, arc_e, arc_c, mmlu = ppl["wikitext2"], mc["arc_easy"], mc["arc_challenge"], mc["mmlu"]
     mc_questions = sum(r["questions"] for r in mc.values())

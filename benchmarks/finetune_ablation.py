@@ -30,13 +30,15 @@ from amoeba_search.finetune.checkpoint import load_adapters
 from amoeba_search.finetune.recipe import TrainConfig, Trainer
 from amoeba_search.finetune.smol import AdapterConfig
 from amoeba_search.models import load_model
-from amoeba_search.profiling.lut import LookupTable
+from amoeba_search.profiling.store import ProfileStore
 from amoeba_search.profiling.predictor import Predictor
 from amoeba_search.search.proxies import PROXIES
-from amoeba_search.search.space import Candidate, SearchSpace, candidate_subnet
+from amoeba_search.resources import shipped_strategy
+from amoeba_search.selection.space import Candidate, SearchSpace, candidate_subnet
 from amoeba_search.selection.strategy import Strategy
 from amoeba_search.subnet import ModelDims
-from amoeba_search.tasks import TASKS, evaluate_tasks
+from amoeba_search.tasks import TASKS
+from amoeba_search.tasks.base import evaluate_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (0.8, 0.65, 0.5)
@@ -115,7 +117,7 @@ def main() -> None:
         return
     command = setup(args.threads)
 
-    strategy_path = ROOT / "strategies" / "smollm2-135m.dp-flap.json"
+    strategy_path = shipped_strategy()
     strategy = Strategy.load(strategy_path)
     loaded = load_model("default")
     dims = ModelDims.from_config(loaded.model.config)
@@ -123,7 +125,7 @@ def main() -> None:
     data_files = [root / "instructions" / "alpaca_seed_tasks.jsonl", root / "wikitext2" / "valid.txt"]
     data = {str(f): read_training_texts(f) for f in data_files}
     space = SearchSpace.from_strategy(strategy, dims)
-    lut = LookupTable.load(ROOT / "device_profiles" / "amd-epyc" / "torch-eager")
+    lut = ProfileStore().load("amd-epyc", "torch-eager")
     setting = lut.setting("decode")
     calibration = PROXIES.get("ppl")(loaded, root)
     picks = pick_subnets(space, Predictor(lut), setting, dims,
@@ -147,7 +149,7 @@ def main() -> None:
                 continue
             began = time.perf_counter()
             subnet = candidate_subnet(loaded.model, strategy, pick["candidate"])
-            scores = {task.name: evaluate_tasks(loaded, [task], root, subnet, limit=limits[task.name],
+            scores = {task.name: evaluate_tasks(loaded, [task], root, subnet, questions=limits[task.name], windows=limits[task.name],
                                                 progress=False)["tasks"][task.name] for task in tasks}
             row = {"subnet": pick["subnet"], "shape": pick["shape"], "target": pick["target"],
                    "latency_ratio": pick["latency_ratio"], "method": method,

@@ -36,9 +36,9 @@ from amoeba_search.profiling.harness import StopRule
 from amoeba_search.profiling.lut import LookupTable
 from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key, subnet_widths
 from amoeba_search.profiling.profile import WidthGrid, build_profile, measure_model
+from amoeba_search.profiling.store import ProfileStore
 from amoeba_search.subnet import ModelDims, Subnet
 
-PROFILES = Path(__file__).resolve().parents[1] / "device_profiles"
 TARGET_MAPE = 5.0
 
 
@@ -183,7 +183,7 @@ def main() -> None:
     out_rows, shapes, details, passes = [], [], {}, {}
     flows = args.flows.split(",")
     for flow in flows:
-        lut = LookupTable.load(PROFILES / args.device / flow)
+        lut = ProfileStore().load(args.device, flow)
         if lut.meta.get("model") != loaded.fingerprint:
             raise SystemExit(f"{lut.name} was profiled for another model")
         widths = lut.widths(lut.settings()[0])

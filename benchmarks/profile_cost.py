@@ -18,7 +18,8 @@ from pathlib import Path
 from _common import RESULTS
 
 from amoeba_search.artifacts import read_json, write_json_atomic
-from amoeba_search.profiling.lut import LookupTable, MeasurementLog
+from amoeba_search.profiling.lut import MeasurementLog
+from amoeba_search.profiling.store import ProfileStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def main() -> None:
                if line.strip().endswith("}")]
     per_flow = []
     for flow in args.flows.split(","):
-        lut = LookupTable.load(ROOT / "device_profiles" / args.device / flow)
+        lut = ProfileStore().load(args.device, flow)
         measurements = MeasurementLog(lut.directory).read()
         settings = lut.settings()
         depths = lut.meta["model_dims"]["num_layers"] - args.min_depth + 1

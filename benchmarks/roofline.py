@@ -31,6 +31,7 @@ from amoeba_search.artifacts import environment, read_json, write_json_atomic
 from amoeba_search.models import load_model
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.lut import LookupTable
+from amoeba_search.profiling.store import ProfileStore
 from amoeba_search.profiling.roofline import DeviceSpec, base_work, block_work, calibrate, seconds
 from amoeba_search.subnet import ModelDims
 
@@ -148,8 +149,8 @@ def main() -> None:
     if not args.device:
         parser.error("--device is required (unless --report-only)")
     command = setup(args.threads)
-    profiles = ROOT / "device_profiles" / args.device
-    table = LookupTable.load(profiles / args.flow)
+    store = ProfileStore()
+    table = store.load(args.device, args.flow)
     runs_on, dtype = FLOWS.get(args.flow).device, table.settings()[0].dtype
     bandwidth, gemm = memory_bandwidth_gbs(args.repeats, runs_on), matmul_tflops(args.repeats, runs_on, dtype)
     machine = table.meta["environment"]["device_name"]
@@ -181,7 +182,7 @@ def main() -> None:
     spec_payload = replace(final, sources={**pure.sources,
                                            "efficiency": f"calibrated to device_profiles/{args.device}/{args.flow}",
                                            "overhead_ms": f"calibrated to device_profiles/{args.device}/{args.flow}"})
-    write_json_atomic(ROOT / "device_profiles" / "specs" / f"{args.device}.json", spec_payload.to_dict())
+    write_json_atomic(store.root / "specs" / f"{args.device}.json", spec_payload.to_dict())
 
     predictor = read_json(RESULTS / f"{args.predictor_results}.json", "predictor results",
                           "run benchmarks/predictor_accuracy.py")

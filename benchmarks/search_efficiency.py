@@ -30,25 +30,21 @@ from amoeba_search.evaluate import perplexity
 from amoeba_search.extract import extract_model
 from amoeba_search.models import load_model
 from amoeba_search.plot import pareto_figure, render
-from amoeba_search.profiling.lut import LookupTable
-from amoeba_search.search.proxies import PROXIES
 from amoeba_search.search.report import pareto_rows
-from amoeba_search.search.space import Candidate, SearchSpace
+from amoeba_search.search.session import SearchRequest, open_search
+from amoeba_search.selection.space import Candidate
 from amoeba_search.search.study import SearchContext, completed, feasible_best, pareto, search, write_csv
-from amoeba_search.selection.strategy import Strategy
-from amoeba_search.subnet import ModelDims
+from amoeba_search.resources import shipped_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (0.5, 0.65, 0.8)
 TOLERANCE = 0.005
 
 
-def context(loaded, strategy, device, flow, proxy, storage) -> SearchContext:
-    lut = LookupTable.load(ROOT / "device_profiles" / device / flow)
-    setting = lut.setting("decode")
-    space = SearchSpace.build(strategy, ModelDims.from_config(loaded.model.config), lut, setting, min_depth=15,
-                              max_mlp_options=4)
-    return SearchContext(loaded, strategy, lut, setting, space, proxy, storage)
+def context(loaded, strategy_path: str, device: str, flow: str, storage: str) -> SearchContext:
+    """The benchmark's search: the shipped profiles, decode, depths >= 15 x 4 MLP widths, ppl on 8 x 256 windows."""
+    return open_search(SearchRequest(strategy_path, device, flow, "decode", storage=storage, min_depth=15,
+                                     max_mlp_options=4), loaded)
 
 
 def evaluations_to_optimum(ctx: SearchContext, target: float, optimum: float, sampler: str, seed: int,
@@ -83,7 +79,7 @@ def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategy", default=str(ROOT / "strategies" / "smollm2-135m.dp-flap.json"))
+    parser.add_argument("--strategy", default=str(shipped_strategy()))
     parser.add_argument("--device", required=True, help="this machine's profile name")
     parser.add_argument("--flows", default="torch-eager,torch-compile,onnxruntime")
     parser.add_argument("--gpu-profiles", default="nvidia-h100-80gb-hbm3/cuda-graphs,nvidia-h100-80gb-hbm3/cuda-eager,"
@@ -97,10 +93,9 @@ def main() -> None:
     args = parser.parse_args()
     command = setup(args.threads)
     loaded = load_model("default")
-    strategy = Strategy.load(args.strategy)
-    proxy = PROXIES.get("ppl")(loaded, data_root(None), samples=8, seq_len=256, seed=1)
     main_flow = args.flows.split(",")[0]
-    ctx = context(loaded, strategy, args.device, main_flow, proxy, args.storage)
+    ctx = context(loaded, args.strategy, args.device, main_flow, args.storage)
+    proxy = ctx.proxy
     candidates = ctx.space.candidates()
     print(f"space: {ctx.space.size} subnets; exhaustive evaluation (cached after the first run)", flush=True)
     table = {}
@@ -150,7 +145,7 @@ def main() -> None:
     profiles = [(args.device, f) for f in args.flows.split(",")] + [tuple(p.split("/")) for p in
                                                                    args.gpu_profiles.split(",") if p]
     for device, flow in profiles:
-        pctx = context(loaded, strategy, device, flow, proxy, args.storage)
+        pctx = context(loaded, args.strategy, device, flow, args.storage)
         for ratio in TARGETS:
             target = ratio * pctx.full_model_ms()
             found = search(pctx, target, 40, "tpe", 0, study_name=f"bench-choose-{device}-{flow}-{ratio}",

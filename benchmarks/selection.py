@@ -142,9 +142,9 @@ def main() -> None:
             viewed = perplexity(model.model, model.tokenizer, data["text"], max_windows=4, progress=False)["ppl"]
         extraction.append({"layers": depth, "width": widths[0], "in_place_ppl": viewed, "extracted_ppl": direct})
     full = evaluate_subnet(model, Subnet.full(dims), data, args)
-    result = {"rows": rows, "full_model": full, "dp_seconds": dp.depth["seconds"],
-              "dp_evaluations": dp.depth["evaluations"], "calibration": dp.calibration,
-              "dp_max_removed": dp.depth["max_removed"], "protected_layers": dp.depth["protected_layers"],
+    result = {"rows": rows, "full_model": full, "dp_seconds": dp.depth.seconds,
+              "dp_evaluations": dp.depth.evaluations, "calibration": dp.calibration,
+              "dp_max_removed": dp.depth.max_removed, "protected_layers": dp.depth.protected_layers,
               "held_out": {"wikitext2_test_windows": args.ppl_windows, "seq_len": 512,
                            "mmlu": f"every {args.mmlu_stride}th question of mmlu/zero_shot_val.jsonl",
                            "arc": f"first {args.arc_limit} questions" if args.arc_limit else "full validation splits"},

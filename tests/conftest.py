@@ -66,11 +66,12 @@ def tiny_data(tmp_path_factory) -> Path:
     questions = [("What color is the sky?", ["blue", "green", "a large red"], "A"),
                  ("Which is a fruit?", ["rock", "apple"], "B"),
                  ("Pick one", ["x", "yy", "zzz", "w"], "3")]
-    with open(root / "arc" / "arc_easy_validation.jsonl", "w") as handle:
-        for i, (q, texts, key) in enumerate(questions):
-            labels = ["1", "2", "3", "4"][: len(texts)] if key.isdigit() else list("ABCD")[: len(texts)]
-            handle.write(json.dumps({"id": f"q{i}", "question": q, "choices": {"text": texts, "label": labels},
-                                     "answerKey": key}) + "\n")
+    for split in ("easy", "challenge"):
+        with open(root / "arc" / f"arc_{split}_validation.jsonl", "w") as handle:
+            for i, (q, texts, key) in enumerate(questions):
+                labels = ["1", "2", "3", "4"][: len(texts)] if key.isdigit() else list("ABCD")[: len(texts)]
+                handle.write(json.dumps({"id": f"q{i}", "question": q, "choices": {"text": texts, "label": labels},
+                                         "answerKey": key}) + "\n")
     (root / "mmlu").mkdir()
     with open(root / "mmlu" / "zero_shot_val.jsonl", "w") as handle:
         for answer in "ABCD":

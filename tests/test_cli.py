@@ -33,7 +33,7 @@ def test_subnet_extract_evaluate_pipeline(tiny_dir, tiny_data, tmp_path):
     assert (tmp_path / "ckpt" / "config.json").is_file()
     record = tmp_path / "eval.json"
     run = amoeba("evaluate", "--model", tiny_dir, "--subnet", spec, "--tasks", "wikitext2,arc_easy,mmlu",
-                 "--seq-len", "64", "--limit", "2", "--data-dir", tiny_data, "--out", record)
+                 "--seq-len", "64", "--questions", "2", "--windows", "2", "--data-dir", tiny_data, "--out", record)
     assert run.returncode == 0, run.stderr
     result = json.loads(record.read_text())
     assert result["tasks"]["wikitext2"]["windows"] == 2 and result["tasks"]["arc_easy"]["questions"] == 2

@@ -35,7 +35,11 @@ def test_profile_predict_plot(tiny_dir, tmp_path):
     run = amoeba("predict", "--subnet", spec, "--device", "box", "--flow", "torch-eager", "--profiles-dir", root)
     assert run.returncode == 0, run.stderr
     assert "prefill P=8" in run.stdout and "decode C=8" in run.stdout
-    run = amoeba("plot", "lut", "--device", "box", "--flow", "torch-eager", "--profiles-dir", root)
+    run = amoeba("plot", "lut", "--device", "box", "--flow", "torch-eager", "--profiles-dir", root, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "plots" / "box-torch-eager-lut.png").stat().st_size > 1000     # not the profile's own figure
+    assert not (root / "box" / "torch-eager" / "lut.png").exists()
+    run = amoeba("plot", "lut", "--device", "box", "--flow", "torch-eager", "--profiles-dir", root, "--update-profile")
     assert run.returncode == 0, run.stderr
     assert (root / "box" / "torch-eager" / "lut.png").stat().st_size > 1000
     assert (root / "box" / "torch-eager" / "lut.svg").is_file()

@@ -9,7 +9,7 @@ from amoeba_search.evaluate import _encode, multiple_choice, perplexity
 from amoeba_search.extract import extract
 from amoeba_search.models import load_model
 from amoeba_search.subnet import ModelDims, Subnet
-from amoeba_search.tasks import evaluate_tasks, parse_tasks
+from amoeba_search.tasks.base import evaluate_tasks, parse_tasks
 
 
 @pytest.fixture()

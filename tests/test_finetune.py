@@ -15,7 +15,7 @@ from amoeba_search.finetune.checkpoint import checkpoints, load_adapters
 from amoeba_search.finetune.recipe import TrainConfig, Trainer, balanced, distillation_loss
 from amoeba_search.finetune.smol import AdapterConfig, SMoLAdapters
 from amoeba_search.models import load_model
-from amoeba_search.search.space import Candidate, SearchSpace, candidate_subnet
+from amoeba_search.selection.space import Candidate, SearchSpace, candidate_subnet
 from amoeba_search.selection.calibration import text_calibration
 from amoeba_search.selection.select import select_depth
 from amoeba_search.subnet import ModelDims
@@ -206,7 +206,7 @@ def test_adapters_refuse_another_strategy(world, tmp_path):
     adapters = load_adapters(loaded, tmp_path / "run")
     adapters.check_strategy(strategy)                      # the one it was trained with
     other = copy.deepcopy(strategy)
-    other.depth["table"] = other.depth["table"][:-1]
+    other.depth.rows = other.depth.rows[:-1]
     with pytest.raises(UserError, match="trained with strategy"):
         adapters.check_strategy(other)
 
@@ -226,35 +226,43 @@ def test_gradient_checkpointing_gives_the_same_step(world, tmp_path):
 
 
 def test_search_with_adapters_uses_and_caches_fine_tuned_accuracy(world, tmp_path, tiny_data):
-    """`amoeba search --adapters`: the proxy sees the adapted subnet, and its values are cached apart."""
-    from amoeba_search.profiling.lut import LookupTable, Setting
+    """`amoeba search --adapters` after a search without, in the same storage: the proxy sees the adapted subnet,
+    its values are cached apart, the study is another one (evaluated anew) and the record names the adapters."""
+    from amoeba_search.profiling.lut import Setting
     from amoeba_search.profiling.profile import WidthGrid
     from amoeba_search.profiling.roofline import DeviceSpec, estimate_profile
-    from amoeba_search.search.proxies import PROXIES
-    from amoeba_search.search.study import SearchContext, search
+    from amoeba_search.search.report import best_record
+    from amoeba_search.search.session import SearchRequest, open_search, run_search
+    from amoeba_search.search.study import feasible_best
 
     loaded, strategy, root, _ = world
     setting = Setting("decode", 32, 1, "float32")
     grid = WidthGrid.for_model(ModelDims.from_config(loaded.model.config), (0.5, 1.0), heads=(3, 6))
     spec = DeviceSpec("toy", 1.0, {"float32": 0.01}, {"bandwidth": 1.0, "compute": 1.0})
     estimate_profile(loaded, spec, tmp_path / "toy" / "roofline", [setting], grid)
-    lut = LookupTable.load(tmp_path / "toy" / "roofline")
     trainer(world, tmp_path / "run", steps=1, checkpoint_every=1).train()
+    request = SearchRequest(str(root / "strategy.json"), "toy", "roofline", proxy_samples=2, min_depth=2,
+                            storage=f"sqlite:///{tmp_path}/s.db", profiles_dir=str(tmp_path), data_dir=str(tiny_data))
 
-    def context():
-        space = SearchSpace.build(strategy, ModelDims.from_config(loaded.model.config), lut, setting, min_depth=2)
-        proxy = PROXIES.get("ppl")(loaded, tiny_data, samples=2, seq_len=32)
-        return SearchContext(loaded, strategy, lut, setting, space, proxy, f"sqlite:///{tmp_path}/s.db")
+    def searched(ctx):
+        study = run_search(ctx, ctx.full_model_ms(), 3)
+        return study, best_record(ctx, study, feasible_best(study, ctx.proxy), ctx.full_model_ms())
 
-    plain = context()
-    plain_name, subnet = plain.cache_name, plain.subnet(Candidate(3, 6, 24))
+    plain = open_search(request, loaded)
+    plain_name = plain.cache_name
+    plain_study, plain_record = searched(plain)
+    subnet = plain.subnet(Candidate(3, 6, 24))
     plain_ppl = plain.proxy.score(subnet)
+    assert plain_record["adapters"] is None and plain.cache.evaluations > 0
     loaded.adapters = load_adapters(loaded, tmp_path / "run")
     try:
-        adapted = context()
+        adapted = open_search(request, loaded)
         assert plain_name != adapted.cache_name and "adapters-" in adapted.cache_name
         assert adapted.proxy.score(subnet) != pytest.approx(plain_ppl, rel=1e-6)
-        study = search(adapted, adapted.full_model_ms(), 3, "tpe", 0, "s", progress=False)
+        study, record = searched(adapted)
+        assert study.study_name != plain_study.study_name
         assert adapted.cache.evaluations > 0 and len(study.trials) == 3
+        assert record["adapters"]["fingerprint"] == loaded.adapters.fingerprint
+        assert record["proxy_value"] != pytest.approx(plain_record["proxy_value"], rel=1e-6)
     finally:
         loaded.adapters = None

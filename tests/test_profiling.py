@@ -17,6 +17,7 @@ from amoeba_search.profiling.lut import LookupTable, MeasurementLog, Setting, fi
 from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key
 from amoeba_search.profiling.profile import WidthGrid, build_profile, import_profile
 from amoeba_search.profiling.step import KVStep, step_inputs
+from amoeba_search.profiling.store import ProfileStore
 from amoeba_search.subnet import ModelDims, Subnet
 
 FAST = harness.StopRule(warmup=1, min_repeats=3, max_repeats=5, rel=0.5, max_seconds=1.0)
@@ -171,13 +172,26 @@ def test_import_round_trip_and_errors(tiny, tmp_path):
              "mlp": 48, "median_ms": 1.0 + 0.25 * layers} for layers in (0, 4, 8)]
     path = tmp_path / "trt.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
-    lut = import_profile(tiny, path, tmp_path / "jetson" / "tensorrt-llm", "jetson", "tensorrt-llm")
+    store = ProfileStore(tmp_path)
+    lut = import_profile(tiny, path, store, "jetson", "tensorrt-llm")
     setting = lut.setting("decode")
     assert lut.meta["source"] == "imported" and lut.base_ms(setting) == pytest.approx(1.0)
     assert lut.block_ms(setting, 6, 48) == pytest.approx(0.25)
-    pd.DataFrame(rows).drop(columns=["median_ms"]).to_csv(path, index=False)
-    with pytest.raises(UserError, match="lacks columns \\['median_ms'\\]"):
-        import_profile(tiny, path, tmp_path / "x" / "tensorrt-llm", "x", "tensorrt-llm", overwrite=True)
+    assert lut.meta["model_dims"]["num_layers"] == 5                # predict and search can use it
+    before = {p.name: p.read_bytes() for p in lut.directory.iterdir()}
+    bad_frames = [pd.DataFrame(rows).drop(columns=["median_ms"]), pd.DataFrame(rows).assign(median_ms="fast"),
+                  pd.DataFrame(rows).assign(heads=5), pd.DataFrame(rows).head(0), pd.DataFrame(rows).assign(layers=4)]
+    for frame, message in zip(bad_frames, ["lacks columns \\['median_ms'\\]", "must be integers and \\*_ms numbers",
+                                           "5 heads / 48 MLP channels is not a width", "header but no rows",
+                                           "cannot separate base and block"]):
+        frame.to_csv(path, index=False)
+        with pytest.raises(UserError, match=message):
+            import_profile(tiny, path, store, "jetson", "tensorrt-llm", overwrite=True)
+        assert {p.name: p.read_bytes() for p in lut.directory.iterdir()} == before   # the previous state, untouched
+    assert sorted(p.name for p in (tmp_path / "jetson").iterdir()) == ["tensorrt-llm"]   # no temporary dir left
+    pd.DataFrame([{**r, "median_ms": 2.0 + 0.5 * r["layers"]} for r in rows]).to_csv(path, index=False)
+    replaced = import_profile(tiny, path, store, "jetson", "tensorrt-llm")           # same rows: replaced, not mixed
+    assert replaced.block_ms(setting, 6, 48) == pytest.approx(0.5) and len(replaced.table) == 2
 
 
 def test_unknown_and_unavailable_flows():
@@ -197,13 +211,16 @@ AVAILABLE = [n for n in FLOWS.names() if FLOWS.get(n).kind == "measured" and FLO
 def test_every_available_flow_times_both_phases(flow_name, phase, tiny):
     """Contract: every flow prepares a step for any extracted model and the harness times it."""
     flow = FLOWS.get(flow_name)
-    dims = ModelDims.from_config(tiny.model.config)
+    source = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     model = profile_mod.block_model(tiny.model, 2, 3, 24)
     row = profile_mod.measure_model(flow, model, Setting(phase, 8, 1, flow.dtypes[0]), FAST)
     assert row["median_ms"] > 0 and row["repeats"] >= 3 and row["wall_s"] > 0
     assert row["weights_mib"] > 0 and row["kv_mib"] > 0
     assert len(row["samples_ms"].split()) == row["repeats"]
-    assert dims.num_layers == 5  # the source model is untouched
+    # the source model is untouched, checked after the call: same shape, same weights, same dtype
+    assert ModelDims.from_config(tiny.model.config).num_layers == 5
+    after = tiny.model.state_dict()
+    assert after.keys() == source.keys() and all(torch.equal(after[k], v) for k, v in source.items())
 
 
 @pytest.mark.skipif("llama.cpp" not in AVAILABLE, reason="llama-cpp-python is not installed (make llama-cpp)")

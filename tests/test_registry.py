@@ -2,7 +2,8 @@ import pytest
 
 from amoeba_search.errors import UserError
 from amoeba_search.registry import Registry
-from amoeba_search.tasks import TASKS, parse_tasks
+from amoeba_search.tasks import TASKS
+from amoeba_search.tasks.base import parse_tasks
 
 
 def test_duplicates_rejected_and_typos_suggested():

@@ -17,10 +17,10 @@ from amoeba_search.plot import pareto_figure, render
 from amoeba_search.profiling.lut import Setting
 from amoeba_search.profiling.profile import WidthGrid
 from amoeba_search.profiling.roofline import DeviceSpec, estimate_profile
-from amoeba_search.search.proxies import PROXIES
 from amoeba_search.search.report import pareto_rows
-from amoeba_search.search.space import Candidate, SearchSpace
+from amoeba_search.search.session import SearchRequest, open_search
 from amoeba_search.search.study import SearchContext, completed, feasible_best, pareto, search, write_csv
+from amoeba_search.selection.space import Candidate
 from amoeba_search.selection.calibration import text_calibration
 from amoeba_search.selection.select import select_depth
 from amoeba_search.subnet import ModelDims
@@ -48,14 +48,12 @@ def world(tmp_path_factory, tiny_dir, tiny_data):
 
 
 def context(world, device="toy", storage=None, **space_kw):
-    from amoeba_search.profiling.lut import LookupTable
-
-    loaded, strategy, root, data = world
-    lut = LookupTable.load(root / "profiles" / device / "roofline")
-    space = SearchSpace.build(strategy, ModelDims.from_config(loaded.model.config), lut, SETTING,
-                              **{"min_depth": 2, **space_kw})
-    proxy = PROXIES.get("ppl")(loaded, data, samples=2, seq_len=32)
-    return SearchContext(loaded, strategy, lut, SETTING, space, proxy, storage or f"sqlite:///{root}/s.db")
+    """The search the CLI would open, through the same session call (the loaded model passed in)."""
+    loaded, _, root, data = world
+    request = SearchRequest(str(root / "strategy.json"), device, "roofline", proxy_samples=2,
+                            storage=storage or f"sqlite:///{root}/s.db", profiles_dir=str(root / "profiles"),
+                            data_dir=str(data), **{"min_depth": 2, **space_kw})
+    return open_search(request, loaded)
 
 
 def test_space_is_valid_and_floored(world):

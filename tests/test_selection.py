@@ -69,7 +69,7 @@ def test_interrupted_dp_resumes_from_cache(tiny, runner, tmp_path):
     lines = cache.read_text().splitlines()
     cache.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])  # cut mid-line, as a kill would
     resumed = select_depth(tiny, runner.calibration, "dp", max_removed=3, cache_path=cache, progress=False)
-    assert resumed.depth["table"] == first.depth["table"]
+    assert resumed.depth.rows == first.depth.rows
     other = text_calibration(tiny.tokenizer, "abc " * 400, samples=2, seq_len=40, name="other")
     with pytest.raises(UserError, match="other settings"):
         select_depth(tiny, other, "dp", max_removed=3, cache_path=cache, progress=False)
@@ -78,20 +78,20 @@ def test_interrupted_dp_resumes_from_cache(tiny, runner, tmp_path):
 @pytest.mark.parametrize("method", DEPTH_SELECTORS.names())
 def test_every_selector_gives_a_valid_table(tiny, runner, method):
     strategy = select_depth(tiny, runner.calibration, method, max_removed=3, keep_last=1, progress=False)
-    rows = strategy.depth["table"]
-    assert [r["num_layers"] for r in rows] == [5, 4, 3, 2]
+    rows = strategy.depth.rows
+    assert [r.num_layers for r in rows] == [5, 4, 3, 2]
     for row in rows:
-        assert len(row["layers"]) == row["num_layers"] and row["layers"] == sorted(set(row["layers"]))
+        assert len(row.layers) == row.num_layers and list(row.layers) == sorted(set(row.layers))
         if method != "drop_last":
-            assert 4 in row["layers"]  # keep_last=1 protects the last layer
+            assert 4 in row.layers  # keep_last=1 protects the last layer
     if method == "drop_last":
-        assert rows[-1]["layers"] == [0, 1]
+        assert list(rows[-1].layers) == [0, 1]
 
 
 def test_strategy_file_round_trip_and_errors(tiny, runner, tmp_path):
     strategy = select_depth(tiny, runner.calibration, "shortgpt", max_removed=2, progress=False)
     loaded = Strategy.load(strategy.save(tmp_path / "s.json"))
-    assert loaded.layers_for(3) == strategy.depth["table"][2]["layers"]
+    assert loaded.layers_for(3) == list(strategy.depth.rows[2].layers)
     with pytest.raises(UserError, match="depths 3..5"):
         loaded.layers_for(2)
     with pytest.raises(UserError, match="computed for model"):

@@ -59,7 +59,7 @@ def test_flap_keeps_the_fluctuating_channels(tiny, calibration):
     with torch.no_grad():
         tiny.model.model.layers[0].mlp.up_proj.weight[7] *= 50    # channel 7 of layer 0 now fluctuates strongly
     boosted = width_section(tiny.model, calibration, "flap")
-    assert boosted["mlp_scores"][0][7] > 100 * width["mlp_scores"][0][7]
+    assert boosted.mlp_scores[0][7] > 100 * width.mlp_scores[0][7]
     assert 7 in width_subnet(tiny.model, boosted, [0], mlp=0.1).mlp_channels[0]
 
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from ..artifacts import SCHEMA_VERSION, atomic_directory, environment, read_json, write_json_atomic
 from ..errors import UserError
-from ..models import LoadedModel
-from ..search.space import SearchSpace
+from ..models import LoadedModel, load_model
+from ..selection.space import SearchSpace
 from ..subnet import ModelDims
 from .smol import AdapterConfig, SMoLAdapters
 
@@ -85,6 +85,14 @@ def load_adapters(loaded: LoadedModel, path: Path) -> SMoLAdapters:
     adapters.fingerprint = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
     adapters.path = path
     return adapters.eval()
+
+
+def load_model_and_adapters(model: str, adapters: str | Path | None = None) -> LoadedModel:
+    """A model by name or path, with fine-tuned adapters attached when given (they are checked against it)."""
+    loaded = load_model(model)
+    if adapters is not None:
+        loaded.adapters = load_adapters(loaded, Path(adapters))
+    return loaded
 
 
 def restore(path: Path, adapters: SMoLAdapters, optimizer: torch.optim.Optimizer, record: dict) -> None:

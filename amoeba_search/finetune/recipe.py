@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..models import LoadedModel
-from ..search.space import Candidate, SearchSpace, candidate_subnet
+from ..selection.space import Candidate, SearchSpace, candidate_subnet
 from ..selection.strategy import Strategy
 from ..subnet import ModelDims, Subnet
 from .checkpoint import build_adapters, checkpoints, read_record, restore, save_checkpoint

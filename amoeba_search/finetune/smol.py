@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 
 from ..errors import UserError
-from ..search.space import SearchSpace
+from ..selection.space import SearchSpace
 from ..subnet import ModelDims, Subnet
 from ..view import block_slices, decoder_layers, subnet_view
 

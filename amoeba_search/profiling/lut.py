@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from ..artifacts import SCHEMA_VERSION, read_json, write_json_atomic
+from ..artifacts import SCHEMA_VERSION, read_json
 from ..errors import UserError
 from .environment import environment_key
 
@@ -30,10 +30,6 @@ KEY = ["pass"] + CONFIG
 MEASUREMENT_COLUMNS = KEY + ["median_ms", "p10_ms", "p90_ms", "cv_pct", "ci95_pct", "repeats", "converged",
                              "weights_mib", "kv_mib", "peak_mem_mib", "wall_s", "samples_ms"]
 LUT_COLUMNS = SETTING + ["component", "heads", "mlp", "latency_ms", "rows"]
-
-
-def profile_dir(root: str | os.PathLike, device: str, flow: str) -> Path:
-    return Path(root) / device / flow
 
 
 @dataclass(frozen=True)
@@ -197,10 +193,6 @@ class LookupTable:
         return self._index[key]
 
 
-def write_meta(directory: Path, meta: dict) -> None:
-    write_json_atomic(directory / "meta.json", meta)
-
-
 def check_compatible(existing: dict, new: dict, directory: Path) -> None:
     """Refuse to add rows measured in another environment (device, libraries, threads) or for another model."""
     problems = []
@@ -213,12 +205,3 @@ def check_compatible(existing: dict, new: dict, directory: Path) -> None:
     if problems:
         raise UserError(f"{directory} was measured in another environment ({'; '.join(problems)}): use another "
                         "--device name, or --overwrite to start this profile again")
-
-
-def write_lut(directory: Path, measurements: pd.DataFrame) -> pd.DataFrame:
-    """Fit and write lut.csv atomically."""
-    table = fit_lut(measurements)
-    tmp = directory / ".lut.csv.tmp"
-    table.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, directory / "lut.csv")
-    return table

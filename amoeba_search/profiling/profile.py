@@ -19,12 +19,13 @@ from ..errors import UserError
 from ..extract import extract_model
 from ..models import LoadedModel
 from ..subnet import ModelDims, Subnet
-from .environment import measurement_environment
-from .flows import FLOWS, Flow
-from .flows.base import element_bytes
+from .environment import default_device_slug, measurement_environment
+from .flows import FLOWS
+from .flows.base import Flow, element_bytes
 from .harness import StopRule, measure
 from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting, check_compatible,
-                  write_lut, write_meta)
+                  fit_lut)
+from .store import ProfileStore
 
 DEFAULT_MLP_RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 QUICK_MLP_RATIOS = (0.25, 0.5, 0.75, 1.0)
@@ -86,7 +87,7 @@ def measure_model(flow: Flow, model: PreTrainedModel, setting: Setting, rule: St
     """One row: prepare the flow's step for this model and time it under the stop rule; wall_s is the row's
     whole cost (export/compile + warm-up + repeats), which is what a lookup table saves."""
     started = time.perf_counter()
-    prepared = flow.prepare(model, setting.phase, setting.tokens, setting.batch, setting.dtype)
+    prepared = flow.prepare(model, setting)
     flow.reset_peak_memory()
     result = measure(prepared.run, prepared.reset, flow.sync, rule, flow.peak_memory_mib)
     weights, kv = tensor_mib(model, setting)
@@ -111,7 +112,7 @@ def open_profile(directory: Path, meta: dict, overwrite: bool) -> MeasurementLog
     elif meta_path.is_file():
         check_compatible(read_json(meta_path, "profile metadata", "re-profile with --overwrite"), meta, directory)
     directory.mkdir(parents=True, exist_ok=True)
-    write_meta(directory, meta)
+    ProfileStore.write_meta(directory, meta)
     return log
 
 
@@ -160,42 +161,97 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
                 bar.update()
     measurements = log.read()
     wanted = {(s.phase, s.tokens, s.batch, s.dtype) for s in settings}
-    write_lut(directory, measurements)
+    ProfileStore.write_table(directory, fit_lut(measurements))
     missing = wanted - set(map(tuple, measurements[["phase", "tokens", "batch", "dtype"]].itertuples(index=False)))
     if missing:
         raise UserError(f"no rows measured for {sorted(missing)}")
     return LookupTable.load(directory)
 
 
-IMPORT_REQUIRED = ["phase", "tokens", "batch", "dtype", "layers", "heads", "mlp", "median_ms"]
-
-
-def import_profile(loaded: LoadedModel, csv_path: Path, directory: Path, device: str, flow_name: str,
-                   overwrite: bool = False) -> LookupTable:
-    """Read latencies measured elsewhere (one row per timed model, see README) into a profile and fit its table."""
+def make_profile(loaded: LoadedModel, store: ProfileStore, flow_name: str, device: str | None,
+                 settings: list[Setting], grid: WidthGrid, layers_per_row: int = 8, rule: StopRule = StopRule(),
+                 passes: int = 3, overwrite: bool = False, progress: bool = True) -> LookupTable:
+    """The one call behind `amoeba profile`: measure a measured flow on this machine (device: its CPU/GPU model
+    unless named), or estimate an estimate flow for the named device spec; imported flows are refused with
+    the import command."""
     flow = FLOWS.get(flow_name)
+    if flow.kind == "imported":
+        raise UserError(f"flow {flow_name!r} is not timed here: {flow.unavailable()}")
+    if flow.kind == "estimate":
+        if device is None:
+            raise UserError(f"--flow {flow_name} needs --device NAME with a spec file (`amoeba flows` lists them)")
+        return flow.estimate(loaded, store, device, settings, grid)
+    device = device or default_device_slug(flow.device)
+    return build_profile(loaded, store.directory(device, flow_name), device, flow_name, settings, grid,
+                         layers_per_row, rule, passes=passes, overwrite=overwrite, progress=progress)
+
+
+IMPORT_REQUIRED = ["phase", "tokens", "batch", "dtype", "layers", "heads", "mlp", "median_ms"]
+INTEGER_COLUMNS = ["tokens", "batch", "layers", "heads", "mlp"]
+LATENCY_COLUMNS = ["median_ms", "p10_ms", "p90_ms"]
+
+
+def read_import_csv(csv_path: Path, dims: ModelDims) -> pd.DataFrame:
+    """The rows of a results CSV, every value checked: one line names the first bad cell and the fix."""
     if not csv_path.is_file():
         raise UserError(f"results file {csv_path} not found")
-    frame = pd.read_csv(csv_path)
+    try:
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{csv_path} is not a readable CSV ({str(exc).splitlines()[0]}): one header line "
+                        f"{','.join(IMPORT_REQUIRED)} and one row per timed model") from None
     missing = [c for c in IMPORT_REQUIRED if c not in frame.columns]
     if missing:
         raise UserError(f"{csv_path} lacks columns {missing}: required {IMPORT_REQUIRED} (p10_ms, p90_ms optional)")
-    for index, row in frame.iterrows():
-        if row["phase"] not in ("prefill", "decode") or not float(row["median_ms"]) > 0 or int(row["layers"]) < 0:
-            raise UserError(f"{csv_path} row {index + 2}: phase must be prefill/decode, median_ms > 0, layers >= 0")
+    if frame.empty:
+        raise UserError(f"{csv_path} has a header but no rows: add one row per timed model")
+    valid_heads = set(dims.head_counts())
+    rows = []
+    for index, raw in enumerate(frame.to_dict("records")):
+        where = f"{csv_path} row {index + 2}"
+        try:
+            row = {**{c: int(raw[c]) for c in INTEGER_COLUMNS},
+                   **{c: float(raw[c]) for c in LATENCY_COLUMNS if raw.get(c, "") != ""}}
+        except ValueError:
+            raise UserError(f"{where}: tokens/batch/layers/heads/mlp must be integers and *_ms numbers") from None
+        row.update(phase=raw["phase"].strip(), dtype=raw["dtype"].strip())
+        if row["phase"] not in ("prefill", "decode"):
+            raise UserError(f"{where}: phase {row['phase']!r} must be prefill or decode")
+        if not all(0 < row[c] < float("inf") for c in LATENCY_COLUMNS if c in row):
+            raise UserError(f"{where}: latencies must be finite and > 0 ms")
+        if min(row["tokens"], row["batch"]) < 1 or row["layers"] < 0:
+            raise UserError(f"{where}: tokens and batch must be >= 1 and layers >= 0")
+        if row["layers"] > 0 and (row["heads"] not in valid_heads or not 1 <= row["mlp"] <= dims.intermediate_size):
+            raise UserError(f"{where}: {row['heads']} heads / {row['mlp']} MLP channels is not a width of this "
+                            f"model (heads {sorted(valid_heads)}, MLP 1..{dims.intermediate_size})")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def import_profile(loaded: LoadedModel, csv_path: Path, store: ProfileStore, device: str, flow_name: str,
+                   overwrite: bool = False) -> LookupTable:
+    """Latencies measured elsewhere (one row per timed model, see README) as a profile: every row is checked and
+    the table fitted in memory first, then the whole profile is written at once. An existing profile is extended
+    (same model and flow; rows for the same model replaced) only when the merged rows fit too."""
+    flow = FLOWS.get(flow_name)
+    dims = ModelDims.from_config(loaded.model.config)
+    new = read_import_csv(csv_path, dims)
+    new["pass"] = 0
+    for column in ("p10_ms", "p90_ms"):
+        new[column] = new[column].fillna(new["median_ms"]) if column in new else new["median_ms"]
+    new = new.assign(cv_pct=0.0, ci95_pct=0.0, repeats=1, converged=True, weights_mib=0.0, kv_mib=0.0,
+                     peak_mem_mib="", wall_s=0.0, samples_ms=new["median_ms"].map(str))[MEASUREMENT_COLUMNS]
     meta = profile_meta(loaded, device, flow, "imported", {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "imported_from": str(csv_path), "units": {"latency": "ms"}})
+        "imported_from": str(csv_path), "model_dims": dims.__dict__, "units": {"latency": "ms"}})
     meta["environment"]["device_name"] = device
-    log = open_profile(directory, meta, overwrite)
-    rows = frame.to_dict("records")
-    for row in rows:
-        row.setdefault("pass", 0)
-        row.setdefault("p10_ms", row["median_ms"])
-        row.setdefault("p90_ms", row["median_ms"])
-        row.update({"cv_pct": 0, "ci95_pct": 0, "repeats": 1, "converged": True, "weights_mib": 0, "kv_mib": 0, "wall_s": 0,
-                    "samples_ms": f"{row['median_ms']}"})
-    done = log.done()
-    log.append([r for r in rows if tuple(r[k] for k in KEY) not in done])
-    write_lut(directory, log.read()[MEASUREMENT_COLUMNS])
-    return LookupTable.load(directory)
+    directory = store.directory(device, flow_name)
+    measurements = new
+    if (directory / "meta.json").is_file() and not overwrite:
+        check_compatible(read_json(directory / "meta.json", "profile metadata", "re-import with --overwrite"), meta,
+                         directory)
+        old = MeasurementLog(directory).read()
+        replaced = old.set_index(KEY).index.isin(new.set_index(KEY).index)
+        measurements = pd.concat([old[~replaced], new], ignore_index=True)
+    table = fit_lut(measurements)
+    return store.write_profile(directory, meta, table, measurements)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,10 +16,10 @@ from ..errors import UserError
 from ..models import LoadedModel
 from ..subnet import ModelDims, Subnet
 from .flows.base import element_bytes
-from .lut import LUT_COLUMNS, PROFILE_KIND, LookupTable, Setting, write_meta
+from .lut import LUT_COLUMNS, PROFILE_KIND, LookupTable, Setting
+from .store import ProfileStore
 
 SPEC_KIND = "amoeba_search.device_spec"
-SPECS_DIR = Path(__file__).resolve().parents[2] / "device_profiles" / "specs"
 REQUIRED = ("name", "memory_bandwidth_gbs", "peak_tflops", "efficiency")
 
 
@@ -40,22 +39,18 @@ class DeviceSpec:
         return {"schema_version": SCHEMA_VERSION, "kind": SPEC_KIND, **self.__dict__}
 
 
-def spec_dirs(root: Path | None = None) -> list[Path]:
-    """User specs under <profiles root>/specs first, then the ones shipped with the project."""
-    dirs = [Path(root) / "specs"] if root else []
-    return dirs + ([SPECS_DIR] if SPECS_DIR not in dirs else [])
+def spec_names(store: ProfileStore | None = None) -> list[str]:
+    """Spec names in the store's specs dirs (its root's, then the shipped ones)."""
+    return sorted({p.stem for d in (store or ProfileStore()).spec_dirs() if d.is_dir() for p in d.glob("*.json")})
 
 
-def spec_names(root: Path | None = None) -> list[str]:
-    return sorted({p.stem for d in spec_dirs(root) if d.is_dir() for p in d.glob("*.json")})
-
-
-def load_spec(name_or_path: str, root: Path | None = None) -> DeviceSpec:
-    """A spec by name (specs dirs) or path; missing fields or bad values are one-line errors."""
-    candidates = [Path(name_or_path)] + [d / f"{name_or_path}.json" for d in spec_dirs(root)]
+def load_spec(name_or_path: str, store: ProfileStore | None = None) -> DeviceSpec:
+    """A spec by name (the store's specs dirs) or path; missing fields or bad values are one-line errors."""
+    store = store or ProfileStore()
+    candidates = [Path(name_or_path)] + [d / f"{name_or_path}.json" for d in store.spec_dirs()]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise UserError(f"no device spec {name_or_path!r}: known specs {spec_names(root)}; write "
+        raise UserError(f"no device spec {name_or_path!r}: known specs {spec_names(store)}; write "
                         "device_profiles/specs/NAME.json (see README: roofline estimates)")
     payload = read_json(path, "device spec", "see README")
     missing = [k for k in REQUIRED if k not in payload]
@@ -124,23 +119,18 @@ def estimate_table(spec: DeviceSpec, dims: ModelDims, vocab: int, settings: list
 
 
 def estimate_profile(loaded: LoadedModel, spec: DeviceSpec, directory: Path, settings: list[Setting],
-                     grid) -> LookupTable:
+                     grid, store: ProfileStore | None = None) -> LookupTable:
     """Write an estimated profile (lut.csv + meta.json with the spec and method) for a device spec."""
     dims = ModelDims.from_config(loaded.model.config)
     table = estimate_table(spec, dims, loaded.model.config.vocab_size, settings, grid.widths())
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / ".lut.csv.tmp"
-    table.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, directory / "lut.csv")
-    write_meta(directory, {
+    return (store or ProfileStore()).write_profile(directory, {
         "schema_version": SCHEMA_VERSION, "kind": PROFILE_KIND, "device": spec.name, "flow": "roofline",
         "source": "roofline-estimate", "model": loaded.fingerprint, "model_dims": dims.__dict__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "method": "per block: max(FLOPs / (peak * eff_compute), bytes / (bandwidth * eff_bandwidth)) + per-block "
                   "overhead; base: LM head on the last token + embedding gather + per-call overhead. An estimate "
                   "for ideal kernels, not a measurement.",
-        "spec": spec.to_dict(), "units": {"latency": "ms"}})
-    return LookupTable.load(directory)
+        "spec": spec.to_dict(), "units": {"latency": "ms"}}, table)
 
 
 def calibrate(spec: DeviceSpec, measured: LookupTable, dims: ModelDims, vocab: int,

@@ -1,1 +1,4 @@
-"""Search: the subnet space from a strategy file, accuracy proxies, and Optuna studies under latency targets."""
+"""Search: accuracy proxies, Optuna studies under latency targets over a profiled space, and the session that
+opens and runs them."""
+
+DEFAULT_STORAGE = "sqlite:///search/studies.db"

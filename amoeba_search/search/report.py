@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+from tqdm.auto import tqdm
 
 from ..artifacts import read_json, write_json_atomic
 from ..profiling.environment import device_name
 from ..profiling.flows import FLOWS
 from ..subnet import Subnet
-from .space import Candidate
+from ..selection.space import Candidate
 from .study import SearchContext, completed, front
 
 
@@ -28,7 +29,8 @@ def best_record(ctx: SearchContext, study: optuna.Study, best: optuna.trial.Froz
             "target_ms": target_ms, "full_model_ms": ctx.full_model_ms(), "proxy": ctx.proxy.name,
             "proxy_settings": ctx.proxy.settings, "direction": ctx.proxy.direction, "proxy_value": best.value,
             "trials": len(completed(study)), "accuracy_evaluations": ctx.cache.evaluations,
-            "study": study.study_name, "storage": ctx.storage_url, "space_size": ctx.space.size}
+            "study": study.study_name, "storage": ctx.storage_url, "space_size": ctx.space.size,
+            "adapters": None if ctx.loaded.adapters is None else ctx.loaded.adapters.describe()}
 
 
 def write_best(ctx: SearchContext, record: dict, out: Path) -> Path:
@@ -84,7 +86,7 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
     return result
 
 
-def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True) -> list[dict]:
+def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True, progress: bool = False) -> list[dict]:
     """Every trial, the non-dominated ones as the front, and baseline subnets, with what the plot needs."""
     common = {"device": ctx.lut.meta["device"], "flow": ctx.lut.meta["flow"], "source": ctx.lut.meta["source"],
               "setting": ctx.setting.label(), "proxy": ctx.proxy.name, "proxy_unit": ctx.proxy.unit,
@@ -101,11 +103,11 @@ def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True)
         if i in on_front:
             rows.append({**row, "series": "search front"})
     if baselines:
-        rows += baseline_rows(ctx, common)
+        rows += baseline_rows(ctx, common, progress)
     return rows
 
 
-def baseline_rows(ctx: SearchContext, common: dict) -> list[dict]:
+def baseline_rows(ctx: SearchContext, common: dict, progress: bool = False) -> list[dict]:
     """Depth only (DP layers, full width), width only (all layers, FLAP widths) and drop-last-k (first N layers)."""
     d, space = ctx.dims, ctx.space
     full = (d.num_heads, d.intermediate_size)
@@ -115,7 +117,8 @@ def baseline_rows(ctx: SearchContext, common: dict) -> list[dict]:
                    if (h, m) != full]
     series += [("drop-last-k", Candidate(depth, *full), f"droplast-d{depth}") for depth in space.depths]
     rows = []
-    for name, candidate, key in series:
+    for name, candidate, key in tqdm(series, desc="baselines (cached ones are instant)", unit="subnet",
+                                     disable=not progress):
         subnet_of = (lambda c=candidate: ctx.subnet(c)) if key is None else (
             lambda c=candidate: Subnet.uniform(d, range(c.depth)))
         value = ctx.accuracy(key or candidate.key, subnet_of)

@@ -12,8 +12,6 @@ import optuna
 
 from ..errors import UserError
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 
 def open_storage(url: str):
     """'sqlite:///x.db', 'postgresql://user@host/db' (any SQLAlchemy RDB URL) or 'journal:PATH' (Optuna's

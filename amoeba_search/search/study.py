@@ -7,24 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import warnings
-
 import optuna
 
 from ..errors import UserError
 from ..models import LoadedModel
 from ..profiling.lut import LookupTable, Setting
 from ..profiling.predictor import Predictor, setting_key
+from ..runtime import quiet_optuna
 from ..selection.strategy import Strategy
 from ..subnet import ModelDims, Subnet
-from .proxies import Proxy
-from .space import Candidate, SearchSpace, candidate_subnet
+from .proxies.base import Proxy
+from ..selection.space import Candidate, SearchSpace, candidate_subnet
 from .storage import AccuracyCache, open_storage, storage_errors
 
-# multivariate TPE, constraints and metric names are marked experimental; they are stable enough for our use
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# Optuna 5 prefers trial.set_constraint; constraints_func still works there and in the 4.x we also support
-warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
 INFEASIBLE = 1e12            # objective value recorded for a trial rejected by latency (never evaluated)
 
 
@@ -41,6 +36,7 @@ class SearchContext:
     proxy: Proxy
     storage_url: str
     use_correction: bool = True
+    request: object | None = None        # the session.SearchRequest it was opened from (worker processes reuse it)
 
     def __post_init__(self) -> None:
         self.strategy.check_model(self.loaded.fingerprint)
@@ -51,17 +47,21 @@ class SearchContext:
                             f"{self.loaded.fingerprint}: profile this model")
         self.dims = ModelDims.from_config(self.loaded.model.config)
         self.predictor = Predictor(self.lut, self.use_correction)
-        with storage_errors(self.storage_url):
+        with storage_errors(self.storage_url), quiet_optuna():
             self.storage = open_storage(self.storage_url)
             self.cache = AccuracyCache(self.storage, self.cache_name)
 
     @property
-    def cache_name(self) -> str:
-        """One cache per (model, strategy, proxy): shared by every device, flow, phase and target."""
+    def adapters_suffix(self) -> str:
+        """Fine-tuned accuracy is another objective: studies and caches with adapters are named apart."""
         adapters = self.loaded.adapters
-        suffix = f"/adapters-{adapters.fingerprint}" if adapters is not None else ""
+        return f"/adapters-{adapters.fingerprint}" if adapters is not None else ""
+
+    @property
+    def cache_name(self) -> str:
+        """One cache per (model, strategy, proxy, adapters): shared by every device, flow, phase and target."""
         return (f"amoeba-accuracy/{self.loaded.fingerprint['config_sha256']}/{self.strategy.fingerprint}/"
-                f"{self.proxy.fingerprint}{suffix}")
+                f"{self.proxy.fingerprint}{self.adapters_suffix}")
 
     def latency_ms(self, candidate: Candidate) -> float:
         return self.predictor.predict_ms(self.setting, candidate.widths)
@@ -80,10 +80,13 @@ class SearchContext:
         return self.accuracy(candidate.key, lambda: self.subnet(candidate))
 
     def study_name(self, kind: str, extra: str = "") -> str:
-        return (f"amoeba-{kind}/{self.loaded.fingerprint['config_sha256']}/{self.lut.name}@{self.lut.fingerprint}/"
-                f"{setting_key(self.setting)}/"
-                f"{self.proxy.fingerprint}/{self.space.depths[0]}-{self.space.depths[-1]}x{len(self.space.heads)}x"
-                f"{len(self.space.mlp)}{extra}")
+        """Everything that changes a study's values: model, strategy, profile (its content hash), setting, proxy,
+        space and adapters; `extra` adds the target and sampler."""
+        space = self.space
+        return (f"amoeba-{kind}/{self.loaded.fingerprint['config_sha256']}/{self.strategy.fingerprint}/"
+                f"{self.lut.name}@{self.lut.fingerprint}/{setting_key(self.setting)}/{self.proxy.fingerprint}/"
+                f"{space.depths[0]}-{space.depths[-1]}x{','.join(map(str, space.heads))}x"
+                f"{','.join(map(str, space.mlp))}{self.adapters_suffix}{extra}")
 
     def resolve_target(self, target_ms: float | None, target_ratio: float | None) -> float:
         """Absolute target, or a ratio of the full model's predicted latency; below the fastest subnet is an error."""
@@ -157,7 +160,7 @@ def search(ctx: SearchContext, target_ms: float, n_trials: int, sampler: str = "
     Candidates over the target (or dominated, when pruning) get a positive constraint value and no evaluation;
     with pruning, a new study first evaluates the boundary (the deepest feasible subnet of each width)."""
     name = study_name or ctx.study_name("search", f"/target={target_ms:.4f}/{sampler}")
-    with storage_errors(ctx.storage_url):
+    with storage_errors(ctx.storage_url), quiet_optuna():
         study = optuna.create_study(storage=ctx.storage if storage is None else storage, study_name=name,
                                     direction=ctx.proxy.direction, sampler=make_sampler(sampler, seed),
                                     load_if_exists=True)
@@ -191,7 +194,7 @@ def pareto(ctx: SearchContext, n_trials: int, sampler: str = "nsga2", seed: int 
            study_name: str | None = None, progress: bool = False) -> optuna.Study:
     """Multi-objective search: (proxy, predicted latency); every trial is evaluated (through the cache)."""
     name = study_name or ctx.study_name("pareto", f"/{sampler}")
-    with storage_errors(ctx.storage_url):
+    with storage_errors(ctx.storage_url), quiet_optuna():
         study = optuna.create_study(storage=ctx.storage, study_name=name, load_if_exists=True,
                                     directions=[ctx.proxy.direction, "minimize"],
                                     sampler=make_sampler(sampler, seed, multi_objective=True))

@@ -8,6 +8,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from . import DEPTH_SELECTORS
 from .calibration import LayerRunner
 from .depth_dp import DepthTable, PrefixCachedLoss
 
@@ -19,12 +20,14 @@ def _table_from_ranking(num_layers: int, ranking: list[int], max_removed: int, s
     return DepthTable(kept=kept, score={}, evaluations=evaluations, seconds=time.perf_counter() - started)
 
 
+@DEPTH_SELECTORS.register("drop_last")
 def drop_last(runner: LayerRunner, max_removed: int, protected: frozenset[int], progress: bool = True) -> DepthTable:
     """Drop the last m layers (the naive early-exit baseline; ignores `protected` by definition)."""
     n = runner.num_layers
     return _table_from_ranking(n, list(range(n - 1, -1, -1)), max_removed, time.perf_counter(), 0)
 
 
+@DEPTH_SELECTORS.register("shortgpt")
 @torch.inference_mode()
 def shortgpt(runner: LayerRunner, max_removed: int, protected: frozenset[int], progress: bool = True) -> DepthTable:
     """ShortGPT block influence: 1 - cos(block input, block output) per token, averaged; remove the lowest."""
@@ -37,6 +40,7 @@ def shortgpt(runner: LayerRunner, max_removed: int, protected: frozenset[int], p
     return _table_from_ranking(runner.num_layers, ranking, max_removed, started, 1)
 
 
+@DEPTH_SELECTORS.register("shortened_ppl")
 def shortened_ppl(runner: LayerRunner, max_removed: int, protected: frozenset[int], progress: bool = True
                   ) -> DepthTable:
     """Shortened-LLaMA one-shot PPL importance: calibration loss with each block removed alone; remove the lowest."""
@@ -48,6 +52,7 @@ def shortened_ppl(runner: LayerRunner, max_removed: int, protected: frozenset[in
                                len(candidates))
 
 
+@DEPTH_SELECTORS.register("random")
 def random_layers(runner: LayerRunner, max_removed: int, protected: frozenset[int], progress: bool = True,
                   seed: int = 0) -> DepthTable:
     """Seeded random removal (one random order per seed); average several seeds when reporting."""

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 from ..artifacts import environment
 from ..errors import UserError
 from ..models import LoadedModel
-from ..registry import Registry
+from . import DEPTH_SELECTORS
 from .calibration import Calibration, LayerRunner
-from .depth_baselines import drop_last, random_layers, shortened_ppl, shortgpt
 from .depth_dp import DepthTable, PrefixCachedLoss, cached, dp_select
-from .strategy import Strategy
+from .strategy import DepthRow, DepthSection, Strategy
 from .width import width_section
-
-DepthSelector = Callable[..., DepthTable]
-DEPTH_SELECTORS: Registry[DepthSelector] = Registry("depth selector")
 
 
 @DEPTH_SELECTORS.register("dp")
@@ -34,11 +29,6 @@ def dp(runner: LayerRunner, max_removed: int, protected: frozenset[int], progres
             handle.flush()
 
         return dp_select(runner.num_layers, max_removed, cached(scorer, store, append), protected, progress)
-
-
-for _name, _fn in (("drop_last", drop_last), ("shortgpt", shortgpt), ("shortened_ppl", shortened_ppl),
-                   ("random", random_layers)):
-    DEPTH_SELECTORS.register(_name)(_fn)
 
 
 def _open_cache(path: Path, header: dict) -> dict[str, float]:
@@ -81,16 +71,14 @@ def select_depth(loaded: LoadedModel, calibration: Calibration, method: str = "d
                   "cache_header": {"model": loaded.fingerprint, "calibration": calibration.source,
                                    "metric": "calibration_loss", "protected": sorted(protected)}}
     table = selector(runner, max_removed, protected, progress=progress, **kwargs)
-    rows = [{"removed": m, "num_layers": num_layers - m, "layers": table.kept[m],
-             **({"calibration_loss": table.score[m]} if m in table.score else {})} for m in sorted(table.kept)]
+    rows = [DepthRow(m, num_layers - m, tuple(table.kept[m]), table.score.get(m)) for m in sorted(table.kept)]
     metric = ("calibration_loss: mean next-token NLL" if calibration.source.get("metric", "ppl") == "ppl"
               else "calibration_loss: -accuracy + 1e-3 * gold-answer NLL")
-    depth = {"method": method, **({"seed": seed} if method == "random" else {}), "metric": metric + " (lower is better)",
-             "max_removed": max_removed, "protected_layers": sorted(protected), "evaluations": table.evaluations,
-             "seconds": table.seconds, "table": rows}
+    depth = DepthSection(method, metric + " (lower is better)", rows, max_removed, sorted(protected),
+                         table.evaluations, table.seconds, seed if method == "random" else None)
     width = None if width_method is None else width_section(loaded.model, width_calibration or calibration,
                                                              width_method)
     if width is not None:
-        width["calibration"] = (width_calibration or calibration).source
+        width.calibration = (width_calibration or calibration).source
     return Strategy(model=loaded.fingerprint, calibration=calibration.source, depth=depth, width=width,
                     metadata={"environment": environment()})

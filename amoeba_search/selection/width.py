@@ -10,10 +10,11 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import UserError
-from ..registry import Registry
 from ..subnet import ModelDims, Subnet, mlp_channel_count
 from ..view import decoder_layers
+from . import WIDTH_SCORERS
 from .calibration import Calibration
+from .strategy import WidthScores
 
 SIGNIFICANT = 7  # digits kept in the strategy file (float32 precision)
 
@@ -60,7 +61,6 @@ def collect_input_stats(model: PreTrainedModel, calibration: Calibration) -> lis
 
 # ---- importance scores: (block, stats) -> (head scores (H,), channel scores (I,)); higher = more important ----
 Scorer = Callable[[torch.nn.Module, dict[str, InputStats], ModelDims], tuple[torch.Tensor, torch.Tensor]]
-WIDTH_SCORERS: Registry[Scorer] = Registry("width selector")
 
 
 def _per_head(feature_scores: torch.Tensor, dims: ModelDims) -> torch.Tensor:
@@ -99,7 +99,7 @@ def _rounded(values: torch.Tensor) -> list[float]:
 
 
 @torch.inference_mode()
-def width_section(model: PreTrainedModel, calibration: Calibration, method: str = "flap") -> dict:
+def width_section(model: PreTrainedModel, calibration: Calibration, method: str = "flap") -> WidthScores:
     """Scores for every head and channel of every layer, plus input means for bias compensation."""
     scorer = WIDTH_SCORERS.get(method)
     dims = ModelDims.from_config(model.config)
@@ -109,9 +109,8 @@ def width_section(model: PreTrainedModel, calibration: Calibration, method: str 
         head_scores, channel_scores = scorer(block, layer_stats, dims)
         heads.append(_rounded(head_scores))
         channels.append(_rounded(channel_scores))
-    return {"method": method, "head_scores": heads, "mlp_scores": channels,
-            "attn_input_mean": [_rounded(s["attn"].mean) for s in stats],
-            "mlp_input_mean": [_rounded(s["mlp"].mean) for s in stats]}
+    return WidthScores(method, heads, channels, attn_input_mean=[_rounded(s["attn"].mean) for s in stats],
+                       mlp_input_mean=[_rounded(s["mlp"].mean) for s in stats])
 
 
 def _top(scores: list[float], k: int) -> list[int]:
@@ -132,20 +131,20 @@ def choose_heads(scores: list[float], count: int, dims: ModelDims) -> tuple[int,
     return tuple(g * size + h for g in _top(group_scores, count // size) for h in range(size))
 
 
-def _channel_counts(width: dict, layers: list[int], total_per_layer: int, allocation: str) -> list[int]:
+def _channel_counts(width: WidthScores, layers: list[int], total_per_layer: int, allocation: str) -> list[int]:
     """Uniform: the same count in every layer. Adaptive (FLAP): standardise scores across layers, keep the global top."""
     if allocation == "uniform":
         return [total_per_layer] * len(layers)
     if allocation != "adaptive":
         raise UserError(f"--allocation {allocation!r}: choose uniform or adaptive")
-    scores = torch.tensor([width["mlp_scores"][i] for i in layers], dtype=torch.float64)   # (L, I)
+    scores = torch.tensor([width.mlp_scores[i] for i in layers], dtype=torch.float64)   # (L, I)
     z = (scores - scores.mean()) / scores.std().clamp_min(1e-12)
     threshold = z.flatten().sort(descending=True).values[total_per_layer * len(layers) - 1]
     return [max(1, int((row >= threshold).sum())) for row in z]
 
 
 @torch.inference_mode()
-def width_subnet(model: PreTrainedModel, width: dict, layers: list[int], heads: int | None = None,
+def width_subnet(model: PreTrainedModel, width: WidthScores, layers: list[int], heads: int | None = None,
                  mlp: float | None = None, allocation: str = "uniform", compensate: bool = True) -> Subnet:
     """A subnet keeping the most important heads/channels of each kept layer; FLAP bias compensation adds the
     removed features' mean contribution W[:, removed] @ mean[removed] to o_proj / down_proj."""
@@ -156,8 +155,8 @@ def width_subnet(model: PreTrainedModel, width: dict, layers: list[int], heads: 
     blocks = decoder_layers(model)
     kept_heads, kept_channels, biases = [], [], []
     for layer, count in zip(layers, counts):
-        chosen_heads = choose_heads(width["head_scores"][layer], head_count, dims)
-        chosen_channels = tuple(_top(width["mlp_scores"][layer], count))
+        chosen_heads = choose_heads(width.head_scores[layer], head_count, dims)
+        chosen_channels = tuple(_top(width.mlp_scores[layer], count))
         kept_heads.append(chosen_heads)
         kept_channels.append(chosen_channels)
         if compensate:
@@ -165,9 +164,9 @@ def width_subnet(model: PreTrainedModel, width: dict, layers: list[int], heads: 
             dropped_heads = [h for h in range(dims.num_heads) if h not in chosen_heads]
             dropped_features = [h * dims.head_dim + d for h in dropped_heads for d in range(dims.head_dim)]
             dropped_channels = sorted(set(range(dims.intermediate_size)) - set(chosen_channels))
-            biases.append((_compensation(block.self_attn.o_proj.weight, width["attn_input_mean"][layer],
+            biases.append((_compensation(block.self_attn.o_proj.weight, width.attn_input_mean[layer],
                                          dropped_features),
-                           _compensation(block.mlp.down_proj.weight, width["mlp_input_mean"][layer],
+                           _compensation(block.mlp.down_proj.weight, width.mlp_input_mean[layer],
                                          dropped_channels)))
     anything_dropped = any(len(h) < dims.num_heads for h in kept_heads) or any(
         len(c) < dims.intermediate_size for c in kept_channels)

@@ -1,6 +1,9 @@
-"""Deployment flows, one file each; importing this package registers them all in FLOWS."""
+"""Deployment flows, one module each: a new flow is one new file here whose class carries `@register("name")`
+(from .base). FLOWS finds the modules and their names without importing them; a flow's module (and its runtime)
+is imported when the flow is first used."""
 
-from .base import FLOWS, Flow, Prepared
-from . import cuda, imported, llama_cpp, onnxruntime_flow, torch_compile, torch_eager  # noqa: F401  (registration)
+from ...registry import Registry
 
-__all__ = ["FLOWS", "Flow", "Prepared"]
+FLOWS = Registry("flow", base="amoeba_search.profiling.flows.base:Flow", package=__name__)
+
+__all__ = ["FLOWS"]

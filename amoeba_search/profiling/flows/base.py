@@ -10,7 +10,8 @@ import torch
 from transformers import PreTrainedModel
 
 from ...errors import UserError
-from ...registry import Registry
+from ..lut import LookupTable, Setting
+from . import FLOWS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -68,9 +69,18 @@ class Flow:
         if dtype not in self.dtypes:
             raise UserError(f"flow {self.name!r} does not run dtype {dtype!r}: choose from {', '.join(self.dtypes)}")
 
-    def prepare(self, model: PreTrainedModel, phase: str, tokens: int, batch: int, dtype: str) -> Prepared:
+    def prepare(self, model: PreTrainedModel, setting: Setting) -> Prepared:
+        """Build the step this flow runs for one setting (phase, tokens, batch, dtype); timing is the harness's."""
         raise UserError(f"flow {self.name!r} is not timed by amoeba_search: import results with "
                         f"`amoeba profile import --flow {self.name} FILE.csv`")
+
+    def note(self, store) -> str:
+        """Anything else `amoeba flows` should say about this flow here (e.g. the specs an estimate can use)."""
+        return ""
+
+    def estimate(self, loaded, store, device: str, settings: list[Setting], grid) -> LookupTable:
+        """Estimate flows (kind 'estimate') write a profile from a device description instead of timing."""
+        raise UserError(f"flow {self.name!r} is measured, not estimated: run `amoeba profile --flow {self.name}`")
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -87,13 +97,14 @@ class Flow:
             torch.cuda.reset_peak_memory_stats()
 
 
-FLOWS: Registry[Flow] = Registry("flow")
+def register(name: str) -> Callable[[type[Flow]], type[Flow]]:
+    """Class decorator: one instance of the flow joins FLOWS under `name` (also its `name` attribute)."""
+    def add(cls: type[Flow]) -> type[Flow]:
+        cls.name = name
+        FLOWS.register(name)(cls())
+        return cls
 
-
-def register(cls: type[Flow]) -> type[Flow]:
-    """Class decorator: one instance of each flow, under its name."""
-    FLOWS.register(cls.name)(cls())
-    return cls
+    return add
 
 
 def model_copy(model: PreTrainedModel, dtype: str, device: str = "cpu") -> PreTrainedModel:

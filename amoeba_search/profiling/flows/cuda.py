@@ -22,25 +22,23 @@ class CudaFlow(Flow):
         return {**super().versions(), "cuda": str(torch.version.cuda)}
 
 
-@register
+@register("cuda-eager")
 class CudaEager(CudaFlow):
-    name = "cuda-eager"
     description = "transformers forward + DynamicCache on the GPU (fp16 by default)"
 
-    def prepare(self, model, phase, tokens, batch, dtype):
-        self.require(dtype)
-        return hf_step(model_copy(model, dtype, "cuda"), phase, tokens, batch, "cuda")
+    def prepare(self, model, setting):
+        self.require(setting.dtype)
+        return hf_step(model_copy(model, setting.dtype, "cuda"), setting, "cuda")
 
 
-@register
+@register("cuda-graphs")
 class CudaGraphs(CudaFlow):
-    name = "cuda-graphs"
     description = "KVStep captured once as a CUDA graph and replayed (no per-kernel launch cost)"
 
-    def prepare(self, model, phase, tokens, batch, dtype):
-        self.require(dtype)
-        step = KVStep(model_copy(model, dtype, "cuda")).eval()
-        inputs = step_inputs(step.model, phase, tokens, batch, "cuda")
+    def prepare(self, model, setting):
+        self.require(setting.dtype)
+        step = KVStep(model_copy(model, setting.dtype, "cuda")).eval()
+        inputs = step_inputs(step.model, setting.phase, setting.tokens, setting.batch, "cuda")
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(stream):

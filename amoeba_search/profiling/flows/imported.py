@@ -24,18 +24,16 @@ class ImportedFlow(Flow):
         return {}
 
 
-@register
+@register("tensorrt-llm")
 class TensorRTLLM(ImportedFlow):
-    name = "tensorrt-llm"
     module = "tensorrt_llm"
     tool = "trtllm-bench"
     device = "cuda"
     description = "TensorRT-LLM engines; results imported from trtllm-bench runs"
 
 
-@register
+@register("mlc-llm")
 class MLCLLM(ImportedFlow):
-    name = "mlc-llm"
     module = "mlc_llm"
     tool = "mlc_llm bench"
     device = "cuda"

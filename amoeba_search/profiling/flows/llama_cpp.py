@@ -20,9 +20,8 @@ BUILD_HINT = ("pip install llama-cpp-python (a source build, ~6 min on 2 cores; 
               "-DGGML_F16C=ON\", which avoids the native build's crash on some CPUs)")
 
 
-@register
+@register("llama.cpp")
 class LlamaCpp(Flow):
-    name = "llama.cpp"
     packages = ("llama-cpp-python", "gguf")
     dtypes = tuple(GGUF_TYPES)
     description = "llama.cpp (llama-cpp-python) on a GGUF written from the subnet; dtype q4_1 = the embedded model's"
@@ -37,9 +36,10 @@ class LlamaCpp(Flow):
 
         return {**super().versions(), "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode()[:200]}
 
-    def prepare(self, model, phase, tokens, batch, dtype):
-        self.require(dtype)
-        if batch != 1:
+    def prepare(self, model, setting):
+        self.require(setting.dtype)
+        phase, tokens = setting.phase, setting.tokens
+        if setting.batch != 1:
             raise UserError("flow 'llama.cpp' times batch 1 only (llama-cpp-python runs one sequence): use --batch 1")
         if model.config.num_hidden_layers < self.min_layers:
             raise UserError("llama.cpp cannot load a model with no decoder blocks: time at least one")
@@ -53,7 +53,7 @@ class LlamaCpp(Flow):
             tokenizer = None
         workdir = Path(tempfile.mkdtemp(prefix="amoeba_llama_cpp_"))
         try:
-            path = write_gguf(model, workdir / "model.gguf", tokenizer, GGUF_TYPES[dtype])
+            path = write_gguf(model, workdir / "model.gguf", tokenizer, GGUF_TYPES[setting.dtype])
             threads = torch.get_num_threads()
             # A context rounded up to 256 and the default micro-batch of 512: an exact small n_ctx/n_ubatch (136/128)
             # measured 3.4 s per decoded token here instead of 11 ms.

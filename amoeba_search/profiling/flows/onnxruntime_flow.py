@@ -15,17 +15,16 @@ from .base import Flow, Prepared, register
 from ..step import KVStep, step_inputs
 
 
-@register
+@register("onnxruntime")
 class OnnxRuntime(Flow):
-    name = "onnxruntime"
     packages = ("torch", "onnxruntime", "onnx", "onnxscript")
     description = "torch.onnx.export(dynamo=True) of the prefill/decode step, ONNX Runtime CPU execution provider"
 
-    def prepare(self, model, phase, tokens, batch, dtype):
-        self.require(dtype)
+    def prepare(self, model, setting):
+        self.require(setting.dtype)
         import onnxruntime as ort
 
-        inputs = step_inputs(model, phase, tokens, batch)
+        inputs = step_inputs(model, setting.phase, setting.tokens, setting.batch)
         with tempfile.TemporaryDirectory(prefix="amoeba_onnx_") as tmp:
             path = Path(tmp) / "step.onnx"
             # The exporter narrates each pass on stdout and warns about deprecated pytree APIs: keep the bar clean.

@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 
 from .base import Flow, Prepared, model_copy, register
+from ..lut import Setting
 from ..step import KVStep, step_inputs
 
 
-def compiled_step(model, phase: str, tokens: int, batch: int, device: str) -> Prepared:
+def compiled_step(model, setting: Setting, device: str) -> Prepared:
     """KVStep over a model whose decoder blocks are compiled in place. Dynamo is reset first: it recompiles a code
     object for at most `recompile_limit` (8) shapes and then silently runs it eagerly, which a profile of 40+
     shapes would otherwise hit, timing eager code under this flow's name."""
@@ -19,7 +20,7 @@ def compiled_step(model, phase: str, tokens: int, batch: int, device: str) -> Pr
         layer.self_attn.layer_idx = 0
         layer.compile(dynamic=False)
     step = KVStep(model).eval()
-    inputs = step_inputs(model, phase, tokens, batch, device)
+    inputs = step_inputs(model, setting.phase, setting.tokens, setting.batch, device)
 
     def run():
         with torch.inference_mode():
@@ -28,13 +29,12 @@ def compiled_step(model, phase: str, tokens: int, batch: int, device: str) -> Pr
     return Prepared(run)
 
 
-@register
+@register("torch-compile")
 class TorchCompile(Flow):
-    name = "torch-compile"
     description = "KVStep with each decoder block compiled by inductor (regional compilation), CPU"
 
-    def prepare(self, model, phase, tokens, batch, dtype):
-        self.require(dtype)
+    def prepare(self, model, setting):
+        self.require(setting.dtype)
         import copy
 
-        return compiled_step(copy.deepcopy(model_copy(model, dtype)), phase, tokens, batch, "cpu")
+        return compiled_step(copy.deepcopy(model_copy(model, setting.dtype)), setting, "cpu")

@@ -8,6 +8,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .base import Flow, Prepared, model_copy, register
+from ..lut import Setting
 from ..step import step_inputs
 
 
@@ -16,11 +17,11 @@ def cache_argument(model: PreTrainedModel) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def hf_step(model: PreTrainedModel, phase: str, tokens: int, batch: int, device: str) -> Prepared:
+def hf_step(model: PreTrainedModel, setting: Setting, device: str) -> Prepared:
     """Prefill: a fresh cache each call. Decode: a cache filled with `tokens` tokens, cropped back after each call (untimed)."""
-    ids = step_inputs(model, "prefill", tokens, batch, device)[0]
+    ids = step_inputs(model, "prefill", setting.tokens, setting.batch, device)[0]
     name = cache_argument(model)
-    if phase == "prefill":
+    if setting.phase == "prefill":
         def run():
             with torch.inference_mode():
                 return model(input_ids=ids, **{name: DynamicCache(config=model.config)}, use_cache=True,
@@ -39,12 +40,11 @@ def hf_step(model: PreTrainedModel, phase: str, tokens: int, batch: int, device:
     return Prepared(run, reset=lambda: cache.crop(-new.shape[1]))
 
 
-@register
+@register("torch-eager")
 class TorchEager(Flow):
-    name = "torch-eager"
     dtypes = ("float32", "bfloat16")
     description = "transformers forward + DynamicCache, PyTorch eager on the CPU"
 
-    def prepare(self, model, phase, tokens, batch, dtype):
-        self.require(dtype)
-        return hf_step(model_copy(model, dtype), phase, tokens, batch, "cpu")
+    def prepare(self, model, setting):
+        self.require(setting.dtype)
+        return hf_step(model_copy(model, setting.dtype), setting, "cpu")

@@ -8,11 +8,17 @@ from typing import Optional
 
 import typer
 
-from .errors import UserError
+from .common import (DataDirOption, ModelOption, StrategyOption, ThreadsOption, check_output, check_range, console,
+                     example, load, new_app, setup, strategy_path)
+from ..errors import UserError
+
+app = new_app("")
 
 
+@app.command(epilog=example("amoeba finetune --steps 200 --out adapters",
+                            "amoeba finetune --strategy strategy.json --data my.jsonl --experts 1 --out lora"))
 def finetune(
-    strategy: Path = typer.Option(..., "--strategy", help="Strategy JSON (`amoeba select`): defines the subnets."),
+    strategy: Path = StrategyOption,
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Training data, repeatable: JSONL instruction "
                                                                    "records ({instruction, input, output}, Alpaca "
                                                                    "template) or plain text. Default: the Alpaca "
@@ -35,27 +41,37 @@ def finetune(
                                                                                         "(less memory, slower)."),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, bf16 or fp16 (GPU)."),
     seed: int = typer.Option(0, help="Seeds subnet sampling, data windows and router noise (per step)."),
-    model: str = typer.Option("default", "--model", "-m", help="'default' or a HF checkpoint dir."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: ../shared/data)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    model: str = ModelOption,
+    data_dir: Optional[Path] = DataDirOption,
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Fine-tune shape-aware LoRA experts so every subnet recovers at once; merge one with `amoeba extract --adapters`."""
-    from .cli import _load, _setup, console
-    from .data import data_root, read_training_texts
-    from .finetune.recipe import TrainConfig, Trainer
-    from .finetune.smol import AdapterConfig
-    from .selection.strategy import Strategy
+    setup(threads)
+    from ..data import data_root, read_training_texts
+    from ..finetune.recipe import TrainConfig, Trainer
+    from ..finetune.smol import AdapterConfig
+    from ..selection.strategy import Strategy
 
-    _setup(threads)
+    for name, value in (("--steps", steps), ("--subnets-per-step", subnets_per_step), ("--batch-size", batch_size),
+                        ("--experts", experts), ("--top-k", top_k), ("--rank", rank),
+                        ("--checkpoint-every", checkpoint_every)):
+        check_range(name, value, 1)
+    check_range("--seq-len", seq_len, 2)
+    check_range("--lr", lr, 0, low_open=True)
+    check_range("--alpha", alpha, 0, low_open=True)
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        raise UserError(f"--mixed-precision {mixed_precision!r}: choose no, bf16 or fp16")
+    check_output(out, directory=True)
     config = TrainConfig(steps=steps, subnets_per_step=subnets_per_step, batch_size=batch_size, seq_len=seq_len,
                          lr=lr, balance=balance, seed=seed, checkpoint_every=checkpoint_every,
                          gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision)
     adapter = AdapterConfig(experts=experts, top_k=top_k if experts > 1 else 1, rank=rank, alpha=alpha)
     files = data or default_training_files(data_root(data_dir))
     texts = {str(path): read_training_texts(path) for path in files}
-    strategy_obj = Strategy.load(strategy)
-    loaded = _load(model)
-    trainer = Trainer(loaded, strategy_obj, strategy, texts, out, config, adapter)
+    path = strategy_path(strategy)
+    strategy_obj = Strategy.load(path)
+    loaded = load(model)
+    trainer = Trainer(loaded, strategy_obj, path, texts, out, config, adapter)
     if trainer.record["step"]:
         console.print(f"resuming {out} at step {trainer.record['step']}/{steps}")
     space = trainer.space

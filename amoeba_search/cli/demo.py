@@ -1,0 +1,36 @@
+"""`amoeba demo` (what `make demo` runs): the whole pipeline on the embedded model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import DataDirOption, ThreadsOption, check_output, check_range, console, example, load, new_app, setup
+
+app = new_app("")
+
+
+@app.command(epilog=example("amoeba demo --threads 2", "amoeba demo --target-ratio 0.8 --out demo80"))
+def demo(
+    out: Path = typer.Option(Path("demo_out"), help="Where every demo artifact is written."),
+    target_ratio: float = typer.Option(0.6, "--target-ratio", help="Decode latency target, share of the full "
+                                                                   "model's predicted latency."),
+    trials: int = typer.Option(30, help="Search trials (and Pareto trials)."),
+    questions: int = typer.Option(100, "--questions", help="ARC-easy validation questions per model."),
+    windows: int = typer.Option(8, help="WikiText-2 test windows (512 tokens) per model."),
+    data_dir: Optional[Path] = DataDirOption,
+    threads: Optional[int] = ThreadsOption,
+) -> None:
+    """The whole pipeline on the embedded model: strategy -> profile -> search -> extract -> measure -> Pareto plot."""
+    setup(threads)
+    from ..demo import run_demo
+
+    check_range("--target-ratio", target_ratio, 0, low_open=True)
+    check_range("--trials", trials, 1)
+    check_range("--questions", questions, 1)
+    check_range("--windows", windows, 1)
+    check_output(out, directory=True)
+    run_demo(console, load("default"), out, target_ratio, trials, questions=questions, windows=windows,
+             data_dir=data_dir)

@@ -1,0 +1,54 @@
+"""`amoeba extract`: a subnet as a dense Hugging Face checkpoint (and a GGUF for llama.cpp)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import ModelOption, check_output, console, example, load, new_app, setup
+from ..errors import UserError
+
+app = new_app("")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_1")
+
+
+@app.command(epilog=example("amoeba extract --subnet s.json --out ckpt/s",
+                            "amoeba extract --subnet s.json --out ckpt/s --gguf q4_1 --overwrite"))
+def extract(
+    subnet_file: Path = typer.Option(..., "--subnet", "-s", help="Subnet JSON (from `amoeba subnet` or "
+                                                                 "`amoeba search`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output checkpoint directory (must not exist)."),
+    model: str = ModelOption,
+    overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
+    gguf: Optional[str] = typer.Option(None, help=f"Also write OUT/model.gguf for llama.cpp with weights in "
+                                                  f"{', '.join(GGUF_TYPES)} (tokenizer from the embedded model's "
+                                                  "GGUF)."),
+    adapters: Optional[Path] = typer.Option(None, "--adapters", help="Merge these fine-tuned adapters (the subnet's "
+                                                                     "gate-mixed LoRA) into the extracted weights."),
+) -> None:
+    """Write the subnet as a dense HF checkpoint that plain `AutoModelForCausalLM.from_pretrained` loads."""
+    setup(None)
+    if gguf is not None and gguf not in GGUF_TYPES:
+        raise UserError(f"--gguf {gguf!r}: choose from {', '.join(GGUF_TYPES)}")
+    if out.exists() and not overwrite:
+        raise UserError(f"output directory {out} already exists: choose another --out or pass --overwrite")
+    check_output(out, directory=True)
+    from ..artifacts import dir_mib
+    from ..extract import extract as extract_checkpoint
+    from ..subnet import ModelDims, Subnet
+
+    loaded = load(model, adapters)
+    dims = ModelDims.from_config(loaded.model.config)
+    spec = Subnet.load(subnet_file, dims)
+    with console.status("extracting"):
+        path = extract_checkpoint(loaded, spec, out, overwrite=overwrite)
+    if gguf is not None:
+        from ..gguf_export import write_gguf
+        from ..models import embedded_gguf, load_model
+
+        with console.status(f"writing {path / 'model.gguf'} ({gguf})"):
+            write_gguf(load_model(str(path)).model, path / "model.gguf", embedded_gguf(), gguf)
+    console.print(f"wrote {path} ({spec.summary(dims)}, {dir_mib(path):.1f} MiB); load it with "
+                  f"AutoModelForCausalLM.from_pretrained('{path}')" + (" or llama.cpp (model.gguf)" if gguf else ""))

@@ -1,0 +1,181 @@
+"""`amoeba flows`, `amoeba profile [import]`, `amoeba predict`: the profiling half of the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .common import (ModelOption, ProfilesOption, ThreadsOption, console, example, load, new_app,
+                     parse_list, setup, store)
+from ..errors import UserError
+from ..profiling.flows import FLOWS
+
+app = new_app("")
+profile_app = new_app("Measure a device under a deployment flow into a latency lookup table (or estimate one from "
+                      "a device spec, or import one measured elsewhere).", no_args_is_help=False,
+                      epilog=example("amoeba profile --flow torch-eager --threads 2",
+                                     "amoeba profile import --flow tensorrt-llm --device orin results.csv"))
+DeviceOption = typer.Option(..., "--device", "-d", help="Profile name (a device dir under the profile root; "
+                                                        "`amoeba flows` lists the profiles found).")
+FlowOption = typer.Option(..., "--flow", "-f", help=f"Flow of the profile: {FLOWS.choices()}.")
+
+
+@app.command(epilog=example("amoeba flows"))
+def flows(profiles_dir: Optional[Path] = ProfilesOption) -> None:
+    """List deployment flows, whether each is available here (and if not, why and how to get it), and the
+    profiles found."""
+    profiles = store(profiles_dir)
+    table = Table(title="deployment flows")
+    for column in ("flow", "kind", "runs on", "status", "what it is"):
+        table.add_column(column)
+    for name, flow in FLOWS.items().items():
+        reason = flow.unavailable()
+        status = "[green]available[/]" if reason is None else f"missing: {escape(reason)}"
+        note = flow.note(profiles)
+        table.add_row(name, flow.kind, flow.device, status + (f"; {escape(note)}" if note else ""),
+                      escape(flow.description))
+    console.print(table)
+    console.print(f"profiles ({', '.join(map(str, profiles.roots))}): {', '.join(profiles.devices()) or 'none'}")
+
+
+@profile_app.callback(invoke_without_command=True, epilog=example(
+    "amoeba profile --flow torch-eager --threads 2",
+    "amoeba profile --flow onnxruntime --quick",
+    "amoeba profile --flow roofline --device a5000 --dtype float16",
+    "amoeba profile import --flow tensorrt-llm --device orin results.csv"))
+def profile(
+    ctx: typer.Context,
+    flow: str = typer.Option("torch-eager", "--flow", "-f", help=f"Deployment flow: {FLOWS.choices()} "
+                                                                "(`amoeba flows` says which run here)."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Profile name (default: this machine's CPU/GPU "
+                                                                      "model); for an estimate flow, the spec name."),
+    model: str = ModelOption,
+    phases: str = typer.Option("prefill,decode", help="Comma list of phases: prefill (P prompt tokens), decode "
+                                                      "(one token after C cached tokens)."),
+    prefill_tokens: int = typer.Option(128, "--prefill-tokens", "-P", help="Prompt length P for prefill."),
+    context: int = typer.Option(128, "--context", "-C", help="Cached tokens C before the decoded token."),
+    batch: int = typer.Option(1, help="Batch size."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 (torch-eager, CUDA), float16 (CUDA, llama.cpp), "
+                                                 "q8_0 or q4_1 (llama.cpp GGUF weights)."),
+    heads: Optional[str] = typer.Option(None, help="Head counts to profile, e.g. 3,6,9 (default: every GQA-valid one)."),
+    mlp_widths: Optional[str] = typer.Option(None, "--mlp-widths", help="MLP width ratios, e.g. 0.25,0.5,0.75,1 "
+                                                                        "(default: 0.25..1 in eighths)."),
+    layers_per_row: int = typer.Option(8, "--layers-per-row", help="Blocks in each timed model; block latency is "
+                                                                   "(T_k - T_0) / k."),
+    passes: int = typer.Option(3, help="Times over the whole grid; each model's passes are combined by their median, "
+                                       "so slow drifts of a shared machine do not bias one width."),
+    quick: bool = typer.Option(False, help="4 MLP widths, one pass and a looser stop rule (±5%, ≤40 repeats): "
+                                           "minutes, not tens of minutes."),
+    overwrite: bool = typer.Option(False, help="Discard this profile's rows and start again."),
+    profiles_dir: Optional[Path] = ProfilesOption,
+    threads: Optional[int] = ThreadsOption,
+) -> None:
+    """Profile a device: time a 0-layer and a k-layer model at every width, per phase; resumable; -> lut.csv."""
+    if ctx.invoked_subcommand:
+        return
+    setup(threads)
+    from ..profiling.harness import StopRule
+    from ..profiling.lut import Setting
+    from ..profiling.profile import DEFAULT_MLP_RATIOS, QUICK_MLP_RATIOS, WidthGrid, make_profile
+    from ..subnet import ModelDims
+
+    FLOWS.get(flow)
+    phase_list = parse_list(phases, str, "--phases")
+    bad = [p for p in phase_list if p not in ("prefill", "decode")]
+    if bad or not phase_list:
+        raise UserError(f"--phases: {bad or phases!r} unknown; use prefill, decode or both")
+    if min(prefill_tokens, context, batch) < 1:
+        raise UserError("--prefill-tokens, --context and --batch must be >= 1")
+    settings = [Setting(p, prefill_tokens if p == "prefill" else context, batch, dtype) for p in phase_list]
+    ratios = parse_list(mlp_widths, float, "--mlp-widths") if mlp_widths else (
+        QUICK_MLP_RATIOS if quick else DEFAULT_MLP_RATIOS)
+    if not ratios or any(not 0 < r <= 1 for r in ratios):
+        raise UserError(f"--mlp-widths: ratios must be in (0, 1], got {ratios}")
+    loaded = load(model)
+    dims = ModelDims.from_config(loaded.model.config)
+    grid = WidthGrid.for_model(dims, ratios, tuple(parse_list(heads, int, "--heads")) if heads else None)
+    lut = make_profile(loaded, store(profiles_dir), flow, device, settings, grid, layers_per_row,
+                       StopRule.quick() if quick else StopRule(), passes=1 if quick else passes, overwrite=overwrite)
+    console.print(lut_summary(lut))
+    name = lut.meta["device"]
+    console.print(f"wrote {lut.directory}/lut.csv (+ meta.json); predict with `amoeba predict --device {name} "
+                  f"--flow {flow} --subnet s.json`, draw with `amoeba plot lut --device {name} --flow {flow}`")
+
+
+@profile_app.command("import", epilog=example("amoeba profile import --flow tensorrt-llm --device orin results.csv"))
+def import_(
+    results: Path = typer.Argument(..., help="CSV: phase,tokens,batch,dtype,layers,heads,mlp,median_ms[,p10_ms,"
+                                             "p90_ms]; one row per timed model (see README)."),
+    flow: str = typer.Option(..., "--flow", "-f", help=f"Flow the results were measured with: {FLOWS.choices()}."),
+    device: str = typer.Option(..., "--device", "-d", help="Name of the device they were measured on."),
+    model: str = ModelOption,
+    overwrite: bool = typer.Option(False, help="Replace an existing profile instead of extending it."),
+    profiles_dir: Optional[Path] = ProfilesOption,
+) -> None:
+    """Import latencies measured on another device (trtllm-bench, mlc_llm bench, ...) as a profile: every row is
+    checked first, then the whole profile is written at once."""
+    from ..profiling.profile import import_profile
+
+    setup(None)
+    FLOWS.get(flow)
+    if not results.is_file():
+        raise UserError(f"results file {results} not found")
+    lut = import_profile(load(model), results, store(profiles_dir), device, flow, overwrite)
+    console.print(lut_summary(lut))
+    console.print(f"wrote {lut.directory}; predict with `amoeba predict --device {device} --flow {flow} "
+                  "--subnet s.json`")
+
+
+def lut_summary(lut) -> Table:
+    """One row per width, one column per setting: the table a user checks after profiling."""
+    settings = lut.settings()
+    table = Table(title=escape(f"{lut.name} ({lut.meta['source']}): latency in ms"))
+    table.add_column("component")
+    for s in settings:
+        table.add_column(s.label(), justify="right")
+    table.add_row("base (embed + norm + head + call)", *[f"{lut.base_ms(s):.3f}" for s in settings])
+    for h, m in sorted({w for s in settings for w in lut.widths(s)}):
+        table.add_row(f"block {h} heads, {m} MLP",
+                      *[f"{lut.block_ms(s, h, m):.3f}" if (h, m) in lut.widths(s) else "-" for s in settings])
+    return table
+
+
+@app.command(epilog=example("amoeba predict --device amd-epyc --flow torch-eager --subnet s.json"))
+def predict(
+    subnet_file: Path = typer.Option(..., "--subnet", "-s", help="Subnet JSON (from `amoeba subnet`)."),
+    device: str = DeviceOption,
+    flow: str = FlowOption,
+    correction: bool = typer.Option(True, help="Apply the profile's fitted correction when it has one."),
+    profiles_dir: Optional[Path] = ProfilesOption,
+) -> None:
+    """Predict a subnet's latency (ms) on a profiled device/flow for every setting in the profile."""
+    from ..artifacts import read_json
+    from ..profiling.predictor import Predictor
+    from ..subnet import ModelDims, Subnet
+
+    FLOWS.get(flow)
+    lut = store(profiles_dir).load(device, flow)
+    payload = read_json(subnet_file, "subnet", "make one with `amoeba subnet`")
+    if not isinstance(payload, dict):
+        raise UserError(f"{subnet_file} is not a subnet file (a JSON object): make one with `amoeba subnet`")
+    if payload.get("model") and payload["model"] != lut.meta["model"]:
+        raise UserError(f"subnet is for model {payload['model']} but profile {lut.name} is for {lut.meta['model']}")
+    if not isinstance(lut.meta.get("model_dims"), dict):
+        raise UserError(f"profile {lut.name} records no model dims: re-profile (or re-import) it")
+    try:
+        dims = ModelDims(**lut.meta["model_dims"])
+    except TypeError:
+        raise UserError(f"profile {lut.name} has malformed model dims: re-profile (or re-import) it") from None
+    spec = Subnet.from_dict(payload, dims)
+    predictor = Predictor(lut, use_correction=correction)
+    table = Table(title=escape(f"{spec.summary(dims)} on {lut.name} ({lut.meta['source']})"))
+    for column in ("setting", "predicted ms", "corrected"):
+        table.add_column(column)
+    for setting in lut.settings():
+        table.add_row(setting.label(), f"{predictor.predict_subnet_ms(setting, spec, dims):.2f}",
+                      str(predictor.is_corrected(setting)))
+    console.print(table)

@@ -1,0 +1,186 @@
+"""`amoeba search`, `amoeba pareto`: the most accurate subnet for a device, flow and latency target, and the front."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from .common import (DataDirOption, ModelOption, ProfilesOption, StrategyOption, ThreadsOption, check_output,
+                     check_range, console, example, new_app, setup, strategy_path)
+from ..errors import UserError
+from ..profiling.flows import FLOWS
+from ..search import DEFAULT_STORAGE
+from ..search.proxies import PROXIES
+
+app = new_app("")
+
+# The options every search shares, declared once: `search_options` adds them to a command's signature and hands
+# them to it as one dict, which `open_from` turns into the validated SearchRequest.
+SHARED_OPTIONS: list[tuple[str, object, object]] = [
+    ("strategy", Path, StrategyOption),
+    ("device", str, typer.Option(..., "--device", "-d", help="Device profile name (`amoeba flows` lists the "
+                                                              "profiles).")),
+    ("flow", str, typer.Option(..., "--flow", "-f", help=f"Flow profiled on that device: {FLOWS.choices()}.")),
+    ("phase", str, typer.Option("decode", help="prefill (TTFT at P tokens) or decode (per token at C cached "
+                                               "tokens).")),
+    ("proxy", str, typer.Option("ppl", help=f"Accuracy proxy: {PROXIES.choices()} (ppl: WikiText-2 valid windows; "
+                                            "the others: first N validation questions).")),
+    ("proxy_samples", Optional[int], typer.Option(None, "--proxy-samples", help="Windows (ppl, default 8) or "
+                                                                                "questions (multiple choice, default "
+                                                                                "200) the proxy reads.")),
+    ("storage", str, typer.Option(DEFAULT_STORAGE, help="Optuna storage: sqlite:///x.db, postgresql://user@host/db, "
+                                                        "or journal:PATH. Share it to share studies and accuracy "
+                                                        "across workers and machines.")),
+    ("tokens", Optional[int], typer.Option(None, help="The profile setting's P (prefill) or C (decode) when it has "
+                                                      "several.")),
+    ("dtype", Optional[str], typer.Option(None, help="The profile setting's dtype when it has several.")),
+    ("batch", int, typer.Option(1, help="The profile setting's batch.")),
+    ("model", str, ModelOption),
+    ("min_depth", Optional[int], typer.Option(None, "--min-depth", help="Fewest layers a subnet keeps (default: "
+                                                                        "half the model).")),
+    ("min_heads", Optional[int], typer.Option(None, "--min-heads", help="Fewest query heads per layer (default: one "
+                                                                        "per KV group).")),
+    ("min_mlp_ratio", float, typer.Option(0.25, "--min-mlp-ratio", help="Narrowest MLP as a share of the full "
+                                                                         "one.")),
+    ("correction", bool, typer.Option(True, help="Use the profile's fitted latency correction if it has one.")),
+    ("profiles_dir", Optional[Path], ProfilesOption),
+    ("data_dir", Optional[Path], DataDirOption),
+    ("threads", Optional[int], ThreadsOption),
+    ("adapters", Optional[Path], typer.Option(None, "--adapters", help="Fine-tuned SMoL adapters (`amoeba finetune "
+                                                                       "--out DIR`): accuracy is measured with them; "
+                                                                       "studies and caches apart.")),
+]
+
+
+def search_options(command):
+    """Give `command(search: dict, ...)` the shared options as parameters of its own (typer reads the signature)."""
+    own = inspect.signature(command, eval_str=True)
+    params = [p for p in own.parameters.values() if p.name != "search"] + [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+        for name, kind, option in SHARED_OPTIONS]
+
+    def run(**values):
+        return command(search={name: values.pop(name) for name, _, _ in SHARED_OPTIONS}, **values)
+
+    run.__name__, run.__doc__ = command.__name__, command.__doc__
+    run.__signature__ = own.replace(parameters=params)
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
+
+
+def open_from(options: dict):
+    """The search of the shared options, validated before any model, profile or storage is opened."""
+    from ..search.session import SearchRequest, open_search
+
+    values = dict(options)
+    check_range("--proxy-samples", values["proxy_samples"], 1)
+    check_range("--min-mlp-ratio", values["min_mlp_ratio"], 0, 1, low_open=True)
+    check_range("--min-depth", values["min_depth"], 1)
+    check_range("--min-heads", values["min_heads"], 1)
+    if values["phase"] not in ("prefill", "decode"):
+        raise UserError(f"--phase {values['phase']!r}: choose prefill or decode")
+    FLOWS.get(values["flow"])
+    PROXIES.get(values["proxy"])
+    values["strategy"] = strategy_path(values["strategy"])
+    if not Path(values["strategy"]).is_file():
+        raise UserError(f"strategy file {values['strategy']} not found: create one with `amoeba select`")
+    with console.status("loading the model, profile and proxy data"):
+        return open_search(SearchRequest(**values))
+
+
+@app.command("search", epilog=example(
+    "amoeba search --device amd-epyc --flow torch-eager --target-ratio 0.6 --trials 30 --out best.json",
+    "amoeba search --device amd-epyc --flow onnxruntime --target-ms 30 --extract ckpt/best"))
+@search_options
+def search_command(
+    search: dict,
+    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="Latency budget in ms (predicted)."),
+    target_ratio: Optional[float] = typer.Option(None, "--target-ratio", help="Budget as a fraction of the full "
+                                                                              "model's predicted latency, e.g. 0.6."),
+    trials: int = typer.Option(40, help="Trials in the study in all (a resumed study runs only the rest)."),
+    sampler: str = typer.Option("tpe", help="tpe (with the latency constraint) or random."),
+    seed: int = typer.Option(0, help="Sampler seed."),
+    n_jobs: int = typer.Option(1, "--n-jobs", help="Worker processes on this machine sharing the study."),
+    prune_dominated: bool = typer.Option(True, help="Skip a subnet when a deeper one of the same width also meets "
+                                                    "the target (assumes depth never hurts; see README)."),
+    out: Path = typer.Option(Path("search/best.json"), "--out", "-o", help="Best subnet spec (+ search summary)."),
+    extract_dir: Optional[Path] = typer.Option(None, "--extract", help="Also extract the best subnet here, measure "
+                                                                       "its latency (when the profile is this "
+                                                                       "machine's) and held-out perplexity."),
+) -> None:
+    """Best subnet under a latency target on a device/flow: Optuna TPE with the latency as a constraint."""
+    setup(search["threads"])
+    from ..search.report import best_record, verify, write_best
+    from ..search.session import run_search
+    from ..search.study import feasible_best, make_sampler
+
+    check_range("--trials", trials, 1)
+    check_range("--n-jobs", n_jobs, 1)
+    check_range("--target-ms", target_ms, 0, low_open=True)
+    check_range("--target-ratio", target_ratio, 0, low_open=True)
+    if (target_ms is None) == (target_ratio is None):
+        raise UserError("give one of --target-ms or --target-ratio")
+    make_sampler(sampler, seed)
+    check_output(out)
+    check_output(extract_dir, directory=True)
+    ctx = open_from(search)
+    target = ctx.resolve_target(target_ms, target_ratio)
+    space = ctx.space
+    console.print(escape(f"searching {space.size} subnets ({len(space.depths)} depths x {len(space.heads)} head "
+                         f"counts x {len(space.mlp)} MLP widths) on {ctx.lut.name} [{ctx.lut.meta['source']}], "
+                         f"{ctx.setting.label()}, target {target:.3f} ms, proxy {ctx.proxy.name} "
+                         f"({ctx.proxy.direction})" + (f", adapters {search['adapters']}" if search["adapters"]
+                                                       else "")))
+    study = run_search(ctx, target, trials, sampler, seed, workers=n_jobs, prune_dominated=prune_dominated,
+                       progress=True)
+    best = feasible_best(study, ctx.proxy)
+    if best is None:
+        raise UserError(f"no feasible subnet found in {trials} trials: raise --trials or the target")
+    record = best_record(ctx, study, best, target)
+    write_best(ctx, record, out)
+    console.print(f"best: {record['candidate']} predicted {record['predicted_ms']:.3f} ms (target {target:.3f}), "
+                  f"{ctx.proxy.name} {record['proxy_value']:.3f}; {record['trials']} trials, "
+                  f"{record['accuracy_evaluations']} accuracy evaluations this run; wrote {out}")
+    if extract_dir is not None:
+        with console.status(f"extracting to {extract_dir} and measuring it beside the full model"):
+            result = verify(ctx, out, extract_dir, search["data_dir"])
+        console.print(result["summary"])
+    else:
+        console.print(f"extract it with `amoeba extract --subnet {out} --out ckpt/best`")
+
+
+@app.command("pareto", epilog=example(
+    "amoeba pareto --device amd-epyc --flow torch-eager --trials 60",
+    "amoeba plot pareto search/pareto-amd-epyc-torch-eager-decode.csv --targets 0.5,0.65,0.8"))
+@search_options
+def pareto_command(
+    search: dict,
+    trials: int = typer.Option(60, help="Trials in the study in all (resumable)."),
+    sampler: str = typer.Option("nsga2", help="nsga2 or tpe (multi-objective)."),
+    seed: int = typer.Option(0, help="Sampler seed."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV of trials, front and baselines (default: "
+                                                                 "search/pareto-DEVICE-FLOW-PHASE.csv)."),
+    baselines: bool = typer.Option(True, help="Also evaluate drop-last-k, depth-only and width-only subnets."),
+) -> None:
+    """Accuracy-latency Pareto front on a device/flow (multi-objective Optuna) + baselines -> CSV for `plot pareto`."""
+    setup(search["threads"])
+    from ..search.report import pareto_rows
+    from ..search.study import make_sampler, pareto, write_csv
+
+    check_range("--trials", trials, 1)
+    if sampler not in ("nsga2", "tpe"):
+        raise UserError(f"--sampler {sampler!r}: choose nsga2 or tpe")
+    make_sampler(sampler, seed, multi_objective=True)
+    path = out or Path("search") / f"pareto-{search['device']}-{search['flow']}-{search['phase']}.csv"
+    check_output(path)
+    ctx = open_from(search)
+    study = pareto(ctx, trials, sampler, seed, progress=True)
+    rows = pareto_rows(ctx, study, baselines, progress=True)
+    write_csv(path, rows)
+    front = [r for r in rows if r["series"] == "search front"]
+    console.print(f"{len(front)} subnets on the front from {trials} trials ({ctx.cache.evaluations} accuracy "
+                  f"evaluations this run); wrote {path}; draw with `amoeba plot pareto {path}`")

@@ -1,0 +1,85 @@
+"""`amoeba select`: which layers to drop for every depth, and how important every head and channel is."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import DataDirOption, ModelOption, ThreadsOption, check_output, console, example, load, new_app, setup
+from ..errors import UserError
+from ..selection import DEPTH_SELECTORS, WIDTH_SCORERS
+
+app = new_app("")
+
+
+@app.command(epilog=example("amoeba select --method dp --out strategy.json",
+                            "amoeba select --method shortgpt --max-removed 10 --width-method none --out sg.json"))
+def select(
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the strategy JSON."),
+    model: str = ModelOption,
+    method: str = typer.Option("dp", help=f"Depth selector: {DEPTH_SELECTORS.choices()} (dp: AmoebaLLM's dynamic "
+                                          "programming on calibration loss)."),
+    metric: str = typer.Option("ppl", help="Depth calibration: 'ppl' (next-token loss on --calib-file) or 'mmlu' "
+                                           "(accuracy on random MMLU validation questions, as the paper)."),
+    max_removed: int = typer.Option(15, "--max-removed", help="Compute every depth from N down to N - this."),
+    samples: int = typer.Option(16, help="Calibration windows (ppl; also used for width importance)."),
+    mmlu_samples: int = typer.Option(40, "--mmlu-samples", help="Calibration questions for --metric mmlu."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per calibration window."),
+    seed: int = typer.Option(0, help="Seed for drawing calibration windows (and the random baseline)."),
+    calib_file: Optional[Path] = typer.Option(None, "--calib-file", help="Calibration text (default: WikiText-2 "
+                                                                        "valid split under the data root)."),
+    keep_first: int = typer.Option(0, "--keep-first", help="Never remove the first k layers."),
+    keep_last: int = typer.Option(1, "--keep-last", help="Never remove the last k layers (AmoebaLLM keeps 1)."),
+    width_method: str = typer.Option("flap", "--width-method", help=f"Head/channel importance: "
+                                                                    f"{WIDTH_SCORERS.choices()}, or none."),
+    cache: Optional[Path] = typer.Option(None, help="DP state cache (default: OUT.cache.jsonl); reruns resume from it."),
+    data_dir: Optional[Path] = DataDirOption,
+    threads: Optional[int] = ThreadsOption,
+) -> None:
+    """Choose the layers to drop for every depth and rank heads/channels, on calibration data -> strategy JSON."""
+    setup(threads)
+    from ..data import data_root, read_mmlu, read_text
+    from ..selection.calibration import multiple_choice_calibration, text_calibration
+    from ..selection.select import select_depth
+
+    DEPTH_SELECTORS.get(method)
+    if metric not in ("ppl", "mmlu"):
+        raise UserError(f"--metric {metric!r}: choose ppl or mmlu")
+    if min(keep_first, keep_last, samples, mmlu_samples) < 0 or samples == 0 or seq_len < 2:
+        raise UserError("--keep-first/--keep-last must be >= 0, --samples/--mmlu-samples >= 1, --seq-len >= 2")
+    if width_method != "none":
+        WIDTH_SCORERS.get(width_method)
+    cache_path = cache or out.with_name(out.name + ".cache.jsonl")
+    check_output(out)
+    check_output(cache_path)
+    root = data_root(data_dir) if calib_file is None or metric == "mmlu" else None
+    text_path = calib_file or root / "wikitext2" / "valid.txt"
+    loaded = load(model)
+    try:
+        text = text_calibration(loaded.tokenizer, read_text(Path(text_path)), samples, seq_len, seed,
+                                name=str(text_path))
+        calibration = text if metric == "ppl" else multiple_choice_calibration(
+            loaded.tokenizer, read_mmlu(root / "mmlu" / "zero_shot_val.jsonl"), mmlu_samples, seed,
+            name="mmlu/zero_shot_val.jsonl")
+    except ValueError as exc:
+        raise UserError(f"{exc}: lower --samples/--seq-len/--mmlu-samples or use a longer --calib-file") from exc
+    result = select_depth(loaded, calibration, method, max_removed, keep_first, keep_last,
+                          cache_path=cache_path if method == "dp" else None, seed=seed,
+                          width_method=None if width_method == "none" else width_method, width_calibration=text)
+    result.save(out)
+    table = Table(title=f"{method}: layers kept per depth ({result.depth.evaluations} evaluations, "
+                        f"{result.depth.seconds:.0f} s)")
+    score_column = "calibration ppl" if metric == "ppl" else "calibration acc % (~)"
+    for column in ("layers", "removed layers", score_column):
+        table.add_column(column)
+    for row in result.depth.rows:
+        removed = sorted(set(range(row.num_layers + row.removed)) - set(row.layers))
+        loss = row.calibration_loss
+        shown = "" if loss is None else f"{math.exp(loss):.2f}" if metric == "ppl" else f"{-100 * loss:.1f}"
+        table.add_row(str(row.num_layers), ",".join(map(str, removed)) or "-", shown)
+    console.print(table)
+    console.print(f"wrote {out}; make a subnet with `amoeba subnet --strategy {out} --layers N --out s.json`")
