@@ -55,7 +55,11 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
     try:
         yield tmp
-        os.chmod(tmp, umask_mode(directory=True))
+        # Everything inside gets the modes a plain write would have: some writers (safetensors through
+        # save_pretrained, mkdtemp itself) create 0600/0700 files that another user could not read.
+        for item in [tmp, *tmp.rglob("*")]:
+            if not item.is_symlink():
+                os.chmod(item, umask_mode(directory=item.is_dir()))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -100,9 +104,13 @@ def read_json(path: str | os.PathLike, what: str, how_to_make: str) -> Any:
     if not path.is_file():
         raise UserError(f"{what} file {path} not found: {how_to_make}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{what} file {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    except UnicodeDecodeError:
+        raise UserError(f"{what} file {path} is not JSON text (not UTF-8): {how_to_make}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} file {path}: {exc.strerror}") from None
 
 
 def dir_mib(path: str | os.PathLike) -> float:

@@ -45,38 +45,59 @@ def require_file(path: Path, what: str) -> Path:
 
 
 def read_text(path: Path) -> str:
-    return require_file(path, "text").read_text(encoding="utf-8")
+    try:
+        return require_file(path, "text").read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start}): convert it, e.g. `iconv -t utf-8`") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _jsonl(path: Path) -> Iterator[dict]:
-    return (record for _, record in _numbered_jsonl(path))
+def _field(path: Path, number: int, record, *keys: str, kind: type = str):
+    """record[k1][k2]... of the expected type, else one line naming file:line and the field."""
+    value = record
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            raise UserError(f"{path}:{number}: missing field {'.'.join(keys)!r}")
+        value = value[key]
+    if not isinstance(value, kind):
+        raise UserError(f"{path}:{number}: field {'.'.join(keys)!r} must be a {kind.__name__}")
+    return value
+
+
+def _nonempty(path: Path, items: list[MCItem]) -> list[MCItem]:
+    if not items:
+        raise UserError(f"{path} holds no questions: one JSON record per line")
+    return items
 
 
 def read_arc(path: Path) -> list[MCItem]:
     """AI2 ARC records scored as lm-eval's arc tasks: `Question: q\\nAnswer:` + ' ' + choice."""
     items = []
-    for record in _jsonl(path):
-        texts, labels = record["choices"]["text"], record["choices"]["label"]
-        if record["answerKey"] not in labels:
-            raise UserError(f"{path}: question {record.get('id')} has answerKey {record['answerKey']!r} "
-                            f"not among its labels {labels}")
-        items.append(MCItem(context=f"Question: {record['question']}\nAnswer:",
-                            continuations=tuple(f" {t}" for t in texts),
-                            gold=labels.index(record["answerKey"]),
-                            choice_lengths=tuple(len(t) for t in texts)))
-    return items
+    for number, record in _numbered_jsonl(path):
+        texts = _field(path, number, record, "choices", "text", kind=list)
+        labels = _field(path, number, record, "choices", "label", kind=list)
+        question, answer = _field(path, number, record, "question"), _field(path, number, record, "answerKey")
+        if not texts or len(texts) != len(labels) or not all(isinstance(t, str) for t in texts + labels):
+            raise UserError(f"{path}:{number}: choices.text and choices.label must be equal-length lists of strings")
+        if answer not in labels:
+            raise UserError(f"{path}:{number}: answerKey {answer!r} is not among its labels {labels}")
+        items.append(MCItem(context=f"Question: {question}\nAnswer:", continuations=tuple(f" {t}" for t in texts),
+                            gold=labels.index(answer), choice_lengths=tuple(len(t) for t in texts)))
+    return _nonempty(path, items)
 
 
 def read_mmlu(path: Path) -> list[MCItem]:
     """MMLU zero-shot prompts ending in 'Answer:', scored over the letters ' A'..' D'."""
     letters = ("A", "B", "C", "D")
     items = []
-    for record in _jsonl(path):
-        if record["output"] not in letters:
-            raise UserError(f"{path}: answer {record['output']!r} is not one of {letters}")
-        items.append(MCItem(context=record["input"], continuations=tuple(f" {c}" for c in letters),
-                            gold=letters.index(record["output"]), choice_lengths=(1, 1, 1, 1)))
-    return items
+    for number, record in _numbered_jsonl(path):
+        context, answer = _field(path, number, record, "input"), _field(path, number, record, "output")
+        if answer not in letters:
+            raise UserError(f"{path}:{number}: answer {answer!r} is not one of {letters}")
+        items.append(MCItem(context=context, continuations=tuple(f" {c}" for c in letters),
+                            gold=letters.index(answer), choice_lengths=(1, 1, 1, 1)))
+    return _nonempty(path, items)
 
 
 ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
@@ -129,9 +150,12 @@ def read_training_texts(path: Path) -> list[str]:
 
 def _numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     with require_file(path, "JSONL").open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{number} is not valid JSON ({exc.msg})") from exc
+        try:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    try:
+                        yield number, json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise UserError(f"{path}:{number} is not valid JSON ({exc.msg})") from exc
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text: convert it, e.g. `iconv -t utf-8`") from None

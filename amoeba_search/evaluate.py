@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import MCItem
+from .errors import UserError
 
 HEAD_CHUNK = 1024  # positions per LM-head chunk: bounds the (positions, vocab) logits tensor
 
@@ -41,7 +42,8 @@ def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text:
     if max_windows is not None:
         n_windows = min(n_windows, max_windows)
     if n_windows == 0:
-        raise ValueError(f"text has {len(ids)} tokens, fewer than one window of {seq_len}")
+        raise UserError(f"text has {len(ids)} tokens, fewer than one window of {seq_len}: lower --seq-len or use "
+                        "a longer text")
     windows = ids[: n_windows * seq_len].view(n_windows, seq_len)
     device, start_time, nll = _device(model), time.perf_counter(), 0.0
     for start in tqdm(range(0, n_windows, batch_size), desc="perplexity", unit="batch", disable=not progress,

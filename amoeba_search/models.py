@@ -111,16 +111,31 @@ def resolve_model_path(spec: str) -> tuple[str, Path]:
     return path.resolve().name, path.resolve()
 
 
+def _tied_keys(model: PreTrainedModel) -> set[str]:
+    """Weights legitimately absent from a checkpoint because they are tied to another one (lm_head)."""
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    keys = set(tied) if isinstance(tied, (dict, list, tuple, set)) else set()
+    return keys | ({"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set())
+
+
 def load_model(spec: str = "default", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load a model for evaluation (eval mode, no grad needed) from 'default' or a local checkpoint dir."""
     name, path = resolve_model_path(spec)
     try:
         config = AutoConfig.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:    # any unreadable part (truncated safetensors, bad config, tokenizer) is the user's file
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"could not load model from {path}: {first_line}") from exc
+        if "mismatched_sizes" in first_line:
+            first_line = "weights whose shapes disagree with config.json"
+        raise UserError(f"could not load model from {path}: {type(exc).__name__}: {first_line[:300]}") from exc
+    # A weight the checkpoint lacks, or one whose shape disagrees with the config, would be silently random.
+    missing = sorted(k for k in info.get("missing_keys", ()) if k not in _tied_keys(model))
+    mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())]
+    if missing or mismatched:
+        what = f"lacks {missing[:3]}" if missing else f"has weights whose shapes disagree with config.json: {mismatched[:3]}"
+        raise UserError(f"checkpoint {path} {what}: it does not match its config; re-save it with save_pretrained")
     if getattr(config, "name_or_path", None) == DEFAULT_MODEL:
         name = DEFAULT_MODEL
     model.eval()

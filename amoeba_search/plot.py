@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import UserError
 from .profiling.lut import LookupTable
 
 
@@ -69,12 +70,34 @@ def lut_figure(lut: LookupTable) -> Figure:
 PARETO_ORDER = ("search trials", "search front", "depth only (DP)", "width only (FLAP)", "drop-last-k")
 
 
+PARETO_COLUMNS = ["series", "latency_ms", "value", "device", "flow", "source", "setting", "proxy", "proxy_unit",
+                  "direction", "full_model_ms"]
+
+
+def read_pareto_csv(path: Path) -> pd.DataFrame:
+    """A CSV written by `amoeba pareto`, checked: one line for an empty, foreign or hand-broken file."""
+    hint = "make one with `amoeba pareto`"
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"{path} is not a readable Pareto CSV ({str(exc).splitlines()[0]}): {hint}") from None
+    missing = [c for c in PARETO_COLUMNS if c not in frame.columns]
+    if missing or frame.empty:
+        raise UserError(f"{path} {'lacks columns ' + str(missing) if missing else 'has no rows'}: {hint}")
+    try:
+        for column in ("latency_ms", "value", "full_model_ms"):
+            frame[column] = pd.to_numeric(frame[column], errors="raise").astype(float)
+    except (ValueError, TypeError):
+        raise UserError(f"{path}: latency_ms, value and full_model_ms must be numbers: {hint}") from None
+    return frame
+
+
 def pareto_figure(files: list[Path], target_ratios: list[float] = ()) -> Figure:
     """One panel per pareto CSV (device/flow/phase): the searched front, all trials, and the baselines; vertical
     lines at the latency targets (ratios of the full model's predicted latency)."""
     panels = []
     for path in files:
-        frame = pd.read_csv(path)
+        frame = read_pareto_csv(path)
         first = frame.iloc[0]
         kind = "" if first["source"] == "measured" else f", {first['source']}"
         panel = Panel(f"{first['device']} / {first['flow']}{kind}\n{first['setting']}",

@@ -163,8 +163,13 @@ class Subnet:
         return subnet
 
     @classmethod
-    def load(cls, path: str | Path, dims: ModelDims) -> "Subnet":
+    def load(cls, path: str | Path, dims: ModelDims, model: dict | None = None) -> "Subnet":
+        """A subnet file; with `model` (a fingerprint), one made for another model is refused."""
         payload = read_json(path, "subnet", f"write one with `amoeba subnet --out {path}`")
+        recorded = payload.get("model") if isinstance(payload, dict) else None
+        if model is not None and recorded is not None and recorded != model:
+            raise UserError(f"{path} was made for model {recorded}, not the loaded {model}: make the subnet for this "
+                            "model (`amoeba subnet --model ...`) or pass the model it was made for")
         return cls.from_dict(payload, dims)
 
 

@@ -92,3 +92,9 @@ def test_profile_import_cli(tiny_dir, tmp_path):
     assert run.returncode == 0, run.stderr
     meta = json.loads((tmp_path / "orin" / "tensorrt-llm" / "meta.json").read_text())
     assert meta["source"] == "imported" and meta["environment"]["device_name"] == "orin"
+    # an imported profile is usable: predict reads its model dims
+    spec = tmp_path / "s.json"
+    assert amoeba("subnet", "--model", tiny_dir, "--keep", "0-2", "--out", spec).returncode == 0
+    run = amoeba("predict", "--subnet", spec, "--device", "orin", "--flow", "tensorrt-llm", "--profiles-dir", tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "decode C=64" in run.stdout and "3.50" in run.stdout          # base 2 + 3 blocks x 0.5 ms

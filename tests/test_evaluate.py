@@ -89,5 +89,5 @@ def test_readers(tiny_data, tmp_path):
         data_root(tmp_path / "nowhere")
     (tmp_path / "bad.jsonl").write_text('{"id": 1, "question": "q", "choices": {"text": ["a"], "label": ["A"]}, '
                                         '"answerKey": "B"}\n')
-    with pytest.raises(UserError, match="answerKey 'B' not among"):
+    with pytest.raises(UserError, match="answerKey 'B' is not among"):
         read_arc(tmp_path / "bad.jsonl")

@@ -204,6 +204,77 @@ def test_corrupt_storage_is_one_line(world, tmp_path):
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"this is not a database " * 200)
     with pytest.raises(UserError, match="study storage sqlite:///.*bad.db is unusable"):
-        context(world, storage=f"sqlite:///{bad}")
+        context(world, storage=f"sqlite:///{bad}").cache
     with pytest.raises(UserError, match="give an RDB URL"):
-        context(world, storage="studies.db")
+        context(world, storage="studies.db").storage
+
+
+KILLED_SEARCH = """
+import os, signal, sys
+from amoeba_search.runtime import configure
+from amoeba_search.search.session import SearchRequest, open_search, run_search
+
+strategy, profiles, data, storage, kill_at = sys.argv[1:6]
+configure(1)
+ctx = open_search(SearchRequest(strategy, "toy", "roofline", proxy_samples=2, min_depth=2, storage=storage,
+                                profiles_dir=profiles, data_dir=data, model=sys.argv[6]))
+score, calls = ctx.proxy.score, [0]
+
+def dying(subnet):
+    calls[0] += 1
+    if calls[0] == int(kill_at):          # kill -9 in the middle of a trial's accuracy evaluation
+        os.kill(os.getpid(), signal.SIGKILL)
+    return score(subnet)
+
+ctx.proxy.score = dying
+run_search(ctx, ctx.resolve_target(None, 0.8), 12, seed=0, prune_dominated=False)
+"""
+
+
+def test_search_killed_mid_trial_resumes_without_loss(world, tmp_path):
+    """kill -9 during a trial, then resume: the same trials (numbers, subnets, values) and the same best as an
+    uninterrupted run; no trial left RUNNING."""
+    from amoeba_search.search.session import run_search
+
+    loaded, _, root, data = world
+    killed_url = f"sqlite:///{tmp_path}/killed.db"
+    run = subprocess.run([sys.executable, "-c", KILLED_SEARCH, str(root / "strategy.json"), str(root / "profiles"),
+                          str(data), killed_url, "6", str(loaded.path)], capture_output=True, text=True)
+    assert run.returncode == -9, run.stderr                       # it really died mid-trial
+    resumed_ctx = context(world, storage=killed_url)
+    target = resumed_ctx.resolve_target(None, 0.8)
+    left = optuna.load_study(study_name=resumed_ctx.study_name("search", f"/target={target:.4f}/tpe"),
+                             storage=resumed_ctx.storage)
+    assert [t.state for t in left.trials].count(optuna.trial.TrialState.RUNNING) == 1
+    resumed = run_search(resumed_ctx, target, 12, seed=0, prune_dominated=False)
+    uninterrupted_ctx = context(world, storage=f"sqlite:///{tmp_path}/whole.db")
+    uninterrupted = run_search(uninterrupted_ctx, target, 12, seed=0, prune_dominated=False)
+
+    def history(study):
+        return [(t.number, t.state, t.user_attrs["key"], t.user_attrs["evaluated"]) for t in study.trials]
+
+    assert history(resumed) == history(uninterrupted)
+    assert [t.value for t in resumed.trials] == pytest.approx([t.value for t in uninterrupted.trials], rel=1e-6)
+    best, whole_best = feasible_best(resumed, resumed_ctx.proxy), feasible_best(uninterrupted, uninterrupted_ctx.proxy)
+    assert best.user_attrs["key"] == whole_best.user_attrs["key"]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in resumed.trials)
+
+
+def test_resumable_tpe_proposes_what_an_uninterrupted_sampler_would():
+    """A fresh sampler (a resumed process) continues a study exactly as the one that ran it from the start."""
+    from amoeba_search.search.study import ResumableTPE
+
+    def objective(trial):
+        return (trial.suggest_int("x", 0, 10**6) - 3 * 10**5) ** 2 + trial.suggest_float("y", -1, 1) ** 2
+
+    def run(splits, sampler):
+        study = optuna.create_study(sampler=sampler())
+        for n in splits:
+            study.sampler = sampler()                 # a new process, same seed
+            study.optimize(objective, n_trials=n)
+        return [t.params for t in study.trials]
+
+    resumable = lambda: ResumableTPE(0, n_startup_trials=3)                        # noqa: E731
+    plain = lambda: optuna.samplers.TPESampler(seed=0, n_startup_trials=3)          # noqa: E731
+    assert run([12], resumable) == run([7, 5], resumable) == run([2, 3, 7], resumable)
+    assert run([12], plain) != run([7, 5], plain)     # what plain TPE does on resume: the test can fail

@@ -114,3 +114,23 @@ def test_interrupted_extract_leaves_nothing(tiny, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         extract(tiny, Subnet.full(dims), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_follow_the_umask(tiny, tmp_path):
+    """Atomic writes (temp file + rename) must not leave 0600/0700 files another user cannot read."""
+    import os
+    import stat
+
+    from amoeba_search.artifacts import write_json_atomic
+    from amoeba_search.extract import extract
+    from amoeba_search.subnet import ModelDims, Subnet
+
+    old = os.umask(0o022)
+    try:
+        path = extract(tiny, Subnet.uniform(ModelDims.from_config(tiny.model.config), [0, 1]), tmp_path / "ckpt")
+        record = write_json_atomic(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    assert stat.S_IMODE(record.stat().st_mode) == 0o644
+    assert all(stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044 for f in path.rglob("*") if f.is_file())

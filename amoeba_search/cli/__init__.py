@@ -3,14 +3,20 @@ turns user errors into one line on stderr with exit code 2, never a traceback.""
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
+from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from .. import __version__
 from ..errors import UserError
 from . import demo, evaluate, extract, finetune, models, plot, profile, search, select
 from .common import err_console, new_app
+
+TRACEBACK_ENV = "AMOEBA_TRACEBACK"
 
 app = new_app("Select, extract, evaluate, profile and search elastic-LLM subnets (AmoebaLLM), and fine-tune them "
               "to recover. MODEL is 'default' (the embedded SmolLM2-135M-Instruct) or a local HF checkpoint dir.\n\n"
@@ -40,8 +46,17 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as exc:      # not a checked input: still one line, the traceback only when asked for
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        err_console.print(f"[bold red]unexpected error:[/] {escape(f'{type(exc).__name__}: {message}')} (at "
+                          f"{Path(where.filename).name}:{where.lineno}); if the inputs are valid this is a bug: "
+                          f"rerun with {TRACEBACK_ENV}=1 for the traceback", highlight=False, soft_wrap=True)
+        sys.exit(1)

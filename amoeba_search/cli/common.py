@@ -4,6 +4,7 @@ and the options that mean the same everywhere. Command modules import this and n
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -73,10 +74,14 @@ def check_range(name: str, value: float | None, low: float | None = None, high: 
 
 def check_output(path: Path | None, directory: bool = False) -> None:
     """Fail before the work if an output cannot be written: its parent is a file, or not writable."""
-    import os
-
     if path is None:
         return
+    if directory and Path(path).is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write into {path}: it is not writable; choose another output path")
+        return
+    if Path(path).exists() and not Path(path).is_dir() and directory:
+        raise UserError(f"cannot write {path}: it is a file, not a directory")
     parent = Path(path).absolute().parent
     while not parent.exists():
         parent = parent.parent

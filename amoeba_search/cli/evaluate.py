@@ -47,7 +47,8 @@ def evaluate(
     selected = parse_tasks(tasks)
     root = data_root(data_dir)
     loaded = load(model, adapters)
-    spec = Subnet.load(subnet_file, ModelDims.from_config(loaded.model.config)) if subnet_file else None
+    dims = ModelDims.from_config(loaded.model.config)
+    spec = Subnet.load(subnet_file, dims, loaded.fingerprint) if subnet_file else None
     record = evaluate_tasks(loaded, selected, root, subnet=spec, questions=questions, windows=windows,
                             seq_len=seq_len)
     console.print(results_table(record))

@@ -41,7 +41,7 @@ def extract(
 
     loaded = load(model, adapters)
     dims = ModelDims.from_config(loaded.model.config)
-    spec = Subnet.load(subnet_file, dims)
+    spec = Subnet.load(subnet_file, dims, loaded.fingerprint)
     with console.status("extracting"):
         path = extract_checkpoint(loaded, spec, out, overwrite=overwrite)
     if gguf is not None:

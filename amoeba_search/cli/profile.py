@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import (ModelOption, ProfilesOption, ThreadsOption, console, example, load, new_app,
-                     parse_list, setup, store)
+from .common import (ModelOption, ProfilesOption, ThreadsOption, check_output, check_range, console, example, load,
+                     new_app, parse_list, setup, store)
 from ..errors import UserError
 from ..profiling.flows import FLOWS
 
@@ -95,10 +95,14 @@ def profile(
         QUICK_MLP_RATIOS if quick else DEFAULT_MLP_RATIOS)
     if not ratios or any(not 0 < r <= 1 for r in ratios):
         raise UserError(f"--mlp-widths: ratios must be in (0, 1], got {ratios}")
+    check_range("--layers-per-row", layers_per_row, 1)
+    check_range("--passes", passes, 1)
+    profiles = store(profiles_dir)
+    check_output(profiles.root, directory=True)
     loaded = load(model)
     dims = ModelDims.from_config(loaded.model.config)
     grid = WidthGrid.for_model(dims, ratios, tuple(parse_list(heads, int, "--heads")) if heads else None)
-    lut = make_profile(loaded, store(profiles_dir), flow, device, settings, grid, layers_per_row,
+    lut = make_profile(loaded, profiles, flow, device, settings, grid, layers_per_row,
                        StopRule.quick() if quick else StopRule(), passes=1 if quick else passes, overwrite=overwrite)
     console.print(lut_summary(lut))
     name = lut.meta["device"]
@@ -124,7 +128,11 @@ def import_(
     FLOWS.get(flow)
     if not results.is_file():
         raise UserError(f"results file {results} not found")
-    lut = import_profile(load(model), results, store(profiles_dir), device, flow, overwrite)
+    if not device.strip() or "/" in device or device in (".", ".."):
+        raise UserError(f"--device {device!r}: give a plain name (it becomes a directory under the profile root)")
+    profiles = store(profiles_dir)
+    check_output(profiles.directory(device, flow), directory=True)
+    lut = import_profile(load(model), results, profiles, device, flow, overwrite)
     console.print(lut_summary(lut))
     console.print(f"wrote {lut.directory}; predict with `amoeba predict --device {device} --flow {flow} "
                   "--subnet s.json`")

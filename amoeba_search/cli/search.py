@@ -85,6 +85,12 @@ def open_from(options: dict):
         raise UserError(f"--phase {values['phase']!r}: choose prefill or decode")
     FLOWS.get(values["flow"])
     PROXIES.get(values["proxy"])
+    storage = values["storage"]
+    if "://" not in storage and not storage.startswith("journal:"):
+        raise UserError(f"--storage {storage!r}: give an RDB URL (sqlite:///studies.db, postgresql://...) or "
+                        "journal:PATH")
+    if storage.startswith(("sqlite:///", "journal:")):
+        check_output(Path(storage.removeprefix("sqlite:///").removeprefix("journal:")))
     values["strategy"] = strategy_path(values["strategy"])
     if not Path(values["strategy"]).is_file():
         raise UserError(f"strategy file {values['strategy']} not found: create one with `amoeba select`")

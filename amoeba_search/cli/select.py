@@ -59,14 +59,10 @@ def select(
     root = data_root(data_dir) if calib_file is None or metric == "mmlu" else None
     text_path = calib_file or root / "wikitext2" / "valid.txt"
     loaded = load(model)
-    try:
-        text = text_calibration(loaded.tokenizer, read_text(Path(text_path)), samples, seq_len, seed,
-                                name=str(text_path))
-        calibration = text if metric == "ppl" else multiple_choice_calibration(
-            loaded.tokenizer, read_mmlu(root / "mmlu" / "zero_shot_val.jsonl"), mmlu_samples, seed,
-            name="mmlu/zero_shot_val.jsonl")
-    except ValueError as exc:
-        raise UserError(f"{exc}: lower --samples/--seq-len/--mmlu-samples or use a longer --calib-file") from exc
+    text = text_calibration(loaded.tokenizer, read_text(Path(text_path)), samples, seq_len, seed, name=str(text_path))
+    calibration = text if metric == "ppl" else multiple_choice_calibration(
+        loaded.tokenizer, read_mmlu(root / "mmlu" / "zero_shot_val.jsonl"), mmlu_samples, seed,
+        name="mmlu/zero_shot_val.jsonl")
     result = select_depth(loaded, calibration, method, max_removed, keep_first, keep_last,
                           cache_path=cache_path if method == "dp" else None, seed=seed,
                           width_method=None if width_method == "none" else width_method, width_calibration=text)

@@ -57,10 +57,18 @@ def save_checkpoint(run_dir: Path, adapters: SMoLAdapters, optimizer: torch.opti
     return target
 
 
+RECORD_FIELDS = {"model": dict, "adapter": dict, "space": dict}
+
+
 def read_record(path: Path) -> dict:
     record = read_json(path / RECORD, "adapters", f"train adapters with `amoeba finetune --out {path}`")
-    if record.get("kind") != ADAPTERS_KIND or record.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(f"{path} is not a version-{SCHEMA_VERSION} adapters checkpoint (kind {record.get('kind')!r})")
+    if not isinstance(record, dict) or record.get("kind") != ADAPTERS_KIND or record.get(
+            "schema_version") != SCHEMA_VERSION:
+        kind = record.get("kind") if isinstance(record, dict) else type(record).__name__
+        raise UserError(f"{path} is not a version-{SCHEMA_VERSION} adapters checkpoint (kind {kind!r})")
+    wrong = [k for k, kind in RECORD_FIELDS.items() if not isinstance(record.get(k), kind)]
+    if wrong:
+        raise UserError(f"{path / RECORD} lacks or mistypes {wrong}: the checkpoint is damaged; retrain or restore it")
     return record
 
 
@@ -79,9 +87,18 @@ def build_adapters(loaded: LoadedModel, record: dict) -> SMoLAdapters:
 def load_adapters(loaded: LoadedModel, path: Path) -> SMoLAdapters:
     """Adapters ready to evaluate (eval mode: no router noise), with an id derived from their weights."""
     path = resolve(Path(path))
-    adapters = build_adapters(loaded, read_record(path))
+    try:
+        adapters = build_adapters(loaded, read_record(path))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path / RECORD} describes no adapters this version can build ({type(exc).__name__}: "
+                        f"{exc}): retrain them") from None
     weights = path / WEIGHTS
-    adapters.load_state_dict(load_file(str(weights)))
+    try:
+        adapters.load_state_dict(load_file(str(weights)))
+    except Exception as exc:     # truncated or foreign safetensors, or tensors of other shapes: a damaged checkpoint
+        raise UserError(f"adapter weights {weights} are unreadable or do not match their record "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}): retrain or "
+                        "restore them") from None
     adapters.fingerprint = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
     adapters.path = path
     return adapters.eval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,15 +57,23 @@ class MeasurementLog:
     def read(self) -> pd.DataFrame:
         if not self.path.is_file():
             return pd.DataFrame(columns=MEASUREMENT_COLUMNS)
-        with open(self.path, newline="") as handle:
-            rows = [row for row in csv.DictReader(handle)
-                    if None not in row.values() and len(row) == len(MEASUREMENT_COLUMNS)]
+        try:
+            with open(self.path, newline="", encoding="utf-8") as handle:
+                rows = [row for row in csv.DictReader(handle)
+                        if None not in row.values() and len(row) == len(MEASUREMENT_COLUMNS)]
+        except (UnicodeDecodeError, csv.Error):
+            raise UserError(f"{self.path} is not a measurement log written by `amoeba profile`: start the profile "
+                            "again with --overwrite") from None
         frame = pd.DataFrame(rows, columns=MEASUREMENT_COLUMNS)
-        for column in ("pass", "tokens", "batch", "layers", "heads", "mlp", "repeats"):
-            frame[column] = pd.to_numeric(frame[column]).astype(int)
-        for column in ("median_ms", "p10_ms", "p90_ms", "cv_pct", "ci95_pct", "weights_mib", "kv_mib", "wall_s"):
-            frame[column] = pd.to_numeric(frame[column])
-        frame["peak_mem_mib"] = pd.to_numeric(frame["peak_mem_mib"].replace("", np.nan))
+        try:
+            for column in ("pass", "tokens", "batch", "layers", "heads", "mlp", "repeats"):
+                frame[column] = pd.to_numeric(frame[column]).astype(int)
+            for column in ("median_ms", "p10_ms", "p90_ms", "cv_pct", "ci95_pct", "weights_mib", "kv_mib", "wall_s"):
+                frame[column] = pd.to_numeric(frame[column])
+            frame["peak_mem_mib"] = pd.to_numeric(frame["peak_mem_mib"].replace("", np.nan))
+        except (ValueError, TypeError):
+            raise UserError(f"{self.path} holds non-numeric values: it is not a measurement log written by "
+                            "`amoeba profile`; start the profile again with --overwrite") from None
         return frame
 
     def done(self) -> set[tuple]:
@@ -121,6 +130,43 @@ def fit_lut(measurements: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=LUT_COLUMNS)
 
 
+META_REQUIRED = {"device": str, "flow": str, "source": str, "model": dict}
+
+
+def read_profile_meta(path: Path, hint: str) -> dict:
+    """meta.json of a profile, its kind, schema and the fields every reader uses checked."""
+    meta = read_json(path, "profile metadata", hint)
+    if not isinstance(meta, dict) or meta.get("kind") != PROFILE_KIND or meta.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path} is not a schema-{SCHEMA_VERSION} device profile: re-profile ({hint})")
+    wrong = [k for k, kind in META_REQUIRED.items() if not isinstance(meta.get(k), kind)]
+    if wrong or not isinstance(meta.get("environment", {}), dict):
+        raise UserError(f"{path} lacks or mistypes {wrong or ['environment']}: re-profile ({hint})")
+    return meta
+
+
+def read_table(path: Path, hint: str) -> pd.DataFrame:
+    """lut.csv with its columns and types checked: one line for an empty, truncated or hand-broken table."""
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not a readable lookup table ({str(exc).splitlines()[0]}): {hint}") from None
+    missing = set(LUT_COLUMNS) - set(table.columns)
+    if missing:
+        raise UserError(f"{path} lacks columns {sorted(missing)}: re-profile ({hint})")
+    try:
+        for column in ("tokens", "batch", "heads", "mlp"):
+            table[column] = pd.to_numeric(table[column], errors="raise").astype(int)
+        table["latency_ms"] = pd.to_numeric(table["latency_ms"], errors="raise").astype(float)
+    except (ValueError, TypeError):
+        raise UserError(f"{path} holds non-numeric tokens/batch/heads/mlp/latency_ms values: re-profile ({hint})") \
+            from None
+    bad_phase = set(table["phase"]) - {"prefill", "decode"}
+    if bad_phase or not table["latency_ms"].map(math.isfinite).all() or set(table["component"]) - {"base", "block"}:
+        raise UserError(f"{path} holds an unknown phase/component or a non-finite latency: re-profile ({hint})")
+    table["phase"], table["dtype"] = table["phase"].astype(str), table["dtype"].astype(str)
+    return table
+
+
 class LookupTable:
     """A device/flow profile: per-setting base + per-width block latencies, with the metadata that made them."""
 
@@ -134,17 +180,11 @@ class LookupTable:
         directory = Path(directory)
         hint = (f"make it with `amoeba profile --device {directory.parent.name} --flow {directory.name}` "
                 "(`amoeba flows` lists the flows)")
-        meta = read_json(directory / "meta.json", "profile metadata", hint)
-        if meta.get("kind") != PROFILE_KIND or meta.get("schema_version") != SCHEMA_VERSION:
-            raise UserError(f"{directory / 'meta.json'} is not a schema-{SCHEMA_VERSION} device profile: re-profile")
+        meta = read_profile_meta(directory / "meta.json", hint)
         lut_path = directory / "lut.csv"
         if not lut_path.is_file():
             raise UserError(f"{lut_path} not found: the profile is incomplete; {hint}")
-        table = pd.read_csv(lut_path)
-        missing = set(LUT_COLUMNS) - set(table.columns)
-        if missing:
-            raise UserError(f"{lut_path} lacks columns {sorted(missing)}: re-profile ({hint})")
-        return cls(directory, meta, table)
+        return cls(directory, meta, read_table(lut_path, hint))
 
     @property
     def name(self) -> str:

@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from ..artifacts import SCHEMA_VERSION, read_json
+from ..artifacts import SCHEMA_VERSION
 from ..errors import UserError
 from ..extract import extract_model
 from ..models import LoadedModel
@@ -24,7 +24,7 @@ from .flows import FLOWS
 from .flows.base import Flow, element_bytes
 from .harness import StopRule, measure
 from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting, check_compatible,
-                  fit_lut)
+                  fit_lut, read_profile_meta)
 from .store import ProfileStore
 
 DEFAULT_MLP_RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
@@ -110,7 +110,7 @@ def open_profile(directory: Path, meta: dict, overwrite: bool) -> MeasurementLog
         for name in ("measurements.csv", "lut.csv", "meta.json", "correction.json", "validation.csv"):
             (directory / name).unlink(missing_ok=True)
     elif meta_path.is_file():
-        check_compatible(read_json(meta_path, "profile metadata", "re-profile with --overwrite"), meta, directory)
+        check_compatible(read_profile_meta(meta_path, "or start again with --overwrite"), meta, directory)
     directory.mkdir(parents=True, exist_ok=True)
     ProfileStore.write_meta(directory, meta)
     return log
@@ -248,7 +248,7 @@ def import_profile(loaded: LoadedModel, csv_path: Path, store: ProfileStore, dev
     directory = store.directory(device, flow_name)
     measurements = new
     if (directory / "meta.json").is_file() and not overwrite:
-        check_compatible(read_json(directory / "meta.json", "profile metadata", "re-import with --overwrite"), meta,
+        check_compatible(read_profile_meta(directory / "meta.json", "or re-import with --overwrite"), meta,
                          directory)
         old = MeasurementLog(directory).read()
         replaced = old.set_index(KEY).index.isin(new.set_index(KEY).index)

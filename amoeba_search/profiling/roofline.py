@@ -53,16 +53,39 @@ def load_spec(name_or_path: str, store: ProfileStore | None = None) -> DeviceSpe
         raise UserError(f"no device spec {name_or_path!r}: known specs {spec_names(store)}; write "
                         "device_profiles/specs/NAME.json (see README: roofline estimates)")
     payload = read_json(path, "device spec", "see README")
+    if not isinstance(payload, dict):
+        raise UserError(f"device spec {path} must be a JSON object with {list(REQUIRED)}")
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
         raise UserError(f"device spec {path} lacks {missing}: required {list(REQUIRED)}")
-    eff = payload["efficiency"]
-    if not all(0 < float(eff.get(k, 0)) <= 1 for k in ("bandwidth", "compute")):
+    try:
+        spec = DeviceSpec(name=str(payload["name"]), memory_bandwidth_gbs=_number(payload["memory_bandwidth_gbs"]),
+                          peak_tflops={str(k): _number(v) for k, v in _mapping(payload["peak_tflops"]).items()},
+                          efficiency={str(k): _number(v) for k, v in _mapping(payload["efficiency"]).items()},
+                          overhead_ms={str(k): _number(v) for k, v in _mapping(
+                              payload.get("overhead_ms", {"per_call": 0.0, "per_block": 0.0})).items()},
+                          description=str(payload.get("description", "")), sources=payload.get("sources") or {})
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"device spec {path}: {exc}") from None
+    if not all(0 < spec.efficiency.get(k, 0) <= 1 for k in ("bandwidth", "compute")):
         raise UserError(f"device spec {path}: efficiency needs 'bandwidth' and 'compute' in (0, 1]")
-    if float(payload["memory_bandwidth_gbs"]) <= 0 or not payload["peak_tflops"]:
-        raise UserError(f"device spec {path}: memory_bandwidth_gbs must be > 0 and peak_tflops non-empty")
-    fields = {k: payload[k] for k in DeviceSpec.__dataclass_fields__ if k in payload}
-    return DeviceSpec(**fields)
+    if spec.memory_bandwidth_gbs <= 0 or not spec.peak_tflops or min(spec.peak_tflops.values()) <= 0:
+        raise UserError(f"device spec {path}: memory_bandwidth_gbs must be > 0 and peak_tflops non-empty, all > 0")
+    if min(spec.overhead_ms.values(), default=0.0) < 0:
+        raise UserError(f"device spec {path}: overhead_ms values must be >= 0")
+    return spec
+
+
+def _number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{value!r} is not a number")
+    return float(value)
+
+
+def _mapping(value) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"{value!r} must be an object such as {{\"float32\": 1.0}}")
+    return value
 
 
 @dataclass(frozen=True)

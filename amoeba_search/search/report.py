@@ -62,7 +62,7 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
     from ..profiling.profile import measure_model
 
     record = read_json(best_path, "best subnet", "run `amoeba search`")["search"]
-    subnet = Subnet.load(best_path, ctx.dims)
+    subnet = Subnet.load(best_path, ctx.dims, ctx.loaded.fingerprint)
     extract(ctx.loaded, subnet, extract_dir, overwrite=True)
     small = extract_model(ctx.loaded.model, subnet)
     text = read_text(require_file(data_root(data_dir) / "wikitext2" / "test.txt", "wikitext2"))

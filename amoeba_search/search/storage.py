@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import optuna
+from optuna.storages import RetryFailedTrialCallback
 
 from ..errors import UserError
 
@@ -31,7 +32,11 @@ def open_storage(url: str):
     with storage_errors(url):
         for attempt in range(5):
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+                # A worker on another machine that dies leaves its trial RUNNING: the heartbeat fails it after the
+                # grace period and the callback queues its parameters again (same-machine workers are recovered
+                # in place at once, see study.recover_stale_trials).
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120,
+                                                  failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
             except ImportError as exc:
                 raise UserError(f"--storage {url}: the database driver is not installed (for PostgreSQL: "
                                 "pip install 'psycopg[binary]')") from exc

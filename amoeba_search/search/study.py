@@ -4,6 +4,9 @@ rejected before any accuracy evaluation; accuracy evaluations go through the sha
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +50,18 @@ class SearchContext:
                             f"{self.loaded.fingerprint}: profile this model")
         self.dims = ModelDims.from_config(self.loaded.model.config)
         self.predictor = Predictor(self.lut, self.use_correction)
+
+    @functools.cached_property
+    def storage(self):
+        """Opened on first use, so that bad arguments (a target below the fastest subnet) are refused before a
+        study database is created."""
         with storage_errors(self.storage_url), quiet_optuna():
-            self.storage = open_storage(self.storage_url)
-            self.cache = AccuracyCache(self.storage, self.cache_name)
+            return open_storage(self.storage_url)
+
+    @functools.cached_property
+    def cache(self) -> AccuracyCache:
+        with storage_errors(self.storage_url), quiet_optuna():
+            return AccuracyCache(self.storage, self.cache_name)
 
     @property
     def adapters_suffix(self) -> str:
@@ -111,10 +123,26 @@ def _latency_constraint(trial: optuna.trial.FrozenTrial) -> tuple[float]:
     return (trial.user_attrs["latency_ms"] - trial.user_attrs["target_ms"],)
 
 
+class ResumableTPE(optuna.samplers.TPESampler):
+    """TPE whose random state before each trial depends only on (seed, number of completed trials), not on what
+    the process sampled before: a study resumed after a crash proposes exactly what the uninterrupted one would."""
+
+    def __init__(self, seed: int | None, **kwargs) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self._base_seed is not None:
+            state = (self._base_seed * 1_000_003 + len(completed(study))) % 2**32
+            self._rng.rng.seed(state)                    # TPE's own draws
+            self._random_sampler._rng.rng.seed(state)    # its startup / independent random sampler
+        super().before_trial(study, trial)
+
+
 def make_sampler(name: str, seed: int | None, multi_objective: bool = False) -> optuna.samplers.BaseSampler:
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5,
-                                          constraints_func=None if multi_objective else _latency_constraint)
+        return ResumableTPE(seed, multivariate=True, n_startup_trials=5,
+                            constraints_func=None if multi_objective else _latency_constraint)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
@@ -124,6 +152,37 @@ def make_sampler(name: str, seed: int | None, multi_objective: bool = False) -> 
 
 def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def worker_id() -> str:
+    """host:pid of this process, recorded on every trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _dead_here(trial: optuna.trial.FrozenTrial) -> bool:
+    """A RUNNING trial whose worker process on this machine no longer exists (killed, crashed). Workers on other
+    machines are left to the RDB storage's heartbeat."""
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def recover_stale_trials(study: optuna.Study, objective) -> int:
+    """Finish, in place, every trial a dead worker of this machine left RUNNING: the same trial number, its
+    already-suggested (or enqueued) parameters, the same objective. The study's history then equals an
+    uninterrupted run's, so a seeded resumed search evaluates the same subnets and returns the same best."""
+    stale = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if _dead_here(t)]
+    for frozen in stale:
+        trial = optuna.trial.Trial(study, frozen._trial_id)
+        study.tell(trial, objective(trial))
+    return len(stale)
 
 
 def feasible_best(study: optuna.Study, proxy: Proxy) -> optuna.trial.FrozenTrial | None:
@@ -167,6 +226,7 @@ def search(ctx: SearchContext, target_ms: float, n_trials: int, sampler: str = "
         study.set_metric_names([ctx.proxy.unit])
 
         def objective(trial: optuna.Trial) -> float:
+            trial.set_user_attr("worker", worker_id())
             candidate = suggest(trial, ctx.space)
             latency = ctx.latency_ms(candidate)
             trial.set_user_attr("key", candidate.key)
@@ -179,6 +239,7 @@ def search(ctx: SearchContext, target_ms: float, n_trials: int, sampler: str = "
                 return INFEASIBLE if ctx.proxy.direction == "minimize" else -INFEASIBLE
             return ctx.candidate_accuracy(candidate)
 
+        recover_stale_trials(study, objective)
         remaining = n_trials - len(completed(study))
         if remaining > 0 and prune_dominated and not study.trials:   # a new study starts on the boundary
             for candidate in boundary(ctx, target_ms)[:n_trials]:
@@ -201,11 +262,13 @@ def pareto(ctx: SearchContext, n_trials: int, sampler: str = "nsga2", seed: int 
         study.set_metric_names([ctx.proxy.unit, "latency_ms"])
 
         def objective(trial: optuna.Trial) -> tuple[float, float]:
+            trial.set_user_attr("worker", worker_id())
             candidate = suggest(trial, ctx.space)
             trial.set_user_attr("key", candidate.key)
             trial.set_user_attr("evaluated", True)
             return ctx.candidate_accuracy(candidate), ctx.latency_ms(candidate)
 
+        recover_stale_trials(study, objective)
         remaining = n_trials - len(completed(study))
         if remaining > 0:
             study.optimize(objective, n_trials=remaining, show_progress_bar=progress)

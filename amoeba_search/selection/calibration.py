@@ -12,6 +12,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data import MCItem
+from ..errors import UserError
 from ..evaluate import argmax, choice_loglikelihoods, pack_question, packed_inputs, token_logprobs
 from ..view import kept_layers
 
@@ -50,7 +51,8 @@ def text_calibration(tokenizer: PreTrainedTokenizerBase, text: str, samples: int
     ids = torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
     slots = len(ids) // seq_len
     if slots < samples:
-        raise ValueError(f"{name} has {len(ids)} tokens: not enough for {samples} windows of {seq_len}")
+        raise UserError(f"{name} has {len(ids)} tokens: not enough for {samples} windows of {seq_len}; lower the "
+                        "sample count or window length, or use a longer text")
     chosen = sorted(random.Random(seed).sample(range(slots), samples))
     windows = torch.stack([ids[s * seq_len:(s + 1) * seq_len] for s in chosen])
     return Calibration(windows, {"data": name, "metric": "ppl", "samples": samples, "seq_len": seq_len, "seed": seed,
@@ -63,7 +65,7 @@ def multiple_choice_calibration(tokenizer: PreTrainedTokenizerBase, items: Seque
     """`samples` random questions, packed as in evaluation; objective = -accuracy, ties broken by the gold answer's
     mean NLL (1e-3 weight), since accuracy on a few dozen questions ties often."""
     if len(items) < samples:
-        raise ValueError(f"{name} has {len(items)} questions, fewer than {samples}")
+        raise UserError(f"{name} has {len(items)} questions, fewer than {samples}: lower the sample count")
     chosen = sorted(random.Random(seed).sample(range(len(items)), samples))
     packed = [pack_question(tokenizer, i, items[i]) for i in chosen]
     inputs = packed_inputs(packed, dtype)

@@ -37,17 +37,22 @@ def _open_cache(path: Path, header: dict) -> dict[str, float]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"header": header}) + "\n")
         return {}
-    lines = path.read_text().splitlines()
-    if json.loads(lines[0]).get("header") != header:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        first = json.loads(lines[0])
+    except (UnicodeDecodeError, json.JSONDecodeError, IndexError):
+        raise UserError(f"cache {path} is not a DP cache (its first line is not a JSON header): delete it or pass "
+                        "another --cache") from None
+    if not isinstance(first, dict) or first.get("header") != header:
         raise UserError(f"cache {path} was written for other settings (model, calibration or metric): "
                         "delete it or pass another --cache")
     store = {}
     for line in lines[1:]:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+            store[str(row["removed"])] = float(row["loss"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue  # a line cut off by an interruption; that state is simply evaluated again
-        store[row["removed"]] = row["loss"]
     return store
 
 

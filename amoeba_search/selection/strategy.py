@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,10 +92,21 @@ class WidthScores:
         except (KeyError, TypeError, AttributeError) as exc:
             raise _invalid(path, f"width scores: {type(exc).__name__} {exc}") from None
         tables = (scores.head_scores, scores.mlp_scores, scores.attn_input_mean, scores.mlp_input_mean)
-        if not all(isinstance(t, list) and t and all(isinstance(row, list) for row in t) for t in tables) or len(
-                {len(t) for t in tables}) != 1:
-            raise _invalid(path, "width scores must be one list of numbers per layer")
+        if not all(isinstance(t, list) and t and all(isinstance(row, list) and row and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row)
+                for row in t) for t in tables) or len({len(t) for t in tables}) != 1:
+            raise _invalid(path, "width scores must be one list of finite numbers per layer")
         return scores
+
+    def check(self, dims) -> None:
+        """The scores must have the model's shape (a hand-edited or foreign file would index out of range)."""
+        expected = {"head_scores": dims.num_heads, "mlp_scores": dims.intermediate_size,
+                    "attn_input_mean": dims.num_heads * dims.head_dim, "mlp_input_mean": dims.intermediate_size}
+        for name, width in expected.items():
+            rows = getattr(self, name)
+            if len(rows) != dims.num_layers or any(len(row) != width for row in rows):
+                raise UserError(f"strategy width scores '{name}' do not fit the model ({dims.num_layers} layers x "
+                                f"{width}): recompute the strategy with `amoeba select` for this model")
 
 
 @dataclass

@@ -149,6 +149,7 @@ def width_subnet(model: PreTrainedModel, width: WidthScores, layers: list[int], 
     """A subnet keeping the most important heads/channels of each kept layer; FLAP bias compensation adds the
     removed features' mean contribution W[:, removed] @ mean[removed] to o_proj / down_proj."""
     dims = ModelDims.from_config(model.config)
+    width.check(dims)
     head_count = dims.num_heads if heads is None else heads
     per_layer = mlp_channel_count(dims, mlp)
     counts = _channel_counts(width, layers, per_layer, allocation)
