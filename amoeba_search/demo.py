@@ -65,7 +65,7 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
     strategy.check_model(full.fingerprint)
     console.rule("1. strategy")
     console.print(f"{strategy_path}: DP depths {strategy.depths()[0]}..{strategy.depths()[-1]}, "
-                  f"{strategy.width['method']} widths")
+                  f"{strategy.width.method} widths")
     console.rule("2. profile")
     lut = demo_profile(console, full, out)
     setting = lut.setting("decode")

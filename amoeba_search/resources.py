@@ -12,8 +12,8 @@ SHIPPED = PACKAGE_DIR / "_shipped"
 
 
 def shipped(name: str) -> Path:
-    """`device_profiles` or `strategies` as shipped with the package."""
-    return SHIPPED / name
+    """`device_profiles` or `strategies` as shipped with the package (the checkout's folder itself, not the link)."""
+    return (SHIPPED / name).resolve()
 
 
 def shipped_strategy(model: str = "smollm2-135m") -> Path:

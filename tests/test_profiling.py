@@ -4,6 +4,7 @@ predictor arithmetic, and a contract test run over every flow available here."""
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -35,7 +36,11 @@ def test_median_interval_and_summary():
 
 def test_measure_stops_when_stable_and_calls_reset():
     calls = {"run": 0, "reset": 0}
-    result = harness.measure(lambda: calls.__setitem__("run", calls["run"] + 1),
+    def run():  # a steady 2 ms step: a no-op's sub-microsecond timings are too noisy for any stop rule
+        calls["run"] += 1
+        time.sleep(0.002)
+
+    result = harness.measure(run,
                              reset=lambda: calls.__setitem__("reset", calls["reset"] + 1),
                              rule=harness.StopRule(warmup=2, min_repeats=5, max_repeats=50, rel=1.0))
     assert result.converged and result.stats["repeats"] == 5

@@ -278,3 +278,27 @@ def test_resumable_tpe_proposes_what_an_uninterrupted_sampler_would():
     plain = lambda: optuna.samplers.TPESampler(seed=0, n_startup_trials=3)          # noqa: E731
     assert run([12], resumable) == run([7, 5], resumable) == run([2, 3, 7], resumable)
     assert run([12], plain) != run([7, 5], plain)     # what plain TPE does on resume: the test can fail
+
+
+def test_search_on_an_imported_profile(world, tmp_path):
+    """A profile imported from another device's CSV is searchable like a measured one."""
+    import pandas as pd
+
+    from amoeba_search.profiling.profile import import_profile
+    from amoeba_search.profiling.store import ProfileStore
+    from amoeba_search.search.session import run_search
+
+    loaded, _, root, data = world
+    rows = [{"phase": "decode", "tokens": 32, "batch": 1, "dtype": "float16", "layers": 0, "heads": 0, "mlp": 0,
+             "median_ms": 1.0}]
+    rows += [{"phase": "decode", "tokens": 32, "batch": 1, "dtype": "float16", "layers": 4, "heads": h, "mlp": m,
+              "median_ms": 1.0 + 4 * (0.1 + h / 60 + m / 480)} for h in (3, 6) for m in (24, 48)]
+    pd.DataFrame(rows).to_csv(tmp_path / "orin.csv", index=False)
+    import_profile(loaded, tmp_path / "orin.csv", ProfileStore(tmp_path / "profiles"), "orin", "tensorrt-llm")
+    request = SearchRequest(str(root / "strategy.json"), "orin", "tensorrt-llm", proxy_samples=2, min_depth=2,
+                            storage=f"sqlite:///{tmp_path}/s.db", profiles_dir=str(tmp_path / "profiles"),
+                            data_dir=str(data))
+    ctx = open_search(request, loaded)
+    target = ctx.resolve_target(None, 0.7)
+    best = feasible_best(run_search(ctx, target, 6), ctx.proxy)
+    assert best is not None and best.user_attrs["latency_ms"] <= target

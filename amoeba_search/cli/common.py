@@ -76,6 +76,9 @@ def check_output(path: Path | None, directory: bool = False) -> None:
     """Fail before the work if an output cannot be written: its parent is a file, or not writable."""
     if path is None:
         return
+    too_long = [part for part in Path(path).parts if len(part.encode()) > 255]
+    if too_long:
+        raise UserError(f"cannot write {str(path)[:80]}...: a name in it is longer than 255 bytes; choose a shorter one")
     if directory and Path(path).is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
             raise UserError(f"cannot write into {path}: it is not writable; choose another output path")
@@ -91,8 +94,6 @@ def check_output(path: Path | None, directory: bool = False) -> None:
         raise UserError(f"cannot write {path}: {parent} is not writable; choose another output path")
     if Path(path).is_dir() and not directory:
         raise UserError(f"cannot write {path}: it is a directory; give a file name")
-    if len(Path(path).name.encode()) > 255:
-        raise UserError(f"cannot write {path}: the file name is longer than 255 bytes")
 
 
 ModelOption = typer.Option("default", "--model", "-m", help="'default' (the embedded SmolLM2-135M-Instruct) or a "

@@ -32,9 +32,9 @@ def extract(
     setup(None)
     if gguf is not None and gguf not in GGUF_TYPES:
         raise UserError(f"--gguf {gguf!r}: choose from {', '.join(GGUF_TYPES)}")
+    check_output(out, directory=True)
     if out.exists() and not overwrite:
         raise UserError(f"output directory {out} already exists: choose another --out or pass --overwrite")
-    check_output(out, directory=True)
     from ..artifacts import dir_mib
     from ..extract import extract as extract_checkpoint
     from ..subnet import ModelDims, Subnet

@@ -4,12 +4,18 @@ device and flow that shares the storage shares the evaluations (accuracy does no
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
+# Optuna 4.9 renamed the stale-trial callback and its argument; use whichever this version has (4.x < 4.9 too).
+RETRY_CALLBACK = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
+    optuna.storages.RetryFailedTrialCallback
+RETRY_ARGUMENT = ("heartbeat_stale_trial_callback"
+                  if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+                  else "failed_trial_callback")
 
 from ..errors import UserError
 
@@ -36,7 +42,7 @@ def open_storage(url: str):
                 # grace period and the callback queues its parameters again (same-machine workers are recovered
                 # in place at once, see study.recover_stale_trials).
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120,
-                                                  failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+                                                  **{RETRY_ARGUMENT: RETRY_CALLBACK(max_retry=3)})
             except ImportError as exc:
                 raise UserError(f"--storage {url}: the database driver is not installed (for PostgreSQL: "
                                 "pip install 'psycopg[binary]')") from exc

@@ -140,13 +140,14 @@ class ResumableTPE(optuna.samplers.TPESampler):
 
 
 def make_sampler(name: str, seed: int | None, multi_objective: bool = False) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return ResumableTPE(seed, multivariate=True, n_startup_trials=5,
-                            constraints_func=None if multi_objective else _latency_constraint)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
+    with quiet_optuna():
+        if name == "tpe":
+            return ResumableTPE(seed, multivariate=True, n_startup_trials=5,
+                                constraints_func=None if multi_objective else _latency_constraint)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
     raise UserError(f"--sampler {name!r}: choose tpe, random or nsga2 (multi-objective)")
 
 
