@@ -23,6 +23,10 @@ _BLOCK_NAMES = {
     "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
     "mlp.down_proj.bias": "ffn_down.bias",
 }
+# Biases a LLaMA config switches on together with the ones FLAP compensation needs (attention_bias turns on
+# q/k/v/o, mlp_bias gate/up/down). Extraction leaves them zero; a zero bias is no bias, so it is not written.
+_ZERO_ONLY = {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias", "mlp.gate_proj.bias",
+              "mlp.up_proj.bias"}
 
 
 def permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -47,6 +51,8 @@ def gguf_tensors(model: PreTrainedModel) -> list[tuple[str, np.ndarray]]:
                 out.append(("output.weight", array))
         elif key.startswith("model.layers."):
             index, rest = key[len("model.layers."):].split(".", 1)
+            if rest in _ZERO_ONLY and not array.any():
+                continue
             if rest not in _BLOCK_NAMES:
                 raise UserError(f"cannot write {key} to GGUF: only LLaMA-style blocks are supported")
             if rest == "self_attn.q_proj.weight":

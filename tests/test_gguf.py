@@ -43,3 +43,28 @@ def test_llama_cpp_runs_the_exported_subnet_like_pytorch(tiny, tmp_path):
     with torch.no_grad():
         expected = small(torch.tensor([ids])).logits[0, -1]
     assert torch.allclose(torch.tensor(llm.scores[len(ids) - 1]), expected, atol=1e-3)
+
+
+def test_llama_cpp_runs_a_compensated_subnet_like_pytorch(tiny, tmp_path, tiny_data):
+    """A FLAP-compensated subnet (o_proj/down_proj biases; the zero q/k/v/gate/up biases the config flags switch
+    on are left out) is exported and llama.cpp computes the extracted checkpoint's logits."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from amoeba_search.data import read_text
+    from amoeba_search.extract import extract
+    from amoeba_search.models import load_model
+    from amoeba_search.selection.calibration import text_calibration
+    from amoeba_search.selection.width import width_section, width_subnet
+
+    calibration = text_calibration(tiny.tokenizer, read_text(tiny_data / "wikitext2" / "valid.txt"), 4, 32)
+    subnet = width_subnet(tiny.model, width_section(tiny.model, calibration), [0, 1, 3, 4], heads=3, mlp=24)
+    assert subnet.bias is not None
+    checkpoint = load_model(str(extract(tiny, subnet, tmp_path / "ckpt"))).model
+    assert checkpoint.config.attention_bias and checkpoint.config.mlp_bias
+    path = write_gguf(checkpoint, tmp_path / "m.gguf", None, "f32")
+    llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=1, logits_all=True, verbose=False, type_k=0, type_v=0)
+    ids = [5, 17, 99, 3, 42, 7]
+    llm.eval(ids)
+    with torch.no_grad():
+        expected = checkpoint(torch.tensor([ids])).logits[0]
+    for position in range(len(ids)):
+        assert torch.allclose(torch.tensor(llm.scores[position]), expected[position], atol=1e-3)
