@@ -101,7 +101,15 @@ def extract_model(model: PreTrainedModel, subnet: Subnet) -> PreTrainedModel:
 
 
 def _add_compensation(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], subnet: Subnet) -> None:
-    """Biases the source lacks start at zero; o_proj / down_proj biases then gain the compensation terms."""
+    """Biases the source lacks start at zero; o_proj / down_proj biases then gain the compensation terms. A model
+    class whose o_proj / down_proj cannot have a bias (several families hard-code bias=False whatever the config
+    says) cannot hold the compensation: refused, never dropped silently."""
+    holders = {match["rest"] for key in target if (match := _LAYER_KEY.match(key))}
+    lacking = [name for name in ("self_attn.o_proj.bias", "mlp.down_proj.bias") if name not in holders]
+    if lacking:
+        raise UserError(f"this model's architecture has no {' / '.join(n.rsplit('.', 1)[0] for n in lacking)} bias "
+                        "to hold FLAP's bias compensation exactly: make the subnet with `amoeba subnet --no-compensate` or "
+                        "`amoeba search --no-compensate`")
     for key, tensor in target.items():
         if key.endswith(".bias") and key not in state:
             state[key] = torch.zeros_like(tensor)

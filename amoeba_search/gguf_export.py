@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import PreTrainedModel
 
 from .errors import UserError
+
+if TYPE_CHECKING:                       # torch is imported where tensors are read, so `TYPES` is cheap to import
+    from transformers import PreTrainedModel
 
 TYPES = ("f32", "f16", "q8_0", "q4_1")
 _BLOCK_NAMES = {
@@ -37,6 +39,8 @@ def permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
 
 def gguf_tensors(model: PreTrainedModel) -> list[tuple[str, np.ndarray]]:
     """(GGUF name, float32 array in PyTorch layout) for every tensor llama.cpp needs."""
+    import torch
+
     config = model.config
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     out = []

@@ -302,3 +302,11 @@ def test_search_on_an_imported_profile(world, tmp_path):
     target = ctx.resolve_target(None, 0.7)
     best = feasible_best(run_search(ctx, target, 6), ctx.proxy)
     assert best is not None and best.user_attrs["latency_ms"] <= target
+
+
+def test_search_without_compensation_is_another_study(world, tmp_path):
+    plain = context(world, storage=f"sqlite:///{tmp_path}/n.db")
+    bare = context(world, storage=f"sqlite:///{tmp_path}/n.db", compensate=False)
+    candidate = Candidate(3, 3, 24)
+    assert plain.subnet(candidate).bias is not None and bare.subnet(candidate).bias is None
+    assert bare.cache_name != plain.cache_name and bare.study_name("search") != plain.study_name("search")

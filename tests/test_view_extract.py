@@ -122,8 +122,6 @@ def test_written_files_follow_the_umask(tiny, tmp_path):
     import stat
 
     from amoeba_search.artifacts import write_json_atomic
-    from amoeba_search.extract import extract
-    from amoeba_search.subnet import ModelDims, Subnet
 
     old = os.umask(0o022)
     try:
@@ -134,3 +132,26 @@ def test_written_files_follow_the_umask(tiny, tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o755
     assert stat.S_IMODE(record.stat().st_mode) == 0o644
     assert all(stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044 for f in path.rglob("*") if f.is_file())
+
+
+def test_compensation_a_family_cannot_hold_is_refused_not_dropped(tmp_path):
+    """Qwen2 hard-codes bias=False on o_proj and the MLP: a compensated subnet cannot be extracted exactly, so it is
+    refused with the fix; the uncompensated one extracts and equals the view."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from amoeba_search.view import subnet_view
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=48, intermediate_size=32, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                                         max_position_embeddings=64)).eval()
+    dims = ModelDims.from_config(model.config)
+    plain = Subnet.uniform(dims, [0, 2], heads=2, mlp=16)
+    compensated = Subnet(plain.layers, plain.heads, plain.mlp_channels,
+                         tuple(((0.1,) * 48, (0.2,) * 48) for _ in plain.layers))
+    with pytest.raises(UserError, match="no self_attn.o_proj / mlp.down_proj bias .* --no-compensate"):
+        extract_model(model, compensated)
+    ids = torch.tensor([[1, 5, 9, 3]])
+    small = extract_model(model, plain)
+    with torch.no_grad(), subnet_view(model, plain) as viewed:
+        assert torch.allclose(small(ids).logits, viewed(ids).logits, atol=1e-5)

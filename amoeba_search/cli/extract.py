@@ -9,9 +9,9 @@ import typer
 
 from .common import ModelOption, check_output, console, example, load, new_app, setup
 from ..errors import UserError
+from ..gguf_export import TYPES as GGUF_TYPES
 
 app = new_app("")
-GGUF_TYPES = ("f32", "f16", "q8_0", "q4_1")
 
 
 @app.command(epilog=example("amoeba extract --subnet s.json --out ckpt/s",

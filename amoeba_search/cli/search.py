@@ -47,6 +47,8 @@ SHARED_OPTIONS: list[tuple[str, object, object]] = [
     ("min_mlp_ratio", float, typer.Option(0.25, "--min-mlp-ratio", help="Narrowest MLP as a share of the full "
                                                                          "one.")),
     ("correction", bool, typer.Option(True, help="Use the profile's fitted latency correction if it has one.")),
+    ("compensate", bool, typer.Option(True, help="FLAP bias compensation for removed heads/channels (turn off for "
+                                                 "model families whose o_proj/down_proj hold no bias).")),
     ("profiles_dir", Optional[Path], ProfilesOption),
     ("data_dir", Optional[Path], DataDirOption),
     ("threads", Optional[int], ThreadsOption),

@@ -43,6 +43,7 @@ class SearchRequest:
     min_mlp_ratio: float = 0.25
     max_mlp_options: int | None = None
     correction: bool = True
+    compensate: bool = True
     threads: int | None = None
     adapters: str | None = None
 

@@ -64,16 +64,18 @@ class SearchContext:
             return AccuracyCache(self.storage, self.cache_name)
 
     @property
-    def adapters_suffix(self) -> str:
-        """Fine-tuned accuracy is another objective: studies and caches with adapters are named apart."""
+    def variant_suffix(self) -> str:
+        """Fine-tuned accuracy (and uncompensated subnets) are other objectives: their studies and caches are
+        named apart."""
         adapters = self.loaded.adapters
-        return f"/adapters-{adapters.fingerprint}" if adapters is not None else ""
+        return (f"/adapters-{adapters.fingerprint}" if adapters is not None else "") + (
+            "" if self.compensate else "/no-compensation")
 
     @property
     def cache_name(self) -> str:
         """One cache per (model, strategy, proxy, adapters): shared by every device, flow, phase and target."""
         return (f"amoeba-accuracy/{self.loaded.fingerprint['config_sha256']}/{self.strategy.fingerprint}/"
-                f"{self.proxy.fingerprint}{self.adapters_suffix}")
+                f"{self.proxy.fingerprint}{self.variant_suffix}")
 
     def latency_ms(self, candidate: Candidate) -> float:
         return self.predictor.predict_ms(self.setting, candidate.widths)
@@ -82,8 +84,13 @@ class SearchContext:
         d = self.dims
         return self.predictor.predict_ms(self.setting, [(d.num_heads, d.intermediate_size)] * d.num_layers)
 
+    @property
+    def compensate(self) -> bool:
+        """FLAP bias compensation in the candidates (off for families whose o_proj/down_proj hold no bias)."""
+        return getattr(self.request, "compensate", True)
+
     def subnet(self, candidate: Candidate) -> Subnet:
-        return candidate_subnet(self.loaded.model, self.strategy, candidate)
+        return candidate_subnet(self.loaded.model, self.strategy, candidate, compensate=self.compensate)
 
     def accuracy(self, key: str, subnet_of) -> float:
         return self.cache.get(key, lambda: self.proxy.score(subnet_of()))
@@ -98,7 +105,7 @@ class SearchContext:
         return (f"amoeba-{kind}/{self.loaded.fingerprint['config_sha256']}/{self.strategy.fingerprint}/"
                 f"{self.lut.name}@{self.lut.fingerprint}/{setting_key(self.setting)}/{self.proxy.fingerprint}/"
                 f"{space.depths[0]}-{space.depths[-1]}x{','.join(map(str, space.heads))}x"
-                f"{','.join(map(str, space.mlp))}{self.adapters_suffix}{extra}")
+                f"{','.join(map(str, space.mlp))}{self.variant_suffix}{extra}")
 
     def resolve_target(self, target_ms: float | None, target_ratio: float | None) -> float:
         """Absolute target, or a ratio of the full model's predicted latency; below the fastest subnet is an error."""
