@@ -19,7 +19,8 @@ from amoeba_search.profiling.profile import WidthGrid
 from amoeba_search.profiling.roofline import DeviceSpec, estimate_profile
 from amoeba_search.search.report import pareto_rows
 from amoeba_search.search.session import SearchRequest, open_search
-from amoeba_search.search.study import SearchContext, completed, feasible_best, pareto, search, write_csv
+from amoeba_search.search.study import (SearchContext, completed, feasible_best, pareto, search, search_study_name,
+                                        write_csv)
 from amoeba_search.selection.space import Candidate
 from amoeba_search.selection.calibration import text_calibration
 from amoeba_search.selection.select import select_depth
@@ -243,7 +244,7 @@ def test_search_killed_mid_trial_resumes_without_loss(world, tmp_path):
     assert run.returncode == -9, run.stderr                       # it really died mid-trial
     resumed_ctx = context(world, storage=killed_url)
     target = resumed_ctx.resolve_target(None, 0.8)
-    left = optuna.load_study(study_name=resumed_ctx.study_name("search", f"/target={target:.4f}/tpe"),
+    left = optuna.load_study(study_name=search_study_name(resumed_ctx, target, "tpe", prune_dominated=False),
                              storage=resumed_ctx.storage)
     assert [t.state for t in left.trials].count(optuna.trial.TrialState.RUNNING) == 1
     resumed = run_search(resumed_ctx, target, 12, seed=0, prune_dominated=False)

@@ -18,7 +18,7 @@ from ..subnet import ModelDims
 from .proxies import PROXIES
 from .space import profiled_space
 from . import DEFAULT_STORAGE
-from .study import SearchContext, search
+from .study import SearchContext, search, search_study_name
 
 
 @dataclass
@@ -84,7 +84,7 @@ def run_search(ctx: SearchContext, target_ms: float, trials: int, sampler: str =
     """Run (or resume) the study for a latency target to `trials` trials in all, with `workers` processes on this
     machine sharing it (the extra ones rebuild the search from its request, so the model must be loadable by
     name or path)."""
-    name = ctx.study_name("search", f"/target={target_ms:.4f}/{sampler}")
+    name = search_study_name(ctx, target_ms, sampler, prune_dominated)
     extra = [] if workers <= 1 else [
         multiprocessing.get_context("spawn").Process(
             target=_worker, args=(ctx.request, target_ms, trials, sampler, seed + 1 + i, name, prune_dominated))

@@ -99,13 +99,14 @@ class SearchContext:
         return self.accuracy(candidate.key, lambda: self.subnet(candidate))
 
     def study_name(self, kind: str, extra: str = "") -> str:
-        """Everything that changes a study's values: model, strategy, profile (its content hash), setting, proxy,
-        space and adapters; `extra` adds the target and sampler."""
+        """Everything that changes a study's values: model, strategy, profile (its content hash, and whether its
+        correction is applied), setting, proxy, space, adapters and compensation; `extra` adds target and sampler."""
         space = self.space
+        uncorrected = not self.use_correction and (self.lut.directory / "correction.json").is_file()
         return (f"amoeba-{kind}/{self.loaded.fingerprint['config_sha256']}/{self.strategy.fingerprint}/"
                 f"{self.lut.name}@{self.lut.fingerprint}/{setting_key(self.setting)}/{self.proxy.fingerprint}/"
                 f"{space.depths[0]}-{space.depths[-1]}x{','.join(map(str, space.heads))}x"
-                f"{','.join(map(str, space.mlp))}{self.variant_suffix}{extra}")
+                f"{','.join(map(str, space.mlp))}{self.variant_suffix}{'/uncorrected' if uncorrected else ''}{extra}")
 
     def resolve_target(self, target_ms: float | None, target_ratio: float | None) -> float:
         """Absolute target, or a ratio of the full model's predicted latency; below the fastest subnet is an error."""
@@ -220,13 +221,18 @@ def boundary(ctx: SearchContext, target_ms: float) -> list[Candidate]:
     return sorted(best.values(), key=ctx.latency_ms, reverse=True)
 
 
+def search_study_name(ctx: SearchContext, target_ms: float, sampler: str, prune_dominated: bool) -> str:
+    """A target's study: pruned and unpruned searches record different values for the same subnets."""
+    return ctx.study_name("search", f"/target={target_ms:.4f}/{sampler}" + ("" if prune_dominated else "/no-prune"))
+
+
 def search(ctx: SearchContext, target_ms: float, n_trials: int, sampler: str = "tpe", seed: int | None = 0,
            study_name: str | None = None, progress: bool = False, prune_dominated: bool = True,
            storage=None, stop=None) -> optuna.Study:
     """Single-objective search for the best proxy under `latency <= target_ms`; resumes to n_trials in all.
     Candidates over the target (or dominated, when pruning) get a positive constraint value and no evaluation;
     with pruning, a new study first evaluates the boundary (the deepest feasible subnet of each width)."""
-    name = study_name or ctx.study_name("search", f"/target={target_ms:.4f}/{sampler}")
+    name = study_name or search_study_name(ctx, target_ms, sampler, prune_dominated)
     with storage_errors(ctx.storage_url), quiet_optuna():
         study = optuna.create_study(storage=ctx.storage if storage is None else storage, study_name=name,
                                     direction=ctx.proxy.direction, sampler=make_sampler(sampler, seed),
