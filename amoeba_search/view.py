@@ -78,14 +78,30 @@ def block_slices(dims: ModelDims, subnet: Subnet, position: int) -> dict[str, Sl
 
 @contextlib.contextmanager
 def kept_layers(model: PreTrainedModel, layer_indices: Sequence[int]) -> Iterator[PreTrainedModel]:
-    """Temporarily run only these decoder layers (any number, including none); restored on exit."""
+    """Temporarily run only these decoder layers (any number, including none), as the extracted model would:
+    models with per-layer types (Gemma's sliding vs full attention, Qwen's sliding windows) pick each layer's
+    mask by its *position* in `config.layer_types`, and caches address layers by `layer_idx`, so both follow the
+    kept layers for the duration. Restored on exit."""
     base = model.base_model
     original = decoder_layers(model)
+    configs = {id(c): c for c in (model.config, base.config)}.values()
+    types = [(config, config.layer_types) for config in configs if getattr(config, "layer_types", None)]
+    attentions = [(position, original[i].self_attn) for position, i in enumerate(layer_indices)
+                  if hasattr(getattr(original[i], "self_attn", None), "layer_idx")]
+    indices = [(attention, attention.layer_idx) for _, attention in attentions]
     base.layers = nn.ModuleList([original[i] for i in layer_indices])
+    for config, layer_types in types:
+        config.layer_types = [layer_types[i] for i in layer_indices]
+    for position, attention in attentions:
+        attention.layer_idx = position
     try:
         yield model
     finally:
         base.layers = original
+        for config, layer_types in types:
+            config.layer_types = layer_types
+        for attention, index in indices:
+            attention.layer_idx = index
 
 
 @contextlib.contextmanager

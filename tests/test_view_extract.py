@@ -155,3 +155,33 @@ def test_compensation_a_family_cannot_hold_is_refused_not_dropped(tmp_path):
     small = extract_model(model, plain)
     with torch.no_grad(), subnet_view(model, plain) as viewed:
         assert torch.allclose(small(ids).logits, viewed(ids).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "qwen2-sliding"])
+def test_view_follows_per_layer_types_when_layers_are_dropped(family):
+    """Models that pick each layer's attention (sliding vs full) by its position in config.layer_types: the
+    in-place view must run the kept layers with their own types, as the extracted checkpoint does."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from amoeba_search.view import subnet_view
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=64, hidden_size=48, intermediate_size=32, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, sliding_window=3)
+    model = (Gemma2ForCausalLM(Gemma2Config(**common, head_dim=12, layer_types=[
+        "sliding_attention", "full_attention", "sliding_attention", "full_attention"])) if family == "gemma2" else
+        Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, max_window_layers=2))).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.3)
+    types, indices = list(model.config.layer_types), [layer.self_attn.layer_idx for layer in model.model.layers]
+    dims = ModelDims.from_config(model.config)
+    ids = torch.randint(0, 64, (1, 12))                       # longer than the window: the types matter
+    for layers in ([0, 2, 3], [1, 2, 3], [1, 3]):
+        subnet = Subnet.uniform(dims, layers)
+        small = extract_model(model, subnet)
+        with torch.no_grad(), subnet_view(model, subnet) as viewed:
+            assert torch.allclose(viewed(ids).logits, small(ids).logits, atol=1e-5), layers
+    assert model.config.layer_types == types                  # restored
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == indices
