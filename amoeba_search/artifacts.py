@@ -43,6 +43,16 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int | None 
     return path
 
 
+def write_csv_atomic(path: str | os.PathLike, frame) -> Path:
+    """A pandas DataFrame as CSV (6 significant digits), temp file + rename like write_json_atomic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, path)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp directory beside `path` and move it into place only if the block finishes."""
@@ -57,9 +67,10 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         yield tmp
         # Everything inside gets the modes a plain write would have: some writers (safetensors through
         # save_pretrained, mkdtemp itself) create 0600/0700 files that another user could not read.
+        file_mode, dir_mode = umask_mode(), umask_mode(directory=True)
         for item in [tmp, *tmp.rglob("*")]:
             if not item.is_symlink():
-                os.chmod(item, umask_mode(directory=item.is_dir()))
+                os.chmod(item, dir_mode if item.is_dir() else file_mode)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -14,7 +14,7 @@ from rich.console import Console
 from ..errors import UserError
 from ..profiling.store import PROFILES_ENV, ProfileStore
 from ..resources import shipped_strategy
-from ..runtime import configure
+from ..runtime import configure as setup  # noqa: F401  (re-exported for the commands: threads, quiet logs)
 
 # Piped output (make, CI logs) would otherwise be squeezed into 80 columns.
 console = Console() if sys.stdout.isatty() else Console(width=140)
@@ -30,10 +30,6 @@ def new_app(help_text: str, **kwargs) -> typer.Typer:
 def example(*commands: str) -> str:
     """The epilog of a command: runnable examples, one per line."""
     return "**Examples**\n\n```\n" + "\n".join(commands) + "\n```"
-
-
-def setup(threads: int | None) -> None:
-    configure(threads)
 
 
 def load(model: str, adapters: Path | None = None):

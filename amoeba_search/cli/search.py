@@ -77,6 +77,7 @@ def search_options(command):
 def open_from(options: dict):
     """The search of the shared options, validated before any model, profile or storage is opened."""
     from ..search.session import SearchRequest, open_search
+    from ..search.storage import storage_file
 
     values = dict(options)
     check_range("--proxy-samples", values["proxy_samples"], 1)
@@ -87,12 +88,7 @@ def open_from(options: dict):
         raise UserError(f"--phase {values['phase']!r}: choose prefill or decode")
     FLOWS.get(values["flow"])
     PROXIES.get(values["proxy"])
-    storage = values["storage"]
-    if "://" not in storage and not storage.startswith("journal:"):
-        raise UserError(f"--storage {storage!r}: give an RDB URL (sqlite:///studies.db, postgresql://...) or "
-                        "journal:PATH")
-    if storage.startswith(("sqlite:///", "journal:")):
-        check_output(Path(storage.removeprefix("sqlite:///").removeprefix("journal:")))
+    check_output(storage_file(values["storage"]))
     values["strategy"] = strategy_path(values["strategy"])
     if not Path(values["strategy"]).is_file():
         raise UserError(f"strategy file {values['strategy']} not found: create one with `amoeba select`")

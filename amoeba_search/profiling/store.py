@@ -1,8 +1,8 @@
 """Where device profiles live, and the one place that reads and writes them.
 
 A store has one writable root: `--profiles-dir`, else $AMOEBA_PROFILES_DIR, else the checkout's `device_profiles/`
-(so `amoeba profile` adds to it as the README says; a per-user data dir for an installed package). Reads look in the root first and then in the
-profiles shipped with the package, so `amoeba predict --device amd-epyc --flow torch-eager` finds the shipped
+(so `amoeba profile` adds to it as the README says; a per-user data dir for an installed package). Reads look in
+the root first and then in the profiles shipped with the package, so `amoeba predict --device amd-epyc --flow torch-eager` finds the shipped
 profile from any working directory. Whole profiles (imported, estimated) are written to a temporary directory and
 renamed into place: a failed write leaves the previous profile as it was."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..artifacts import atomic_directory, write_json_atomic
+from ..artifacts import atomic_directory, write_csv_atomic, write_json_atomic
 from ..resources import default_profiles_root, shipped
 from .lut import LookupTable
 
@@ -25,7 +25,7 @@ class ProfileStore:
         explicit = root or os.environ.get(PROFILES_ENV)
         self.shipped = shipped("device_profiles")
         self.root = Path(explicit) if explicit else default_profiles_root()
-        self.roots = [self.root] + ([self.shipped] if self.shipped.resolve() != self.root.resolve() else [])
+        self.roots = [self.root] + ([self.shipped] if self.shipped != self.root.resolve() else [])
 
     def directory(self, device: str, flow: str) -> Path:
         """Where a profile of this device/flow is (or would be) written."""
@@ -54,10 +54,7 @@ class ProfileStore:
 
     @staticmethod
     def write_table(directory: Path, table: pd.DataFrame) -> None:
-        """lut.csv, atomically (temp file + rename)."""
-        tmp = directory / ".lut.csv.tmp"
-        table.to_csv(tmp, index=False, float_format="%.6g")
-        os.replace(tmp, directory / "lut.csv")
+        write_csv_atomic(directory / "lut.csv", table)
 
     def write_profile(self, directory: Path, meta: dict, table: pd.DataFrame,
                       measurements: pd.DataFrame | None = None) -> LookupTable:
@@ -67,6 +64,6 @@ class ProfileStore:
             self.write_meta(tmp, meta)
             self.write_table(tmp, table)
             if measurements is not None:
-                measurements.to_csv(tmp / "measurements.csv", index=False, float_format="%.6g")
+                write_csv_atomic(tmp / "measurements.csv", measurements)
             LookupTable.load(tmp)
         return LookupTable.load(directory)

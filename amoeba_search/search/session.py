@@ -69,7 +69,8 @@ def open_search(request: SearchRequest, loaded: LoadedModel | None = None) -> Se
                            request.min_mlp_ratio, request.max_mlp_options)
     extra = {"samples": request.proxy_samples} if request.proxy_samples else {}
     proxy = proxy_factory(loaded, data_root(request.data_dir), **extra)
-    return SearchContext(loaded, strategy, lut, setting, space, proxy, request.storage, request.correction, request)
+    return SearchContext(loaded, strategy, lut, setting, space, proxy, request.storage, request.correction,
+                         request.compensate, request)
 
 
 def _worker(request: SearchRequest, target_ms: float, trials: int, sampler: str, seed: int, study_name: str,

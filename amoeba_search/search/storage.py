@@ -20,20 +20,26 @@ RETRY_ARGUMENT = ("heartbeat_stale_trial_callback"
 from ..errors import UserError
 
 
+def storage_file(url: str) -> Path | None:
+    """The local file a storage URL writes (SQLite, journal), None for a server; a malformed URL is refused."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):])
+    if "://" not in url:
+        raise UserError(f"--storage {url!r}: give an RDB URL (sqlite:///studies.db, postgresql://...) or journal:PATH")
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
 def open_storage(url: str):
     """'sqlite:///x.db', 'postgresql://user@host/db' (any SQLAlchemy RDB URL) or 'journal:PATH' (Optuna's
     append-only journal file, safe for several processes on one machine)."""
+    path = storage_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path(url[len("journal:"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    if "://" not in url:
-        raise UserError(f"--storage {url!r}: give an RDB URL (sqlite:///studies.db, postgresql://...) or journal:PATH")
     engine = {"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}}
     with storage_errors(url):
         for attempt in range(5):

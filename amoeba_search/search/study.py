@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 
+from ..artifacts import write_csv_atomic
 from ..errors import UserError
 from ..models import LoadedModel
 from ..profiling.lut import LookupTable, Setting
@@ -39,6 +40,7 @@ class SearchContext:
     proxy: Proxy
     storage_url: str
     use_correction: bool = True
+    compensate: bool = True              # FLAP bias compensation in the candidates (off for families without the bias)
     request: object | None = None        # the session.SearchRequest it was opened from (worker processes reuse it)
 
     def __post_init__(self) -> None:
@@ -73,7 +75,8 @@ class SearchContext:
 
     @property
     def cache_name(self) -> str:
-        """One cache per (model, strategy, proxy, adapters): shared by every device, flow, phase and target."""
+        """One cache per (model, strategy, proxy, adapters, compensation): shared by every device, flow, phase and
+        target."""
         return (f"amoeba-accuracy/{self.loaded.fingerprint['config_sha256']}/{self.strategy.fingerprint}/"
                 f"{self.proxy.fingerprint}{self.variant_suffix}")
 
@@ -83,11 +86,6 @@ class SearchContext:
     def full_model_ms(self) -> float:
         d = self.dims
         return self.predictor.predict_ms(self.setting, [(d.num_heads, d.intermediate_size)] * d.num_layers)
-
-    @property
-    def compensate(self) -> bool:
-        """FLAP bias compensation in the candidates (off for families whose o_proj/down_proj hold no bias)."""
-        return getattr(self.request, "compensate", True)
 
     def subnet(self, candidate: Candidate) -> Subnet:
         return candidate_subnet(self.loaded.model, self.strategy, candidate, compensate=self.compensate)
@@ -303,12 +301,6 @@ def front(points: list[tuple[float, float]], direction: str) -> list[int]:
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
-    import os
-
     import pandas as pd
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, path)
-    return path
+    return write_csv_atomic(path, pd.DataFrame(rows))
