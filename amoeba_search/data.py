@@ -100,6 +100,7 @@ def read_mmlu(path: Path) -> list[MCItem]:
     return _nonempty(path, items)
 
 
+CORPUS_HEADER_KIND = "amoeba_search.distill_corpus"
 ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
                      "context. Write a response that appropriately completes the request.\n\n"
                      "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}")
@@ -117,6 +118,8 @@ def _instruction_texts(path: Path, number: int, record: dict) -> list[str]:
     output}]}) or {text}; a record matching none is named with the field it lacks."""
     if not isinstance(record, dict):
         raise UserError(f"{path}:{number}: a record must be a JSON object")
+    if record.get("kind") == CORPUS_HEADER_KIND:       # the header line of a distillation corpus
+        return []
     if isinstance(record.get("text"), str):
         return [record["text"]]
     if not isinstance(record.get("instruction"), str):
@@ -134,6 +137,21 @@ def _instruction_texts(path: Path, number: int, record: dict) -> list[str]:
             raise UserError(f"{path}:{number}: field 'input' must be a string")
         texts.append(alpaca_text(record["instruction"], input_text, instance["output"]))
     return texts
+
+
+def read_instruction_prompts(path: Path) -> list[str]:
+    """The instructions of an instruction file (with their input, if any), without the answers: prompts for the
+    model to answer in its own words."""
+    prompts = []
+    for number, record in _numbered_jsonl(Path(path)):
+        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
+            raise UserError(f"{path}:{number}: missing string field 'instruction'")
+        instances = record.get("instances") or [record]
+        inputs = [i.get("input") or "" for i in instances if isinstance(i, dict)] or [""]
+        prompts += [f"{record['instruction']}\n\n{text}".strip() for text in inputs]
+    if not prompts:
+        raise UserError(f"{path} holds no instructions")
+    return prompts
 
 
 def read_training_texts(path: Path) -> list[str]:

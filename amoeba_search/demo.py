@@ -1,19 +1,22 @@
-"""`make demo`: the whole pipeline on the embedded SmolLM2-135M: shipped DP strategy -> a quick profile of this
-machine -> search for a decode latency target -> extract -> measured latency and held-out accuracy beside the
-full model -> Pareto plot. Every artifact is a file under --out."""
+"""`make demo`: the whole pipeline on the embedded SmolLM2-135M: shipped DP strategy and fine-tuned adapters -> a
+quick profile of this machine -> search for a decode latency target on fine-tuned accuracy -> extract the subnet with
+its adapters merged -> measured latency, held-out accuracy (with standard errors) and greedy answers beside the full
+model's -> Pareto plot. Every artifact is a file under --out. The demo never trains: the adapters were trained once
+(see adapters/README.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from .artifacts import SCHEMA_VERSION, environment, write_json_atomic
 from .data import data_root
 from .errors import UserError
 from .extract import extract
+from .finetune.checkpoint import load_adapters
 from .models import LoadedModel, load_model
 from .plot import pareto_figure, render
 from .profiling.environment import default_device_slug, device_name
@@ -28,9 +31,9 @@ from .search.session import SearchRequest, open_search, run_search
 from .search.study import feasible_best, pareto, write_csv
 from .selection.space import Candidate
 from .selection.strategy import Strategy
-from .subnet import ModelDims
-from .tasks import TASKS
-from .tasks.base import evaluate_tasks
+from .quality import print_samples, quality, quality_table
+from .subnet import Subnet
+from .families.base import model_dims
 
 FLOW = "torch-eager"
 
@@ -49,34 +52,51 @@ def demo_profile(console: Console, full: LoadedModel, out: Path) -> LookupTable:
                 and env.get("torch_threads") == torch.get_num_threads() and env.get("torch") == torch.__version__):
             console.print(f"reusing the committed profile {committed} (measured on this CPU, same threads/torch)")
             return lut
-    dims = ModelDims.from_config(full.model.config)
+    dims = model_dims(full.model.config)
     console.print(f"profiling this machine ({device_name()}): {FLOW}, decode at C=128, 4 MLP widths x 3 head counts")
     return build_profile(full, out / "device_profiles" / device / FLOW, device, FLOW,
                          [Setting("decode", 128, 1, "float32")], WidthGrid.for_model(dims, QUICK_MLP_RATIOS),
                          rule=StopRule.quick(), passes=1)
 
 
+def demo_adapters(console: Console, full: LoadedModel, strategy: Strategy, adapters: Path | None) -> LoadedModel:
+    """The model the demo searches and extracts with: the full model's weights (shared, not copied) with the
+    given adapters attached, or the plain model when there are none."""
+    if adapters is None:
+        console.print("[yellow]no adapters: the subnets are not fine-tuned, expect little accuracy left[/]")
+        return full
+    attached = load_adapters(full, adapters)
+    attached.check_strategy(strategy)
+    record = attached.record
+    console.print(f"adapters {adapters}: {record['adapter']['experts']} LoRA experts of rank "
+                  f"{record['adapter']['rank']}, {record['step']} steps, teacher {record['training']['teacher']}")
+    return dataclasses.replace(full, adapters=attached)
+
+
 def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float = 0.6, trials: int = 30,
              questions: int = 100, windows: int = 8, data_dir: Path | None = None,
-             strategy_path: Path | None = None) -> dict:
+             strategy_path: Path | None = None, adapters: Path | None = None) -> dict:
     root = data_root(data_dir)
     strategy_path = strategy_path or shipped_strategy()
     strategy = Strategy.load(strategy_path)
     strategy.check_model(full.fingerprint)
-    console.rule("1. strategy")
+    console.rule("1. strategy and adapters")
     console.print(f"{strategy_path}: DP depths {strategy.depths()[0]}..{strategy.depths()[-1]}, "
                   f"{strategy.width.method} widths")
+    tuned = demo_adapters(console, full, strategy, adapters)
     console.rule("2. profile")
     lut = demo_profile(console, full, out)
     setting = lut.setting("decode")
     console.rule("3. search")
     request = SearchRequest(str(strategy_path), lut.meta["device"], FLOW, "decode", data_dir=str(root),
                             profiles_dir=str(lut.directory.parent.parent),
-                            storage=f"sqlite:///{out / 'studies.db'}")
-    ctx = open_search(request, full)
+                            storage=f"sqlite:///{out / 'studies.db'}",
+                            adapters=None if adapters is None else str(adapters))
+    ctx = open_search(request, tuned)
     target = ctx.resolve_target(None, target_ratio)
     console.print(f"{ctx.space.size} subnets; target {target_ratio:.0%} of the full model's predicted decode "
-                  f"latency = {target:.2f} ms; proxy: perplexity on WikiText-2 valid windows")
+                  f"latency = {target:.2f} ms; proxy: perplexity on WikiText-2 valid windows"
+                  + (" with the adapters" if adapters else ""))
     study = run_search(ctx, target, trials, progress=True)
     best = feasible_best(study, ctx.proxy)
     if best is None:
@@ -87,21 +107,27 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
                   f"{ctx.latency_ms(candidate):.2f} ms, calibration ppl {best.value:.2f} "
                   f"({ctx.cache.evaluations} accuracy evaluations)")
     console.rule("4. extract and measure")
-    checkpoint = extract(full, ctx.subnet(candidate), out / "best_checkpoint", overwrite=True)
+    subnet = ctx.subnet(candidate)
+    checkpoint = extract(ctx.loaded, subnet, out / "best_checkpoint", overwrite=True)   # adapters merged in
     rows = []
-    for name, loaded, predicted in (("full model", full, ctx.full_model_ms()),
-                                    (f"searched ({candidate.key})", load_model(str(checkpoint)),
-                                     ctx.latency_ms(candidate))):
-        with console.status(f"{name}: decode latency (3 passes), WikiText-2 test ppl, ARC-easy accuracy"):
-            rows.append(measure_row(name, loaded, predicted, setting, root, questions, windows))
-    console.print(result_table(rows, windows, questions))
+    measured = [("full model", full, None, ctx.full_model_ms()),
+                (f"searched {candidate.key}" + (" + adapters, extracted" if adapters else ", extracted"),
+                 load_model(str(checkpoint)), None, ctx.latency_ms(candidate))]
+    if adapters:                               # what the adapters bought: the same subnet without them
+        measured.append((f"searched {candidate.key}, not fine-tuned", full, subnet, None))
+    for name, loaded, view, predicted in measured:
+        with console.status(f"{name}: decode latency, WikiText-2 test ppl, ARC-easy accuracy, greedy answers"):
+            rows.append(measure_row(name, loaded, view, predicted, setting, root, questions, windows))
+    console.print(quality_table(rows, f"decode latency ({FLOW}, C=128) and held-out quality, measured on this machine"))
+    print_samples(console, rows)
     console.rule("5. Pareto front")
     front_study = pareto(ctx, trials, progress=True)
     csv = write_csv(out / "pareto.csv", pareto_rows(ctx, front_study, progress=True))
     figures = render(pareto_figure([csv], [target_ratio]), out / "pareto")
     record = {"schema_version": SCHEMA_VERSION, "kind": "amoeba_search.demo", "model": full.fingerprint,
               "strategy": str(strategy_path), "profile": str(lut.directory), "target_ratio": target_ratio,
-              "target_ms": target, "best": candidate.key, "rows": rows, "environment": environment()}
+              "target_ms": target, "best": candidate.key, "adapters": None if adapters is None else str(adapters),
+              "rows": rows, "environment": environment()}
     write_json_atomic(out / "demo.json", record)
     console.print("artifacts:\n" + "\n".join(f"  {label}: {path}" for label, path in (
         ("strategy", strategy_path), ("device profile", lut.directory), ("study storage", out / "studies.db"),
@@ -110,24 +136,14 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
     return record
 
 
-def measure_row(name: str, loaded: LoadedModel, predicted_ms: float, setting: Setting, root: Path, questions: int,
-                windows: int) -> dict:
-    """Real decode latency through the profiled flow (median of 3 passes) and held-out accuracy."""
-    latency = statistics.median(measure_model(FLOWS.get(FLOW), loaded.model, setting, StopRule())["median_ms"]
-                                for _ in range(3))
-    ppl = evaluate_tasks(loaded, [TASKS.get("wikitext2")], root, windows=windows, progress=False)["tasks"]["wikitext2"]
-    arc = evaluate_tasks(loaded, [TASKS.get("arc_easy")], root, questions=questions, progress=False)["tasks"]["arc_easy"]
-    return {"name": name, "path": str(loaded.path), "layers": loaded.model.config.num_hidden_layers,
-            "params_m": sum(p.numel() for p in loaded.model.parameters()) / 1e6, "predicted_ms": predicted_ms,
-            "measured_ms": latency, "wikitext2_test_ppl": ppl["ppl"], "arc_easy_acc_pct": arc["acc"]}
-
-
-def result_table(rows: list[dict], windows: int, questions: int) -> Table:
-    table = Table(title=f"decode latency ({FLOW}, C=128) and held-out accuracy, measured on this machine")
-    for column in ("model", "params M", "predicted ms", "measured ms", f"WikiText-2 test ppl ({windows}x512)",
-                   f"ARC-e acc % ({questions} q)"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for r in rows:
-        table.add_row(r["name"], f"{r['params_m']:.1f}", f"{r['predicted_ms']:.2f}", f"{r['measured_ms']:.2f}",
-                      f"{r['wikitext2_test_ppl']:.2f}", f"{r['arc_easy_acc_pct']:.1f}")
-    return table
+def measure_row(name: str, loaded: LoadedModel, view: Subnet | None, predicted_ms: float | None, setting: Setting,
+                root: Path, questions: int, windows: int) -> dict:
+    """Real decode latency through the profiled flow (median of 3 passes; only for a dense model, as deployed),
+    held-out quality (WikiText-2 test, ARC-easy with standard errors) and greedy answers, of a model or a view."""
+    latency = None if view is not None else statistics.median(
+        measure_model(FLOWS.get(FLOW), loaded.model, setting, StopRule())["median_ms"] for _ in range(3))
+    record = quality(loaded, view, root, questions=questions, windows=windows)
+    dims = model_dims(loaded.model.config)
+    return {"name": name, "path": str(loaded.path), "layers": len(view.layers) if view else dims.num_layers,
+            "predicted_ms": predicted_ms, "measured_ms": latency, "tasks": record["tasks"],
+            "warnings": record["warnings"], "generation": record["generation"]}

@@ -19,11 +19,15 @@ HEAD_CHUNK = 1024  # positions per LM-head chunk: bounds the (positions, vocab) 
 
 
 def token_logprobs(model: PreTrainedModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) for (N, D) hidden states, applying the LM head only where a prediction is scored."""
+    """log p(target) for (N, D) hidden states, applying the LM head (and the model's final-logit softcapping, as
+    its own forward does) only where a prediction is scored."""
     head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)       # Gemma 2: logits = cap * tanh(logits / cap)
     out = torch.empty(len(targets), dtype=torch.float32)
     for start in range(0, len(targets), HEAD_CHUNK):
         logits = head(hidden[start:start + HEAD_CHUNK]).float()                    # (n, V)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
         logprobs = F.log_softmax(logits, dim=-1)
         out[start:start + HEAD_CHUNK] = logprobs.gather(1, targets[start:start + HEAD_CHUNK, None]).squeeze(1).cpu()
     return out
@@ -157,6 +161,21 @@ def _forward_packed(model: PreTrainedModel, batch: list[PackedQuestion]) -> list
     return choice_loglikelihoods(model, hidden, batch)
 
 
+def mean_stderr_pct(outcomes: Sequence[bool]) -> float:
+    """Standard error of a mean of 0/1 outcomes, in points, as lm-evaluation-harness computes it (sample standard
+    deviation / sqrt(n))."""
+    n = len(outcomes)
+    if n < 2:
+        return float("nan")
+    p = sum(outcomes) / n
+    return 100.0 * math.sqrt(p * (1 - p) / (n - 1))
+
+
+def near_chance(result: dict, metric: str = "acc") -> bool:
+    """True when a multiple-choice score is within 2 standard errors of guessing: it says nothing about the model."""
+    return result[metric] - result["chance_acc"] < 2 * result[f"{metric}_stderr"]
+
+
 def argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))  # first index wins ties, like numpy
 
@@ -178,8 +197,10 @@ def multiple_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     correct_norm = [argmax([v / n for v, n in zip(ll, item.choice_lengths)]) == item.gold
                     for ll, item in zip(loglikelihoods, items)]
     seconds = time.perf_counter() - start_time
-    return {"acc": 100.0 * sum(correct) / len(items), "acc_norm": 100.0 * sum(correct_norm) / len(items),
-            "questions": len(items), "choices": sum(len(i.continuations) for i in items),
+    chance = 100.0 * sum(1 / len(item.continuations) for item in items) / len(items)
+    return {"acc": 100.0 * sum(correct) / len(items), "acc_stderr": mean_stderr_pct(correct),
+            "acc_norm": 100.0 * sum(correct_norm) / len(items), "acc_norm_stderr": mean_stderr_pct(correct_norm),
+            "chance_acc": chance, "questions": len(items), "choices": sum(len(i.continuations) for i in items),
             "tokens": sum(len(p.tokens) for p in packed), "seconds": seconds,
             "questions_per_s": len(items) / seconds, "tokens_per_s": sum(len(p.tokens) for p in packed) / seconds,
             "loglikelihoods": loglikelihoods}

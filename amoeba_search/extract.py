@@ -13,59 +13,60 @@ from .artifacts import atomic_directory, write_json_atomic
 from .errors import UserError
 from .models import LoadedModel
 from .subnet import ModelDims, Subnet
-from .view import decoder_layers, expand_blocks
+from .families.base import Family, family_of, kept_index, shrunk_config
+from .view import decoder_layers, kept_units
 
 SUBNET_FILE = "amoeba_subnet.json"
 _LAYER_KEY = re.compile(r"^(?P<prefix>.*\blayers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 
 
 def subnet_config(config, subnet: Subnet):
-    """A standard config for the subnet; per-layer widths have no standard config field, so they are refused."""
+    """A standard config for the subnet, built (and validated) by the family's own config class; per-layer widths
+    have no standard config field, so they are refused."""
     dims = ModelDims.from_config(config)
+    family = family_of(config)
+    family.check_subnet(dims, subnet)
     shape = subnet.uniform_shape(dims)
     if shape is None:
         raise UserError("this subnet has different widths per layer, which a standard transformers config cannot "
                         "express; extract a uniform-width subnet (per-layer widths work with the in-place view)")
     heads, kv_heads, channels = shape
-    if config.hidden_size % heads:
-        raise UserError(f"heads: transformers' {type(config).__name__} requires hidden_size ({config.hidden_size}) to be "
-                        f"divisible by num_attention_heads ({heads}); keep a head count that divides it")
-    new = config.__class__.from_dict(config.to_dict())
-    for attr in ("quantization_config",):
-        if hasattr(new, attr):
-            delattr(new, attr)
-    new.num_hidden_layers = len(subnet.layers)
-    new.num_attention_heads = heads
-    new.num_key_value_heads = kv_heads
-    new.head_dim = dims.head_dim  # explicit: heads * head_dim no longer equals hidden_size
-    new.intermediate_size = channels
-    if subnet.bias is not None:  # FLAP compensation lives in o_proj / down_proj biases
-        new.attention_bias = True
-        new.mlp_bias = True
-    if getattr(new, "layer_types", None):
-        new.layer_types = [config.layer_types[i] for i in subnet.layers]
-    return new
+    sizes = {"num_hidden_layers": len(subnet.layers), "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+             "head_dim": dims.head_dim,            # explicit: heads * head_dim need not equal hidden_size
+             "intermediate_size": channels}
+    if getattr(config, "layer_types", None):
+        sizes["layer_types"] = [config.layer_types[i] for i in subnet.layers]
+    for name in compensation_holders(family, subnet):     # FLAP compensation lives in o_proj / down_proj biases
+        if name not in family.bias_flags:
+            raise UserError(f"{family.model_type}: {name} has no bias to hold FLAP's bias compensation exactly: "
+                            "make the subnet with `amoeba subnet --no-compensate` or `amoeba search --no-compensate`")
+        sizes.update(family.bias_flags[name])
+    return shrunk_config(config, **sizes)
 
 
-def _rows(tensor: torch.Tensor, index: list[int], unit: int = 1) -> torch.Tensor:
-    """Select rows (dim 0) in blocks of `unit` (e.g. head_dim rows per head)."""
-    return tensor.index_select(0, expand_blocks(index, unit))
+def compensation_holders(family: Family, subnet: Subnet) -> list[str]:
+    """The projections whose compensation bias is non-zero somewhere (zero needs no holder)."""
+    if subnet.bias is None:
+        return []
+    return [name for part, name in enumerate((family.attention_out, family.mlp_out))
+            if any(any(pair[part]) for pair in subnet.bias)]
 
 
-def _slice_param(rest: str, tensor: torch.Tensor, heads: list[int], groups: list[int], channels: list[int],
-                 head_dim: int) -> torch.Tensor:
-    """Slice one decoder-block parameter to the kept heads/groups/channels; shapes follow nn.Linear (out, in)."""
-    if rest.startswith("self_attn.q_proj."):
-        return _rows(tensor, heads, head_dim)                     # (heads*hd, D)
-    if rest.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
-        return _rows(tensor, groups, head_dim)                    # (kv*hd, D)
-    if rest == "self_attn.o_proj.weight":
-        return _rows(tensor.T, heads, head_dim).T.contiguous()    # (D, heads*hd)
-    if rest.startswith(("mlp.gate_proj.", "mlp.up_proj.")):
-        return _rows(tensor, channels)                            # (I, D)
-    if rest == "mlp.down_proj.weight":
-        return tensor[:, channels].contiguous()                   # (D, I)
-    return tensor                                                 # norms, o_proj/down_proj biases
+def _slice_param(family: Family, rest: str, tensor: torch.Tensor, kept: dict[str, list[int]],
+                 sizes: dict[str, tuple[int, int]]) -> torch.Tensor:
+    """Slice one decoder-block parameter to the kept heads / groups / channels, from the family's layout; shapes
+    follow nn.Linear (out, in), a bias follows its weight's rows. Norms and other parameters stay whole."""
+    name, _, kind = rest.rpartition(".")
+    projection = next((p for p in family.projections if p.name == name), None)
+    if projection is None:
+        return tensor
+    rows = kept_index(projection.rows, kept, sizes)
+    if rows is not None:
+        tensor = tensor.index_select(0, rows)                        # (out_kept, in) or (out_kept,)
+    cols = kept_index(projection.cols, kept, sizes) if kind == "weight" else None
+    if cols is not None:
+        tensor = tensor.index_select(1, cols)                        # (out, in_kept)
+    return tensor.contiguous()
 
 
 def extract_model(model: PreTrainedModel, subnet: Subnet) -> PreTrainedModel:
@@ -73,6 +74,9 @@ def extract_model(model: PreTrainedModel, subnet: Subnet) -> PreTrainedModel:
     dims = ModelDims.from_config(model.config)
     subnet.validate(dims)
     decoder_layers(model)  # fails clearly on unsupported architectures
+    family = family_of(model.config)
+    config = subnet_config(model.config, subnet)   # every refusal before any copying
+    sizes = family.segment_sizes(dims)
     position = {layer: p for p, layer in enumerate(subnet.layers)}
     state = {}
     for key, tensor in model.state_dict().items():
@@ -84,13 +88,16 @@ def extract_model(model: PreTrainedModel, subnet: Subnet) -> PreTrainedModel:
         if idx not in position:
             continue
         p = position[idx]
-        sliced = _slice_param(match["rest"], tensor, list(subnet.heads[p]), list(subnet.kv_groups(dims, p)),
-                              list(subnet.mlp_channels[p]), dims.head_dim)
+        sliced = _slice_param(family, match["rest"], tensor, kept_units(dims, subnet, p), sizes)
         state[f"{match['prefix']}.{p}.{match['rest']}"] = sliced.clone()
-    config = subnet_config(model.config, subnet)
     small = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     if subnet.bias is not None:
-        _add_compensation(state, small.state_dict(), subnet)
+        _add_compensation(family, state, small.state_dict(), subnet)
+    target_shapes = {k: tuple(v.shape) for k, v in small.state_dict().items()}
+    wrong = [k for k, v in state.items() if k in target_shapes and tuple(v.shape) != target_shapes[k]]
+    if wrong:             # a parameter sized by heads or channels that the family file does not describe
+        raise UserError(f"{family.model_type}: cannot slice {wrong[0]} {tuple(state[wrong[0]].shape)} to "
+                        f"{target_shapes[wrong[0]]}: the family file does not describe this layout")
     missing, unexpected = small.load_state_dict(state, strict=False)
     # Tied output embeddings appear under one name only; anything else missing is a real mismatch.
     tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(config, "tie_word_embeddings", False)}
@@ -100,24 +107,25 @@ def extract_model(model: PreTrainedModel, subnet: Subnet) -> PreTrainedModel:
     return small.eval()
 
 
-def _add_compensation(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], subnet: Subnet) -> None:
-    """Biases the source lacks start at zero; o_proj / down_proj biases then gain the compensation terms. A model
-    class whose o_proj / down_proj cannot have a bias (several families hard-code bias=False whatever the config
-    says) cannot hold the compensation: refused, never dropped silently."""
+def _add_compensation(family: Family, state: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+                      subnet: Subnet) -> None:
+    """Biases the source lacks start at zero (exact: the switched-on biases of the other projections add
+    nothing); o_proj / down_proj biases then gain the compensation terms. subnet_config already refused a
+    family that cannot hold a non-zero term; the target is checked once more, never dropped silently."""
     holders = {match["rest"] for key in target if (match := _LAYER_KEY.match(key))}
-    lacking = [name for name in ("self_attn.o_proj.bias", "mlp.down_proj.bias") if name not in holders]
+    lacking = [name for name in compensation_holders(family, subnet) if f"{name}.bias" not in holders]
     if lacking:
-        raise UserError(f"this model's architecture has no {' / '.join(n.rsplit('.', 1)[0] for n in lacking)} bias "
-                        "to hold FLAP's bias compensation exactly: make the subnet with `amoeba subnet --no-compensate` or "
+        raise UserError(f"{family.model_type}: this model class has no {' / '.join(lacking)} bias to hold FLAP's "
+                        "bias compensation exactly: make the subnet with `amoeba subnet --no-compensate` or "
                         "`amoeba search --no-compensate`")
     for key, tensor in target.items():
         if key.endswith(".bias") and key not in state:
             state[key] = torch.zeros_like(tensor)
+    outputs = {f"{family.attention_out}.bias": 0, f"{family.mlp_out}.bias": 1}
     for key in state:
         match = _LAYER_KEY.match(key)
-        if match and match["rest"] in ("self_attn.o_proj.bias", "mlp.down_proj.bias"):
-            o_bias, down_bias = subnet.bias[int(match["idx"])]
-            extra = o_bias if match["rest"].startswith("self_attn") else down_bias
+        if match and match["rest"] in outputs and key in target:
+            extra = subnet.bias[int(match["idx"])][outputs[match["rest"]]]
             state[key] = state[key] + torch.tensor(extra, dtype=state[key].dtype)
 
 

@@ -12,13 +12,19 @@ SHIPPED = PACKAGE_DIR / "_shipped"
 
 
 def shipped(name: str) -> Path:
-    """`device_profiles` or `strategies` as shipped with the package (the checkout's folder itself, not the link)."""
+    """`device_profiles`, `strategies` or `adapters` as shipped with the package (the checkout's folder itself, not the link)."""
     return (SHIPPED / name).resolve()
 
 
 def shipped_strategy(model: str = "smollm2-135m") -> Path:
     """The DP depth + FLAP width strategy computed for the embedded model (made by `amoeba select`)."""
     return shipped("strategies") / f"{model}.dp-flap.json"
+
+
+def shipped_adapters(model: str = "smollm2-135m") -> Path:
+    """Adapters trained for the embedded model with the shipped strategy (made by `amoeba finetune`; the training
+    command and record are beside them)."""
+    return shipped("adapters") / model
 
 
 def default_profiles_root() -> Path:

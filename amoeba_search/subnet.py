@@ -22,6 +22,9 @@ class ModelDims:
     head_dim: int
     hidden_size: int
     intermediate_size: int
+    # Head counts the model family allows (its config class's validation, exactness), when known: see
+    # families.base.model_dims. None: every GQA-valid count.
+    head_options: tuple[int, ...] | None = None
 
     @classmethod
     def from_config(cls, config) -> "ModelDims":
@@ -40,11 +43,16 @@ class ModelDims:
         """Query heads sharing one KV head (grouped-query attention)."""
         return self.num_heads // self.num_kv_heads
 
-    def head_counts(self) -> list[int]:
-        """Every valid uniform query-head count: whole KV groups or the same number of heads in each group."""
+    def gqa_head_counts(self) -> list[int]:
+        """Every uniform query-head count GQA can express: whole KV groups or the same number of heads in each."""
         per_group = {q * self.num_kv_heads for q in range(1, self.group_size + 1)}
         whole_groups = {g * self.group_size for g in range(1, self.num_kv_heads + 1)}
         return sorted(per_group | whole_groups)
+
+    def head_counts(self) -> list[int]:
+        """Every valid uniform query-head count: GQA-valid and, when known, allowed by the model family."""
+        counts = self.gqa_head_counts()
+        return counts if self.head_options is None else [c for c in counts if c in self.head_options]
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,18 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 
 from .errors import UserError
+from .families.base import Family, family_of, kept_index
 from .subnet import ModelDims, Subnet
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The decoder block list of a LLaMA-family causal LM (`model.model.layers`)."""
+    """The decoder block list of a supported family's causal LM (`model.model.layers`)."""
+    family_of(model.config)                       # an unknown architecture is refused with the supported list
     layers = getattr(model.base_model, "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        raise UserError(f"{type(model).__name__} is not a supported architecture: amoeba_search needs a "
-                        "LLaMA-family decoder (base_model.layers with self_attn.*_proj and mlp.*_proj)")
+        raise UserError(f"{type(model).__name__} has no decoder block list (base_model.layers): not a supported "
+                        "causal LM")
     return layers
-
-
-def expand_blocks(index: list[int], unit: int) -> torch.Tensor:
-    """Indices of `unit`-sized blocks, e.g. the head_dim rows of each kept head."""
-    return torch.tensor([i * unit + j for i in index for j in range(unit)], dtype=torch.long)
 
 
 def _sliced_forward(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None,
@@ -51,26 +48,23 @@ def _sliced_forward(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Te
 Slice = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]  # rows, cols, extra bias
 
 
-def block_slices(dims: ModelDims, subnet: Subnet, position: int) -> dict[str, Slice]:
-    """(rows, cols, extra bias) per projection of kept layer number `position`; projections left whole are left out."""
-    heads, groups, channels = subnet.heads[position], subnet.kv_groups(dims, position), subnet.mlp_channels[position]
-    bias = subnet.bias[position] if subnet.bias is not None else None
+def kept_units(dims: ModelDims, subnet: Subnet, position: int) -> dict[str, list[int]]:
+    """The heads, KV groups and MLP channels kept layer number `position` keeps."""
+    return {"heads": list(subnet.heads[position]), "groups": list(subnet.kv_groups(dims, position)),
+            "channels": list(subnet.mlp_channels[position])}
+
+
+def block_slices(family: Family, dims: ModelDims, subnet: Subnet, position: int) -> dict[str, Slice]:
+    """(rows, cols, extra bias) per projection of kept layer number `position`, from the family's layout;
+    projections left whole are left out."""
+    kept, sizes = kept_units(dims, subnet, position), family.segment_sizes(dims)
     slices: dict[str, Slice] = {}
-    if len(heads) < dims.num_heads:
-        head_rows = expand_blocks(list(heads), dims.head_dim)            # q rows / o_proj cols: (heads*hd)
-        slices["self_attn.q_proj"] = (head_rows, None, None)
-        slices["self_attn.o_proj"] = (None, head_rows, None)
-    if len(groups) < dims.num_kv_heads:
-        group_rows = expand_blocks(list(groups), dims.head_dim)          # k/v rows: (kv*hd)
-        slices["self_attn.k_proj"] = (group_rows, None, None)
-        slices["self_attn.v_proj"] = (group_rows, None, None)
-    if len(channels) < dims.intermediate_size:
-        kept = torch.tensor(channels, dtype=torch.long)                  # act(gate(x)) * up(x): (I,)
-        slices["mlp.gate_proj"] = (kept, None, None)
-        slices["mlp.up_proj"] = (kept, None, None)
-        slices["mlp.down_proj"] = (None, kept, None)
-    if bias is not None:
-        for name, vector in zip(("self_attn.o_proj", "mlp.down_proj"), bias):
+    for projection in family.projections:
+        rows, cols = kept_index(projection.rows, kept, sizes), kept_index(projection.cols, kept, sizes)
+        if rows is not None or cols is not None:
+            slices[projection.name] = (rows, cols, None)
+    if subnet.bias is not None:
+        for name, vector in zip((family.attention_out, family.mlp_out), subnet.bias[position]):
             rows, cols, _ = slices.get(name, (None, None, None))
             slices[name] = (rows, cols, torch.tensor(vector))
     return slices
@@ -107,27 +101,39 @@ def kept_layers(model: PreTrainedModel, layer_indices: Sequence[int]) -> Iterato
 @contextlib.contextmanager
 def subnet_view(model: PreTrainedModel, subnet: Subnet) -> Iterator[PreTrainedModel]:
     """Temporarily turn `model` into `subnet` in place; the original structure is restored on exit, even on error."""
+    family = family_of(model.config)
     dims = ModelDims.from_config(model.config)
     subnet.validate(dims)
+    family.check_subnet(dims, subnet)
     original = decoder_layers(model)
     patched: list[nn.Module] = []
-    attention_groups: list[tuple[nn.Module, int]] = []
+    saved: list[tuple[object, str, object]] = []          # (object, attribute, original value), restored on exit
+
+    def set_for_view(target, attribute: str, value) -> None:
+        saved.append((target, attribute, getattr(target, attribute)))
+        setattr(target, attribute, value)
+
     try:
         for position, layer_idx in enumerate(subnet.layers):
             block = original[layer_idx]
             heads, groups = subnet.heads[position], subnet.kv_groups(dims, position)
-            for name, (rows, cols, extra_bias) in block_slices(dims, subnet, position).items():
+            for name, (rows, cols, extra_bias) in block_slices(family, dims, subnet, position).items():
                 linear = block.get_submodule(name)
                 linear.forward = _sliced_forward(linear, rows, cols, extra_bias)
                 patched.append(linear)
             if len(heads) < dims.num_heads:
                 # repeat_kv must map the remaining query heads onto the remaining KV heads.
-                attention_groups.append((block.self_attn, block.self_attn.num_key_value_groups))
-                block.self_attn.num_key_value_groups = len(heads) // len(groups)
+                attention = block.get_submodule(family.attention)
+                set_for_view(attention, "num_key_value_groups", len(heads) // len(groups))
+                if hasattr(attention, "num_key_value_heads"):
+                    set_for_view(attention, "num_key_value_heads", len(groups))
+        if family.heads_from_config and subnet.layers and len(subnet.heads[0]) < dims.num_heads:
+            for config in {id(c): c for c in (model.config, model.base_model.config)}.values():
+                set_for_view(config, "num_attention_heads", len(subnet.heads[0]))
         with kept_layers(model, subnet.layers):
             yield model
     finally:
         for module in patched:
             del module.forward  # drop the instance attribute; the class forward applies again
-        for attention, groups in attention_groups:
-            attention.num_key_value_groups = groups
+        for target, attribute, value in reversed(saved):
+            setattr(target, attribute, value)

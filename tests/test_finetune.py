@@ -92,30 +92,69 @@ def test_merged_extracted_subnet_matches_adapted_view(world):
             assert (adapted - plain).abs().max().item() > 1e-3
 
 
-def test_one_step_reduces_the_loss(world, tmp_path):
-    run = trainer(world, tmp_path / "run", steps=1)
-    loaded = world[0]
-    ids = run.batch(0)
-    largest = candidate_subnet(loaded.model, world[1], run.space.largest)
-
-    def loss() -> float:
-        with torch.no_grad(), run.adapters.applied(loaded.model, largest) as model:
-            logits = model(input_ids=ids[:, :-1]).logits
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).item()
-
+def sandwich_losses(run: Trainer, step: int) -> list[float]:
+    """The step's K losses without training (router noise off), as train_step computes them."""
+    loaded, ids = run.loaded, run.batch(step)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
     run.adapters.eval()
-    before = loss()
+    teacher = run.frozen_teacher(inputs) if run.config.teacher == "frozen" else None
+    losses = []
+    with torch.no_grad():
+        for candidate in run.sandwich(step):
+            with run.adapters.applied(loaded.model, run.subnet(candidate)) as model:
+                logits = model(input_ids=inputs).logits
+            if teacher is None:
+                losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).item())
+                teacher = torch.log_softmax(logits, dim=-1)
+            else:
+                losses.append(distillation_loss(logits, teacher).item())
     run.adapters.train()
+    return losses
+
+
+@pytest.mark.parametrize("teacher", ["frozen", "inplace"])
+def test_one_step_reduces_the_loss(world, tmp_path, teacher):
+    """Frozen teacher: the distilled subnets move toward the original model, and the full model with adapters
+    starts exactly at it (KL 0); in place: the largest learns the data too."""
+    run = trainer(world, tmp_path / "run", steps=1, teacher=teacher)
+    before = sandwich_losses(run, 0)
+    if teacher == "frozen":
+        assert before[0] == pytest.approx(0.0, abs=1e-6)
     raw = run.train_step(0)
-    run.adapters.eval()
-    assert len(raw) == 4 and loss() < before
+    after = sandwich_losses(run, 0)
+    assert len(raw) == 4
+    assert sum(after[1:]) < sum(before[1:])
+    if teacher == "inplace":
+        assert after[0] < before[0]
+
+
+def test_schedule_warms_up_then_decays(world, tmp_path):
+    run = trainer(world, tmp_path / "run", steps=20, warmup_pct=10.0)
+    rates = []
+    for _ in range(20):
+        rates.append(run.optimizer.param_groups[0]["lr"])
+        run.optimizer.step()
+        run.scheduler.step()
+    assert rates[0] == 0.0 and rates[2] == pytest.approx(1e-2) and rates[19] < rates[10] < rates[2]
+    resumed = Trainer.__new__(Trainer)                 # the schedule is a pure function of the step taken
+    resumed.config, resumed.optimizer = run.config, torch.optim.AdamW(run.adapters.parameters(), lr=1e-2)
+    assert resumed._scheduler(7).get_last_lr()[0] == pytest.approx(rates[7])
 
 
 def test_resume_gives_identical_state(world, tmp_path):
     straight = trainer(world, tmp_path / "straight", steps=4)
     straight.train()
-    first = trainer(world, tmp_path / "resumed", steps=2)
-    first.train()
+    first = trainer(world, tmp_path / "resumed", steps=4)
+    step = first.train_step
+
+    def killed_after_two(index):
+        if index == 2:
+            raise KeyboardInterrupt
+        return step(index)
+
+    first.train_step = killed_after_two
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
     assert [p.name for p in checkpoints(tmp_path / "resumed")] == ["step-000002"]
     second = trainer(world, tmp_path / "resumed", steps=4)       # a new process would start exactly like this
     assert second.record["step"] == 2
@@ -127,7 +166,7 @@ def test_resume_gives_identical_state(world, tmp_path):
 
 def test_resume_refuses_different_settings(world, tmp_path):
     trainer(world, tmp_path / "run", steps=2).train()
-    with pytest.raises(UserError, match="different training settings"):
+    with pytest.raises(UserError, match=r"different training settings \(lr, steps\)"):
         trainer(world, tmp_path / "run", steps=4, lr=5e-3)
 
 

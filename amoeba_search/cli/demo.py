@@ -20,6 +20,9 @@ def demo(
     trials: int = typer.Option(30, help="Search trials (and Pareto trials)."),
     questions: int = typer.Option(100, "--questions", help="ARC-easy validation questions per model."),
     windows: int = typer.Option(8, help="WikiText-2 test windows (512 tokens) per model."),
+    adapters: str = typer.Option("default", "--adapters", help="Fine-tuned adapters to search and extract with: "
+                                                               "'default' = the shipped ones, a dir from `amoeba "
+                                                               "finetune`, or 'none'."),
     data_dir: Optional[Path] = DataDirOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
@@ -32,5 +35,11 @@ def demo(
     check_range("--questions", questions, 1)
     check_range("--windows", windows, 1)
     check_output(out, directory=True)
-    run_demo(console, load("default"), out, target_ratio, trials, questions=questions, windows=windows,
-             data_dir=data_dir)
+    full = load("default")
+    chosen = None
+    if adapters != "none":
+        from ..finetune.checkpoint import shipped_adapters_for
+
+        chosen = shipped_adapters_for(full) if adapters == "default" else Path(adapters)
+    run_demo(console, full, out, target_ratio, trials, questions=questions, windows=windows, data_dir=data_dir,
+             adapters=chosen)

@@ -32,13 +32,15 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the full JSON record here."),
     threads: Optional[int] = ThreadsOption,
     adapters: Optional[Path] = AdaptersOption,
+    generate: bool = typer.Option(True, help="Also show greedy answers to 3 fixed prompts (the record keeps them)."),
 ) -> None:
     """Perplexity (WikiText-2) and multiple-choice accuracy (ARC, MMLU) of a model or subnet -> table + JSON."""
     setup(threads)
     from ..artifacts import write_json_atomic
     from ..data import data_root
+    from ..quality import quality
     from ..subnet import ModelDims, Subnet
-    from ..tasks.base import evaluate_tasks, parse_tasks
+    from ..tasks.base import parse_tasks
 
     check_range("--questions", questions, 1)
     check_range("--windows", windows, 1)
@@ -49,24 +51,32 @@ def evaluate(
     loaded = load(model, adapters)
     dims = ModelDims.from_config(loaded.model.config)
     spec = Subnet.load(subnet_file, dims, loaded.fingerprint) if subnet_file else None
-    record = evaluate_tasks(loaded, selected, root, subnet=spec, questions=questions, windows=windows,
-                            seq_len=seq_len)
+    record = quality(loaded, spec, root, selected, questions=questions, windows=windows, seq_len=seq_len,
+                     generate=generate, progress=True)
     console.print(results_table(record))
+    print_quality_notes(record)
     if out:
         write_json_atomic(out, record)
         console.print(f"wrote {out}")
 
 
 def results_table(record: dict) -> Table:
+    from ..quality import metric_cells
+
     title = record["model"]["name"] + (f" [{record['subnet']['summary']}]" if record["subnet"] else "")
-    table = Table(title=escape(title))
-    for column in ("task", "metric", "value", "acc_norm", "n", "seconds", "tokens/s"):
-        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    table = Table(title=escape(title + (" + adapters" if record.get("adapters") else "")))
+    for column in ("task", "value", "acc_norm", "scored", "seconds", "tokens/s"):
+        table.add_column(column, justify="left" if column in ("task", "scored") else "right")
     for name, r in record["tasks"].items():
-        if "ppl" in r:
-            table.add_row(name, f"ppl (seq {r['seq_len']})", f"{r['ppl']:.2f}", "", f"{r['scored_tokens']} tok",
-                          f"{r['seconds']:.1f}", f"{r['tokens_per_s']:.0f}")
-        else:
-            table.add_row(name, "acc %", f"{r['acc']:.2f}", f"{r['acc_norm']:.2f}", f"{r['questions']} q",
-                          f"{r['seconds']:.1f}", f"{r['tokens_per_s']:.0f}")
+        cells = metric_cells(name, r)
+        table.add_row(name, cells["value"], cells["norm"], cells["what"], f"{r['seconds']:.1f}",
+                      f"{r['tokens_per_s']:.0f}")
     return table
+
+
+def print_quality_notes(record: dict) -> None:
+    """Chance warnings, then the greedy samples: what a user would see first when using the model."""
+    for line in record.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(line)}")
+    for sample in record.get("generation", []):
+        console.print(f"[bold]{escape(sample['prompt'])}[/] → {escape(sample['text'])!r}", highlight=False)

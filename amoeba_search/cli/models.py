@@ -34,10 +34,10 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
 def info(model: str = ModelOption) -> None:
     """Show a model's shape, parameter count, fingerprint and the widths a subnet may use."""
     setup(None)
-    from ..subnet import ModelDims
+    from ..families.base import model_dims
 
     loaded = load(model)
-    dims = ModelDims.from_config(loaded.model.config)
+    dims = model_dims(loaded.model.config)
     table = Table(show_header=False)
     for key, value in [("path", loaded.path), ("fingerprint", loaded.fingerprint),
                        ("layers", dims.num_layers), ("hidden", dims.hidden_size),
@@ -70,7 +70,8 @@ def subnet(
 ) -> None:
     """Write a subnet spec (layers + heads + MLP channels) as validated JSON; with --strategy, the most important."""
     setup(None)
-    from ..subnet import ModelDims, Subnet
+    from ..subnet import Subnet
+    from ..families.base import model_dims
 
     if sum(x is not None for x in (keep, num_layers, strategy)) > 1:
         raise UserError("give one of --keep, --num-layers or --strategy (with --layers)")
@@ -81,7 +82,7 @@ def subnet(
         raise UserError(f"--mlp {mlp}: give a ratio in (0, 1] (e.g. 0.75) or a whole channel count (e.g. 1152)")
     check_output(out)
     loaded = load(model)
-    dims = ModelDims.from_config(loaded.model.config)
+    dims = model_dims(loaded.model.config)
     if num_layers is not None and not 1 <= num_layers <= dims.num_layers:
         raise UserError(f"--num-layers must be in 1..{dims.num_layers}, got {num_layers}")
     width = None if mlp is None else (int(mlp) if mlp > 1 else float(mlp))

@@ -81,7 +81,7 @@ def profile(
     from ..profiling.harness import StopRule
     from ..profiling.lut import Setting
     from ..profiling.profile import DEFAULT_MLP_RATIOS, QUICK_MLP_RATIOS, WidthGrid, make_profile
-    from ..subnet import ModelDims
+    from ..families.base import model_dims
 
     FLOWS.get(flow)
     phase_list = parse_list(phases, str, "--phases")
@@ -100,7 +100,7 @@ def profile(
     profiles = store(profiles_dir)
     check_output(profiles.root, directory=True)
     loaded = load(model)
-    dims = ModelDims.from_config(loaded.model.config)
+    dims = model_dims(loaded.model.config)
     grid = WidthGrid.for_model(dims, ratios, tuple(parse_list(heads, int, "--heads")) if heads else None)
     lut = make_profile(loaded, profiles, flow, device, settings, grid, layers_per_row,
                        StopRule.quick() if quick else StopRule(), passes=1 if quick else passes, overwrite=overwrite)

@@ -150,8 +150,12 @@ def search_command(
                   f"{ctx.proxy.name} {record['proxy_value']:.3f}; {record['trials']} trials, "
                   f"{record['accuracy_evaluations']} accuracy evaluations this run; wrote {out}")
     if extract_dir is not None:
+        from ..quality import print_samples, quality_table
+
         with console.status(f"extracting to {extract_dir} and measuring it beside the full model"):
             result = verify(ctx, out, extract_dir, search["data_dir"])
+        console.print(quality_table(result["rows"], "the extracted subnet beside the full model"))
+        print_samples(console, result["rows"])
         console.print(result["summary"])
     else:
         console.print(f"extract it with `amoeba extract --subnet {out} --out ckpt/best`")

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from ..artifacts import SCHEMA_VERSION, atomic_directory, environment, read_json, write_json_atomic
 from ..errors import UserError
 from ..models import LoadedModel, load_model
+from ..resources import shipped_adapters
 from ..selection.space import SearchSpace
 from ..subnet import ModelDims
 from .smol import AdapterConfig, SMoLAdapters
@@ -105,11 +106,36 @@ def load_adapters(loaded: LoadedModel, path: Path) -> SMoLAdapters:
 
 
 def load_model_and_adapters(model: str, adapters: str | Path | None = None) -> LoadedModel:
-    """A model by name or path, with fine-tuned adapters attached when given (they are checked against it)."""
+    """A model by name or path, with fine-tuned adapters attached when given (they are checked against it);
+    adapters 'default' are the ones shipped for the embedded model."""
     loaded = load_model(model)
     if adapters is not None:
-        loaded.adapters = load_adapters(loaded, Path(adapters))
+        loaded.adapters = load_adapters(loaded, shipped_adapters_for(loaded) if str(adapters) == "default"
+                                        else Path(adapters))
     return loaded
+
+
+def shipped_adapters_for(loaded: LoadedModel) -> Path:
+    path = shipped_adapters(loaded.name)
+    if not (path / RECORD).is_file():
+        raise UserError(f"no adapters are shipped for model {loaded.name!r}: train them with `amoeba finetune "
+                        "--out DIR` and pass --adapters DIR")
+    return path
+
+
+def export_adapters(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """The newest checkpoint of a run as a small file set to ship or share: weights in `dtype` (bf16 halves them;
+    they are added to fp32 weights at a scale where bf16's 3 significant digits are plenty), the record with its
+    training history, no optimizer state. Loads like any checkpoint (`--adapters OUT`)."""
+    source = resolve(Path(run_dir))
+    record = read_record(source)
+    record.pop("optimizer_param_groups", None)
+    record["exported_from"] = {"checkpoint": str(source), "dtype": str(dtype).removeprefix("torch.")}
+    with atomic_directory(Path(out_dir), overwrite=True) as tmp:
+        tensors = load_file(str(source / WEIGHTS))
+        save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS))
+        write_json_atomic(tmp / RECORD, record, indent=1)
+    return Path(out_dir)
 
 
 def restore(path: Path, adapters: SMoLAdapters, optimizer: torch.optim.Optimizer, record: dict) -> None:

@@ -1,8 +1,17 @@
 """The one-for-all fine-tuning recipe, as one linear class (setup / train / save_checkpoint): every step samples a
-sandwich of subnets (largest, smallest, K-2 random), trains the largest on the next-token loss and the others to
-match its logits (in-place distillation), rescales each distillation loss to the largest's magnitude (loss-magnitude
-balancing), accumulates all K gradients, then takes one optimizer step. Sampling, data windows and router noise are
-derived from (seed, step), so a resumed run takes exactly the steps an uninterrupted one would."""
+sandwich of subnets (largest, smallest, K-2 random) and distils each into a teacher's next-token distribution:
+
+- `teacher="frozen"` (default): the original full model, adapters off, run once per batch without gradients. Every
+  subnet, the largest included, learns to match it, so the adapters keep what users want to keep (the original
+  model's behaviour) and the full model with adapters stays the original.
+- `teacher="inplace"` (the AmoebaLLM paper's): the largest subnet with adapters learns the data's next tokens and
+  teaches the others; it drifts toward the training text.
+
+Loss-magnitude balancing rescales each distilled subnet's loss to a reference magnitude (the largest's loss in place;
+with a frozen teacher, the mean distilled loss of the previous step), so the large losses of small subnets do not
+dominate the shared adapters. All K gradients are accumulated, clipped, then one optimizer step follows a warmup +
+decay schedule. Sampling, data windows and router noise are derived from (seed, step), so a resumed run takes
+exactly the steps an uninterrupted one would."""
 
 from __future__ import annotations
 
@@ -10,6 +19,7 @@ import dataclasses
 import functools
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +31,8 @@ from ..errors import UserError
 from ..models import LoadedModel
 from ..selection.space import Candidate, SearchSpace, candidate_subnet
 from ..selection.strategy import Strategy
-from ..subnet import ModelDims, Subnet
+from ..subnet import Subnet
+from ..families.base import model_dims
 from .checkpoint import build_adapters, checkpoints, read_record, restore, save_checkpoint
 from .smol import AdapterConfig, SMoLAdapters
 
@@ -34,9 +45,13 @@ class TrainConfig:
     subnets_per_step: int = 4            # K: largest + smallest + K-2 random
     batch_size: int = 2
     seq_len: int = 128
-    lr: float = 1e-3
+    lr: float = 1e-3                     # peak, after warmup
     weight_decay: float = 0.0
     balance: bool = True                 # loss-magnitude balancing (off for the ablation)
+    teacher: str = "frozen"              # "frozen" (original model) or "inplace" (largest subnet with adapters)
+    schedule: str = "cosine"             # any transformers.get_scheduler name
+    warmup_pct: float = 5.0              # share of the steps spent warming up, %
+    max_grad_norm: float = 1.0           # 0: no clipping
     seed: int = 0
     checkpoint_every: int = 50
     gradient_checkpointing: bool = False
@@ -48,6 +63,20 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise UserError(f"--mixed-precision {self.mixed_precision!r}: choose no, bf16 or fp16")
+        if self.teacher not in TEACHERS:
+            raise UserError(f"--teacher {self.teacher!r}: choose {' or '.join(TEACHERS)}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.warmup_pct < 100 or self.max_grad_norm < 0:
+            raise UserError("--warmup-pct must be in [0, 100) and --max-grad-norm >= 0")
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.steps * self.warmup_pct / 100)
+
+
+TEACHERS = ("frozen", "inplace")
+SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
 def token_stream(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
@@ -79,7 +108,7 @@ class Trainer:
                  progress: bool = True) -> None:
         strategy.check_model(loaded.fingerprint)
         self.loaded, self.strategy, self.out_dir, self.config, self.progress = loaded, strategy, Path(out_dir), config, progress
-        self.dims = ModelDims.from_config(loaded.model.config)
+        self.dims = model_dims(loaded.model.config)
         self.space = space or SearchSpace.from_strategy(strategy, self.dims)
         self.tokens = token_stream(loaded, [t for texts in data.values() for t in texts])
         if len(self.tokens) <= config.seq_len + 1:
@@ -110,6 +139,22 @@ class Trainer:
                                            weight_decay=self.config.weight_decay)
         self.subnet = functools.lru_cache(maxsize=64)(self._subnet)
         self._resume()
+        self.scheduler = self._scheduler(self.record["step"])
+
+    def _scheduler(self, done_steps: int):
+        """Warmup + decay over the run's steps, advanced past the steps already taken (a pure function of the
+        step, so a resumed run gets the learning rates an uninterrupted one would)."""
+        from transformers import get_scheduler
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.setdefault("initial_lr", self.config.lr)
+        scheduler = get_scheduler(self.config.schedule, self.optimizer, num_warmup_steps=self.config.warmup_steps,
+                                  num_training_steps=self.config.steps)
+        with warnings.catch_warnings():      # fast-forwarding without optimizer steps is the point here
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for _ in range(done_steps):
+                scheduler.step()
+        return scheduler
 
     def _resume(self) -> None:
         """Continue the newest checkpoint in out_dir, if any, after checking it is the same run."""
@@ -121,11 +166,13 @@ class Trainer:
             if saved[field] != self.record[field]:
                 raise UserError(f"{self.out_dir} holds a run with a different {field}: pass a new --out, or the "
                                 "same settings to resume it")
-        ignore = {"steps", "checkpoint_every"}
+        ignore = {"checkpoint_every"}        # the schedule depends on --steps, so a resumed run keeps them too
         if {k: v for k, v in saved["training"].items() if k not in ignore} != \
                 {k: v for k, v in self.record["training"].items() if k not in ignore}:
-            raise UserError(f"{self.out_dir} holds a run with different training settings: pass a new --out, or the "
-                            "same settings (only --steps may change) to resume it")
+            changed = sorted(k for k in self.record["training"] if k not in ignore
+                             and saved["training"].get(k) != self.record["training"][k])
+            raise UserError(f"{self.out_dir} holds a run with different training settings ({', '.join(changed)}): "
+                            "pass a new --out, or the same settings (only --checkpoint-every may change) to resume it")
         restore(found[-1], self.adapters, self.optimizer, saved)
         self.record.update(step=saved["step"], seconds=saved["seconds"], history=saved["history"])
 
@@ -151,29 +198,51 @@ class Trainer:
         window = torch.arange(self.config.seq_len + 1)
         return self.tokens[starts[:, None] + window].to(self.accelerator.device)
 
+    def frozen_teacher(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, T, V) next-token log-probabilities of the original model: no adapters, no view, no gradients."""
+        with torch.no_grad(), self.accelerator.autocast():
+            logits = self.loaded.model(input_ids=inputs).logits                         # (B, T, V)
+        return F.log_softmax(logits.float(), dim=-1)
+
+    def previous_mean_loss(self) -> torch.Tensor | None:
+        """The frozen-teacher balancing reference: the mean distilled loss of the previous step (from the record,
+        so it survives a resume); None at the first step (no rescaling then)."""
+        history = self.record["history"]
+        if not history or len(history[-1]["losses"]) < 2:
+            return None
+        losses = history[-1]["losses"][1:]
+        return torch.tensor(sum(losses) / len(losses))
+
     def train_step(self, step: int) -> list[float]:
-        """K forward/backward passes, gradients accumulated, one optimizer step; returns each subnet's raw loss."""
+        """K forward/backward passes, gradients accumulated and clipped, one optimizer step; returns each subnet's
+        raw loss (cross-entropy for an in-place teacher, KL to the teacher for the others)."""
         ids = self.batch(step)
         inputs, targets = ids[:, :-1], ids[:, 1:]
         self.optimizer.zero_grad(set_to_none=True)
-        teacher, reference, raw = None, None, []
+        frozen = self.config.teacher == "frozen"
+        teacher = self.frozen_teacher(inputs) if frozen else None
+        reference = self.previous_mean_loss() if frozen else None
+        raw = []
         for index, candidate in enumerate(self.sandwich(step)):
             noise = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step * 16 + index)
             with self.adapters.applied(self.loaded.model, self.subnet(candidate), noise) as model, \
                     self.accelerator.autocast():
                 logits = model(input_ids=inputs).logits                                  # (B, T, V)
-                if teacher is None:      # the largest subnet learns from the data and teaches the rest
+                if teacher is None:      # in place: the largest subnet learns from the data and teaches the rest
                     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
                     teacher = F.log_softmax(logits.detach().float(), dim=-1)
                     reference = loss.detach()
                 else:
                     loss = distillation_loss(logits, teacher)
                 raw.append(loss.item())
-                if index and self.config.balance:
+                if index and self.config.balance and reference is not None:
                     loss = balanced(loss, reference)
                 self.accelerator.backward(loss)     # inside the view: gradient checkpointing re-runs the subnet
         self._sync_gradients()
+        if self.config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.adapters.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
+        self.scheduler.step()
         return raw
 
     def _sync_gradients(self) -> None:

@@ -18,33 +18,36 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 
 from ..errors import UserError
+from ..families.base import Family, family_of
 from ..selection.space import SearchSpace
 from ..subnet import ModelDims, Subnet
 from ..view import block_slices, decoder_layers, subnet_view
 
-TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-
-
 @dataclass(frozen=True)
 class AdapterConfig:
-    """experts=1 is one plain LoRA shared by every subnet (no router): the ablation baseline."""
+    """experts=1 is one plain LoRA shared by every subnet (no router): the ablation baseline. targets: block
+    projections to adapt; empty = every linear of the model family's block (q/k/v/o/gate/up/down, or Phi-3's
+    fused qkv / gate_up)."""
 
     experts: int = 4
     top_k: int = 2
     rank: int = 8
     alpha: float = 16.0
     router_hidden: int = 16
-    targets: tuple[str, ...] = TARGETS
+    targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.experts < 1 or self.rank < 1:
             raise UserError(f"experts ({self.experts}) and rank ({self.rank}) must be >= 1")
         if not 1 <= self.top_k <= self.experts:
             raise UserError(f"--top-k {self.top_k} must be between 1 and --experts {self.experts}")
-        unknown = set(self.targets) - set(TARGETS)
+
+    def resolved_targets(self, family: Family) -> tuple[str, ...]:
+        unknown = set(self.targets) - set(family.targets)
         if unknown:
-            raise UserError(f"unknown adapter targets {sorted(unknown)}: choose from {', '.join(TARGETS)}")
+            raise UserError(f"unknown adapter targets {sorted(unknown)} for {family.model_type}: choose from "
+                            f"{', '.join(family.targets)}")
+        return self.targets or family.targets
 
     @property
     def scaling(self) -> float:
@@ -108,12 +111,14 @@ class SMoLAdapters(nn.Module):
     def __init__(self, dims: ModelDims, space: SearchSpace, config: AdapterConfig, model: PreTrainedModel) -> None:
         super().__init__()
         self.dims, self.space, self.config = dims, space, config
+        self.family = family_of(model.config)
+        self.targets = config.resolved_targets(self.family)
         n_features = dims.num_layers + len(space.heads) + len(space.mlp)
         self.router = (ShapeRouter(n_features, config.router_hidden, config.experts, config.top_k)
                        if config.experts > 1 else None)
         self.experts = nn.ModuleDict()
         for layer, block in enumerate(decoder_layers(model)):
-            for target in config.targets:
+            for target in self.targets:
                 linear = block.get_submodule(target)
                 self.experts[_key(layer, target)] = LoRAExperts(linear.in_features, linear.out_features,
                                                                 config.experts, config.rank)
@@ -167,8 +172,8 @@ class SMoLAdapters(nn.Module):
         handles = []
         try:
             for position, layer in enumerate(subnet.layers):
-                slices = block_slices(self.dims, subnet, position)
-                for target in self.config.targets:
+                slices = block_slices(self.family, self.dims, subnet, position)
+                for target in self.targets:
                     rows, cols, _ = slices.get(target, (None, None, None))
                     experts = self.experts[_key(layer, target)]
                     handles.append(layers[layer].get_submodule(target).register_forward_hook(
@@ -187,7 +192,7 @@ class SMoLAdapters(nn.Module):
         gate = self.gate(subnet)
         layers = decoder_layers(model)
         for layer in subnet.layers:
-            for target in self.config.targets:
+            for target in self.targets:
                 weight = layers[layer].get_submodule(target).weight
                 delta = self.experts[_key(layer, target)].delta_weight(gate, self.config.scaling)
                 weight += delta.to(weight)

@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..extract import extract_model
 from ..models import LoadedModel
 from ..subnet import ModelDims, Subnet
+from ..families.base import model_dims
 from .environment import default_device_slug, measurement_environment
 from .flows import FLOWS
 from .flows.base import Flow, element_bytes
@@ -67,7 +68,7 @@ def base_model(model: PreTrainedModel) -> PreTrainedModel:
 
 def block_model(model: PreTrainedModel, layers: int, heads: int, mlp: int) -> PreTrainedModel:
     """A real extracted model of `layers` blocks (the first ones) at one uniform width."""
-    dims = ModelDims.from_config(model.config)
+    dims = model_dims(model.config)
     return extract_model(model, Subnet.uniform(dims, range(layers), heads=heads, mlp=mlp))
 
 
@@ -123,7 +124,7 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
     flow = FLOWS.get(flow_name)
     for setting in settings:
         flow.require(setting.dtype)
-    dims = ModelDims.from_config(loaded.model.config)
+    dims = model_dims(loaded.model.config)
     if not 1 <= layers_per_row <= dims.num_layers:
         raise UserError(f"--layers-per-row must be in 1..{dims.num_layers}, got {layers_per_row}")
     if passes < 1:
@@ -234,7 +235,7 @@ def import_profile(loaded: LoadedModel, csv_path: Path, store: ProfileStore, dev
     the table fitted in memory first, then the whole profile is written at once. An existing profile is extended
     (same model and flow; rows for the same model replaced) only when the merged rows fit too."""
     flow = FLOWS.get(flow_name)
-    dims = ModelDims.from_config(loaded.model.config)
+    dims = model_dims(loaded.model.config)
     new = read_import_csv(csv_path, dims)
     new["pass"] = 0
     for column in ("p10_ms", "p90_ms"):

@@ -15,6 +15,7 @@ from ..artifacts import SCHEMA_VERSION, read_json
 from ..errors import UserError
 from ..models import LoadedModel
 from ..subnet import ModelDims, Subnet
+from ..families.base import model_dims
 from .flows.base import element_bytes
 from .lut import LUT_COLUMNS, PROFILE_KIND, LookupTable, Setting
 from .store import ProfileStore
@@ -144,7 +145,7 @@ def estimate_table(spec: DeviceSpec, dims: ModelDims, vocab: int, settings: list
 def estimate_profile(loaded: LoadedModel, spec: DeviceSpec, directory: Path, settings: list[Setting],
                      grid, store: ProfileStore | None = None) -> LookupTable:
     """Write an estimated profile (lut.csv + meta.json with the spec and method) for a device spec."""
-    dims = ModelDims.from_config(loaded.model.config)
+    dims = model_dims(loaded.model.config)
     table = estimate_table(spec, dims, loaded.model.config.vocab_size, settings, grid.widths())
     return (store or ProfileStore()).write_profile(directory, {
         "schema_version": SCHEMA_VERSION, "kind": PROFILE_KIND, "device": spec.name, "flow": "roofline",

@@ -1,8 +1,9 @@
 """What a search produces: the best subnet file with its search record, the check of that subnet after
-extraction (real latency on this machine, held-out perplexity), and the rows of a Pareto CSV with baselines."""
+extraction (real latency on this machine, held-out quality and greedy answers), and the rows of a Pareto CSV with baselines."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -50,39 +51,50 @@ def is_this_machine(ctx: SearchContext) -> bool:
 
 
 def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, windows: int = 20,
-           passes: int = 3) -> dict:
-    """Extract the best subnet; on the profiled machine measure its latency like the profiler (median of passes)
-    next to the full model's; held-out WikiText-2 *test* perplexity for both."""
+           questions: int | None = None, passes: int = 3) -> dict:
+    """Extract the best subnet (adapters merged when attached) and check what the user gets: the checkpoint loaded
+    back from disk, beside the original full model. On the profiled machine, real latency like the profiler's
+    (median of passes); for both, WikiText-2 *test* perplexity, ARC-easy acc / acc_norm with standard errors and
+    greedy answers to the fixed prompts."""
     import statistics
 
-    from ..data import data_root, read_text, require_file
-    from ..evaluate import perplexity
-    from ..extract import extract, extract_model
+    from ..data import data_root
+    from ..extract import extract
+    from ..models import load_model
     from ..profiling.harness import StopRule
     from ..profiling.profile import measure_model
+    from ..quality import quality
 
     record = read_json(best_path, "best subnet", "run `amoeba search`")["search"]
     subnet = Subnet.load(best_path, ctx.dims, ctx.loaded.fingerprint)
     extract(ctx.loaded, subnet, extract_dir, overwrite=True)
-    small = extract_model(ctx.loaded.model, subnet)
-    text = read_text(require_file(data_root(data_dir) / "wikitext2" / "test.txt", "wikitext2"))
+    handed_over = load_model(str(extract_dir))
+    root = data_root(data_dir)
+    measure = is_this_machine(ctx)
+    rows = []
+    full = dataclasses.replace(ctx.loaded, adapters=None)          # the original model, what users compare with
+    for name, loaded, predicted in (("full model", full, ctx.full_model_ms()),
+                                    (f"{record['candidate']} extracted" + (", adapters merged" if
+                                                                           ctx.loaded.adapters else ""),
+                                     handed_over, record["predicted_ms"])):
+        latency = statistics.median(measure_model(FLOWS.get(ctx.lut.meta["flow"]), loaded.model, ctx.setting,
+                                                  StopRule())["median_ms"] for _ in range(passes)) if measure else None
+        checked = quality(loaded, None, root, questions=questions, windows=windows)
+        rows.append({"name": name, "predicted_ms": predicted, "measured_ms": latency, "tasks": checked["tasks"],
+                     "warnings": checked["warnings"], "generation": checked["generation"]})
     result = {"subnet": record["candidate"], "checkpoint": str(extract_dir), "predicted_ms": record["predicted_ms"],
-              "heldout_metric": f"wikitext2_test_ppl ({windows} x 512 windows)",
-              "heldout_value": perplexity(small, ctx.loaded.tokenizer, text, 512, windows, progress=False)["ppl"],
-              "full_heldout_value": perplexity(ctx.loaded.model, ctx.loaded.tokenizer, text, 512, windows,
-                                               progress=False)["ppl"]}
-    if is_this_machine(ctx):
-        flow = FLOWS.get(ctx.lut.meta["flow"])
-        for label, model in (("measured_ms", small), ("full_measured_ms", ctx.loaded.model)):
-            result[label] = statistics.median(measure_model(flow, model, ctx.setting, StopRule())["median_ms"]
-                                              for _ in range(passes))
-        result["error_pct"] = 100 * (result["predicted_ms"] - result["measured_ms"]) / result["measured_ms"]
-        latency = (f"predicted {result['predicted_ms']:.2f} ms, measured {result['measured_ms']:.2f} ms "
-                   f"({result['error_pct']:+.1f}%; full model measured {result['full_measured_ms']:.2f} ms)")
+              "rows": rows}
+    small = rows[1]
+    result.update(heldout_metric=f"wikitext2_test_ppl ({windows} x 512 windows)",
+                  heldout_value=small["tasks"]["wikitext2"]["ppl"], full_heldout_value=rows[0]["tasks"]["wikitext2"]["ppl"])
+    if measure:
+        result["measured_ms"], result["full_measured_ms"] = small["measured_ms"], rows[0]["measured_ms"]
+        result["error_pct"] = 100 * (small["predicted_ms"] - small["measured_ms"]) / small["measured_ms"]
+        latency = (f"predicted {small['predicted_ms']:.2f} ms, measured {small['measured_ms']:.2f} ms "
+                   f"({result['error_pct']:+.1f}%; full model measured {rows[0]['measured_ms']:.2f} ms)")
     else:
-        latency = f"predicted {result['predicted_ms']:.2f} ms (profile is not this machine's: not measured here)"
-    result["summary"] = (f"extracted {record['candidate']} to {extract_dir}: {latency}; WikiText-2 test ppl "
-                         f"{result['heldout_value']:.2f} (full model {result['full_heldout_value']:.2f})")
+        latency = f"predicted {small['predicted_ms']:.2f} ms (profile is not this machine's: not measured here)"
+    result["summary"] = f"extracted {record['candidate']} to {extract_dir}: {latency}"
     return result
 
 

@@ -14,7 +14,7 @@ from ..models import LoadedModel
 from ..profiling.store import ProfileStore
 from ..runtime import configure
 from ..selection.strategy import Strategy
-from ..subnet import ModelDims
+from ..families.base import model_dims
 from .proxies import PROXIES
 from .space import profiled_space
 from . import DEFAULT_STORAGE
@@ -64,7 +64,7 @@ def open_search(request: SearchRequest, loaded: LoadedModel | None = None) -> Se
     proxy_factory = PROXIES.get(request.proxy)
     if loaded is None:
         loaded = load_model_and_adapters(request.model, request.adapters)
-    dims = ModelDims.from_config(loaded.model.config)
+    dims = model_dims(loaded.model.config)
     space = profiled_space(strategy, dims, lut, setting, request.min_depth, request.min_heads,
                            request.min_mlp_ratio, request.max_mlp_options)
     extra = {"samples": request.proxy_samples} if request.proxy_samples else {}

@@ -19,7 +19,8 @@ from ..profiling.lut import LookupTable, Setting
 from ..profiling.predictor import Predictor, setting_key
 from ..runtime import quiet_optuna
 from ..selection.strategy import Strategy
-from ..subnet import ModelDims, Subnet
+from ..subnet import Subnet
+from ..families.base import model_dims
 from .proxies.base import Proxy
 from ..selection.space import Candidate, SearchSpace, candidate_subnet
 from .storage import AccuracyCache, open_storage, storage_errors
@@ -50,7 +51,7 @@ class SearchContext:
         if self.lut.meta.get("model") != self.loaded.fingerprint:
             raise UserError(f"profile {self.lut.name} was made for model {self.lut.meta.get('model')}, not "
                             f"{self.loaded.fingerprint}: profile this model")
-        self.dims = ModelDims.from_config(self.loaded.model.config)
+        self.dims = model_dims(self.loaded.model.config)
         self.predictor = Predictor(self.lut, self.use_correction)
 
     @functools.cached_property

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 
 from ..errors import UserError
 from ..subnet import ModelDims, Subnet, mlp_channel_count
+from ..families.base import Family, family_of
 from ..view import decoder_layers
 from . import WIDTH_SCORERS
 from .calibration import Calibration
@@ -43,10 +44,10 @@ def collect_input_stats(model: PreTrainedModel, calibration: Calibration) -> lis
             total[2] += x.shape[0]
         return record
 
-    handles = []
+    family, handles = family_of(model.config), []
     for i, block in enumerate(decoder_layers(model)):
-        handles.append(block.self_attn.o_proj.register_forward_pre_hook(hook((i, "attn"))))
-        handles.append(block.mlp.down_proj.register_forward_pre_hook(hook((i, "mlp"))))
+        handles.append(block.get_submodule(family.attention_out).register_forward_pre_hook(hook((i, "attn"))))
+        handles.append(block.get_submodule(family.mlp_out).register_forward_pre_hook(hook((i, "mlp"))))
     try:
         model(input_ids=calibration.input_ids, use_cache=False, **calibration.forward_kwargs)
     finally:
@@ -59,8 +60,8 @@ def collect_input_stats(model: PreTrainedModel, calibration: Calibration) -> lis
     return stats
 
 
-# ---- importance scores: (block, stats) -> (head scores (H,), channel scores (I,)); higher = more important ----
-Scorer = Callable[[torch.nn.Module, dict[str, InputStats], ModelDims], tuple[torch.Tensor, torch.Tensor]]
+# ---- importance scores: (block, stats, dims, family) -> (head scores (H,), channel scores (I,)); higher = keep ----
+Scorer = Callable[[torch.nn.Module, dict[str, InputStats], ModelDims, Family], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _per_head(feature_scores: torch.Tensor, dims: ModelDims) -> torch.Tensor:
@@ -68,29 +69,37 @@ def _per_head(feature_scores: torch.Tensor, dims: ModelDims) -> torch.Tensor:
 
 
 @WIDTH_SCORERS.register("flap")
-def flap_scores(block, stats, dims):
+def flap_scores(block, stats, dims, family):
     """FLAP fluctuation: Var(X_f) * ||W[:, f]||^2 of the output projection reading feature f."""
-    o_norm = block.self_attn.o_proj.weight.double().pow(2).sum(0)      # (H*hd,)
-    down_norm = block.mlp.down_proj.weight.double().pow(2).sum(0)      # (I,)
+    o_norm = block.get_submodule(family.attention_out).weight.double().pow(2).sum(0)      # (H*hd,)
+    down_norm = block.get_submodule(family.mlp_out).weight.double().pow(2).sum(0)         # (I,)
     return _per_head(stats["attn"].var * o_norm, dims), stats["mlp"].var * down_norm
 
 
 @WIDTH_SCORERS.register("magnitude")
-def magnitude_scores(block, stats, dims):
-    """Weight magnitude only: L2 norm of every weight that reads or writes the head/channel."""
-    attn, mlp = block.self_attn, block.mlp
-    q = attn.q_proj.weight.double().pow(2).sum(1)                      # (H*hd,) rows
-    o = attn.o_proj.weight.double().pow(2).sum(0)                      # (H*hd,) columns
-    channels = (mlp.gate_proj.weight.double().pow(2).sum(1) + mlp.up_proj.weight.double().pow(2).sum(1)
-                + mlp.down_proj.weight.double().pow(2).sum(0))
-    return _per_head(q + o, dims).sqrt(), channels.sqrt()
+def magnitude_scores(block, stats, dims, family):
+    """Weight magnitude only: L2 norm of every weight that reads or writes the head/channel (query rows and
+    o_proj columns per head; gate, up rows and down columns per channel), found through the family's layout."""
+    sizes = family.segment_sizes(dims)
+    totals = {"heads": torch.zeros(dims.num_heads * dims.head_dim, dtype=torch.float64),
+              "channels": torch.zeros(dims.intermediate_size, dtype=torch.float64)}
+    for projection in family.projections:
+        weight = block.get_submodule(projection.name).weight.double().pow(2)
+        for segments, axis in ((projection.rows, 1), (projection.cols, 0)):
+            per_feature, offset = weight.sum(axis), 0                  # (rows,) or (cols,)
+            for kind in segments:
+                count, unit = sizes[kind]
+                if kind in totals:
+                    totals[kind] += per_feature[offset:offset + count * unit]
+                offset += count * unit
+    return _per_head(totals["heads"], dims).sqrt(), totals["channels"].sqrt()
 
 
 @WIDTH_SCORERS.register("wanda")
-def wanda_scores(block, stats, dims):
+def wanda_scores(block, stats, dims, family):
     """Wanda, structured: sum_i |W[i, f]| * ||X_f||_2 over the output projection's column f."""
-    o = block.self_attn.o_proj.weight.double().abs().sum(0) * stats["attn"].l2
-    down = block.mlp.down_proj.weight.double().abs().sum(0) * stats["mlp"].l2
+    o = block.get_submodule(family.attention_out).weight.double().abs().sum(0) * stats["attn"].l2
+    down = block.get_submodule(family.mlp_out).weight.double().abs().sum(0) * stats["mlp"].l2
     return _per_head(o, dims), down
 
 
@@ -104,9 +113,9 @@ def width_section(model: PreTrainedModel, calibration: Calibration, method: str 
     scorer = WIDTH_SCORERS.get(method)
     dims = ModelDims.from_config(model.config)
     stats = collect_input_stats(model, calibration)
-    heads, channels = [], []
+    family, heads, channels = family_of(model.config), [], []
     for block, layer_stats in zip(decoder_layers(model), stats):
-        head_scores, channel_scores = scorer(block, layer_stats, dims)
+        head_scores, channel_scores = scorer(block, layer_stats, dims, family)
         heads.append(_rounded(head_scores))
         channels.append(_rounded(channel_scores))
     return WidthScores(method, heads, channels, attn_input_mean=[_rounded(s["attn"].mean) for s in stats],
@@ -153,7 +162,7 @@ def width_subnet(model: PreTrainedModel, width: WidthScores, layers: list[int], 
     head_count = dims.num_heads if heads is None else heads
     per_layer = mlp_channel_count(dims, mlp)
     counts = _channel_counts(width, layers, per_layer, allocation)
-    blocks = decoder_layers(model)
+    blocks, family = decoder_layers(model), family_of(model.config)
     kept_heads, kept_channels, biases = [], [], []
     for layer, count in zip(layers, counts):
         chosen_heads = choose_heads(width.head_scores[layer], head_count, dims)
@@ -165,9 +174,9 @@ def width_subnet(model: PreTrainedModel, width: WidthScores, layers: list[int], 
             dropped_heads = [h for h in range(dims.num_heads) if h not in chosen_heads]
             dropped_features = [h * dims.head_dim + d for h in dropped_heads for d in range(dims.head_dim)]
             dropped_channels = sorted(set(range(dims.intermediate_size)) - set(chosen_channels))
-            biases.append((_compensation(block.self_attn.o_proj.weight, width.attn_input_mean[layer],
-                                         dropped_features),
-                           _compensation(block.mlp.down_proj.weight, width.mlp_input_mean[layer],
+            biases.append((_compensation(block.get_submodule(family.attention_out).weight,
+                                         width.attn_input_mean[layer], dropped_features),
+                           _compensation(block.get_submodule(family.mlp_out).weight, width.mlp_input_mean[layer],
                                          dropped_channels)))
     anything_dropped = any(len(h) < dims.num_heads for h in kept_heads) or any(
         len(c) < dims.intermediate_size for c in kept_channels)

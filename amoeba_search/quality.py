@@ -1,0 +1,117 @@
+"""What a handed-over model or subnet is worth, in the terms a user checks before deploying it: held-out perplexity
+with its split named, multiple-choice acc and acc_norm with standard errors (and a warning when a score is within
+noise of guessing), and greedy answers to fixed prompts beside the full model's. The demo, `amoeba search --extract`
+and `amoeba evaluate` all report through here, so what they print is the same measurement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .evaluate import near_chance
+from .models import LoadedModel
+from .subnet import Subnet
+from .tasks import TASKS
+from .tasks.base import Task, evaluate_tasks
+
+# (kind, text): "text" is continued as it is; "chat" goes through the model's chat template when it has one.
+PROMPTS = (("text", "The capital of France is"), ("text", "Water boils at"),
+           ("chat", "Give three tips for staying healthy."))
+GENERATION_TOKENS = 32
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, kind: str, text: str) -> str:
+    if kind == "chat" and tokenizer.chat_template:
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return text
+
+
+@torch.inference_mode()
+def greedy_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts=PROMPTS,
+                   max_new_tokens: int = GENERATION_TOKENS) -> list[dict]:
+    """Greedy continuations, one prompt at a time (no padding to get wrong): [{prompt, text}]."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    samples = []
+    for kind, text in prompts:
+        prompt = render_prompt(tokenizer, kind, text)
+        encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+        output = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad)
+        new = output[0, encoded["input_ids"].shape[1]:]                                    # (new,)
+        samples.append({"prompt": text, "text": tokenizer.decode(new, skip_special_tokens=True).strip()})
+    return samples
+
+
+def chance_warnings(tasks: dict) -> list[str]:
+    """One line per multiple-choice score within 2 standard errors of the chance level."""
+    lines = []
+    for name, result in tasks.items():
+        for metric in ("acc", "acc_norm"):
+            if metric in result and near_chance(result, metric):
+                lines.append(f"{name} {metric} {result[metric]:.1f} ± {result[f'{metric}_stderr']:.1f} is within 2 "
+                             f"standard errors of chance ({result['chance_acc']:.1f}): it says nothing about the model")
+    return lines
+
+
+def quality(loaded: LoadedModel, subnet: Subnet | None, data_dir: Path, tasks: list[Task] | None = None,
+            questions: int | None = None, windows: int | None = None, seq_len: int = 512, generate: bool = True,
+            progress: bool = False) -> dict:
+    """The evaluation record of a model or subnet (through the same view search scored; default tasks WikiText-2
+    test and ARC-easy), with chance warnings and, when asked, its greedy samples."""
+    tasks = tasks or [TASKS.get("wikitext2"), TASKS.get("arc_easy")]
+    record = evaluate_tasks(loaded, tasks, data_dir, subnet=subnet, questions=questions, windows=windows,
+                            seq_len=seq_len, progress=progress)
+    record["warnings"] = chance_warnings(record["tasks"])
+    if generate:
+        with loaded.view(subnet) as model:
+            record["generation"] = greedy_samples(model, loaded.tokenizer)
+    return record
+
+
+def metric_cells(name: str, result: dict) -> dict[str, str]:
+    """Display strings for one task: its headline value with ± where there is one, acc_norm, and what was scored
+    (the data file's split, windows or questions, the chance level)."""
+    split = Path(TASKS.get(name).relative_path).stem
+    if "ppl" in result:
+        return {"value": f"ppl {result['ppl']:.2f}", "norm": "",
+                "what": f"{split} split, {result['windows']}x{result['seq_len']} tokens"}
+    return {"value": f"acc {result['acc']:.1f} ± {result['acc_stderr']:.1f}",
+            "norm": f"{result['acc_norm']:.1f} ± {result['acc_norm_stderr']:.1f}",
+            "what": f"{split} split, {result['questions']} q, chance {result['chance_acc']:.0f}"}
+
+
+def quality_table(rows: list[dict], title: str) -> Table:
+    """Rows of {name, predicted_ms, measured_ms, tasks}: one line per model, one column per metric (± stderr)."""
+    table = Table(title=escape(title))
+    tasks = list(rows[0]["tasks"])
+    cells = [{name: metric_cells(name, r["tasks"][name]) for name in tasks} for r in rows]
+    columns = ["model", "predicted ms", "measured ms"]
+    for name in tasks:
+        what = cells[0][name]["what"]
+        columns += [f"{name} ({what})"] + ([f"{name} acc_norm"] if cells[0][name]["norm"] else [])
+    for column in columns:
+        table.add_column(escape(column), justify="left" if column == "model" else "right")
+    for r, cell in zip(rows, cells):
+        values = [r["name"], "" if r["predicted_ms"] is None else f"{r['predicted_ms']:.2f}",
+                  "" if r["measured_ms"] is None else f"{r['measured_ms']:.2f}"]
+        for name in tasks:
+            values += [cell[name]["value"]] + ([cell[name]["norm"]] if cell[name]["norm"] else [])
+        table.add_row(*map(escape, values))
+    return table
+
+
+def print_samples(console: Console, rows: list[dict]) -> None:
+    """Warnings, then each prompt's greedy answer per model, side by side: the first thing a user would try."""
+    for r in rows:
+        for line in r["warnings"]:
+            console.print(f"[yellow]warning ({escape(r['name'])}):[/] {escape(line)}")
+    console.print(f"greedy answers ({GENERATION_TOKENS} new tokens):")
+    for index, sample in enumerate(rows[0]["generation"]):
+        console.print(f"  [bold]{escape(sample['prompt'])}[/]")
+        for r in rows:
+            console.print(f"    {escape(r['name'])}: {escape(repr(r['generation'][index]['text']))}", highlight=False)

@@ -1,0 +1,160 @@
+"""Contract over every registered model family: tiny random models of each (norm weights and biases randomised
+so a dropped one shows) give, for depth-only, width-only and mixed subnets with and without FLAP compensation,
+an extracted checkpoint (saved and loaded back by plain transformers) whose logits equal the in-place view's that
+selection, search and evaluation score; evaluation equals the model's own forward (softcapping included); merged
+adapters equal the adapted view. What a family cannot do exactly is refused with one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from amoeba_search.errors import UserError
+from amoeba_search.evaluate import token_logprobs
+from amoeba_search.extract import extract_model
+from amoeba_search.families import FAMILIES
+from amoeba_search.families.base import family_of, model_dims
+from amoeba_search.finetune.smol import AdapterConfig, SMoLAdapters
+from amoeba_search.selection.space import SearchSpace
+from amoeba_search.subnet import ModelDims, Subnet
+from amoeba_search.view import subnet_view
+
+SIZES = dict(vocab_size=96, hidden_size=64, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
+             eos_token_id=2, tie_word_embeddings=False)
+# What makes each family itself: rope scaling, sliding windows, per-layer types, softcapping.
+EXTRA = {
+    "llama": dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 16}),
+    "mistral": dict(sliding_window=8),
+    "qwen2": dict(use_sliding_window=True, sliding_window=8, max_window_layers=2),
+    "qwen3": dict(),
+    "gemma2": dict(sliding_window=8, final_logit_softcapping=5.0, attn_logit_softcapping=10.0,
+                   query_pre_attn_scalar=16),
+    "gemma3_text": dict(sliding_window=8, sliding_window_pattern=2, query_pre_attn_scalar=16),
+    "phi3": dict(),
+    "olmo2": dict(),
+}
+FAMILY_NAMES = FAMILIES.names()
+
+
+def test_every_family_is_covered_here():
+    assert sorted(EXTRA) == FAMILY_NAMES
+
+
+def tiny_family_model(model_type: str, seed: int = 0):
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, **SIZES, **EXTRA[model_type])
+    config._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.15)
+            else:                          # norms and biases: randomised so a dropped or misplaced one shows
+                param.add_(torch.randn_like(param) * 0.3)
+    return model
+
+
+def subnets(model) -> dict[str, Subnet]:
+    """Subnets any GQA model could take (built without the family's head-count filter, so a family that cannot
+    remove heads gets one and must refuse it)."""
+    dims = ModelDims.from_config(model.config)
+    heads = 2 if 2 in model_dims(model.config).head_counts() else dims.num_heads
+    return {"depth": Subnet.uniform(dims, [0, 2, 3]), "width": Subnet.uniform(dims, range(4), heads=2, mlp=24),
+            "mixed": Subnet.uniform(dims, [1, 3], heads=heads, mlp=16), "mlp": Subnet.uniform(dims, [0, 1, 3], mlp=8)}
+
+
+def compensated(model, subnet: Subnet) -> Subnet:
+    generator = torch.Generator().manual_seed(1)
+    hidden = model.config.hidden_size
+    bias = tuple((tuple(torch.randn(hidden, generator=generator).mul(0.2).tolist()),
+                  tuple(torch.randn(hidden, generator=generator).mul(0.2).tolist())) for _ in subnet.layers)
+    return Subnet(subnet.layers, subnet.heads, subnet.mlp_channels, bias)
+
+
+def logits_of(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("model_type", FAMILY_NAMES)
+def test_extracted_checkpoint_equals_the_view(model_type, tmp_path):
+    model = tiny_family_model(model_type)
+    family = family_of(model.config)
+    ids = torch.randint(3, 96, (2, 24), generator=torch.Generator().manual_seed(0))   # longer than the windows
+    checked = 0
+    for shape, plain in subnets(model).items():
+        for compensate in (False, True):
+            subnet = compensated(model, plain) if compensate else plain
+            narrowed_heads = any(len(h) < model.config.num_attention_heads for h in subnet.heads)
+            if narrowed_heads and family.head_pruning_refusal:
+                with pytest.raises(UserError, match="heads cannot be removed exactly"):
+                    extract_model(model, subnet)
+                with pytest.raises(UserError, match="heads cannot be removed exactly"), subnet_view(model, subnet):
+                    pass
+                continue
+            needs = [name for name, part in ((family.attention_out, 0), (family.mlp_out, 1))
+                     if compensate and any(any(b[part]) for b in subnet.bias)]
+            if any(name not in family.bias_flags for name in needs):
+                with pytest.raises(UserError, match="--no-compensate"):
+                    extract_model(model, subnet)
+                continue
+            with torch.no_grad(), subnet_view(model, subnet) as view:
+                in_place = view(input_ids=ids).logits
+            small = extract_model(model, subnet)
+            small.save_pretrained(tmp_path / f"{shape}-{compensate}")
+            loaded = AutoModelForCausalLM.from_pretrained(tmp_path / f"{shape}-{compensate}").eval()
+            assert (logits_of(loaded, ids) - in_place).abs().max().item() <= 1e-4, (shape, compensate)
+            checked += 1
+    assert checked >= 3
+    assert torch.equal(logits_of(model, ids), logits_of(tiny_family_model(model_type), ids))  # view restored
+
+
+@pytest.mark.parametrize("model_type", FAMILY_NAMES)
+def test_evaluation_scores_what_the_model_computes(model_type):
+    """The scoring path (base model + LM head on scored positions) equals the model's own forward, softcapping
+    and logit scaling included."""
+    model = tiny_family_model(model_type)
+    ids = torch.randint(3, 96, (1, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
+        scored = token_logprobs(model, hidden, ids[0, 1:])
+        reference = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1).gather(
+            1, ids[0, 1:, None]).squeeze(1)
+    assert (scored - reference).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("model_type", FAMILY_NAMES)
+def test_merged_adapters_equal_the_adapted_view(model_type):
+    model = tiny_family_model(model_type)
+    dims = model_dims(model.config)
+    subnet = subnets(model)["mixed"]
+    space = SearchSpace((2, 3, 4), tuple(dims.head_counts()), (16, 24, 48))
+    adapters = SMoLAdapters(dims, space, AdapterConfig(experts=2, top_k=1, rank=2), model).eval()
+    torch.manual_seed(4)
+    for name, param in adapters.named_parameters():
+        if name.endswith(".B"):
+            param.data.normal_(0, 0.05)
+    ids = torch.randint(3, 96, (1, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), adapters.applied(model, subnet) as view:
+        adapted = view(input_ids=ids).logits
+    merged = tiny_family_model(model_type)
+    adapters.merge_into(merged, subnet)
+    assert (logits_of(extract_model(merged, subnet), ids) - adapted).abs().max().item() <= 1e-4
+
+
+def test_head_counts_follow_the_family_config():
+    """LLaMA's config requires hidden % heads == 0, Qwen2's does not; OLMo-2 keeps every head."""
+    odd = {**SIZES, "hidden_size": 66, "num_attention_heads": 6, "num_key_value_heads": 3}   # 66 % 4 != 0
+    assert model_dims(AutoConfig.for_model("llama", **odd)).head_counts() == [2, 3, 6]
+    assert model_dims(AutoConfig.for_model("qwen2", **odd)).head_counts() == [2, 3, 4, 6]
+    assert model_dims(AutoConfig.for_model("olmo2", **SIZES)).head_counts() == [4]
+
+
+def test_an_unknown_architecture_is_refused_with_the_supported_list():
+    config = AutoConfig.for_model("gpt2", n_layer=1, n_embd=32, n_head=2, vocab_size=64)
+    with pytest.raises(UserError, match="model type 'gpt2' is not supported.*llama"):
+        family_of(config)

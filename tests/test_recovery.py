@@ -1,0 +1,113 @@
+"""Recovery pieces: the self-generated distillation corpus (exact resume, refusal of other settings, training
+reader), shipped-adapter export (bf16, same merged model within bf16 rounding), and the honest-quality helpers
+(lm-eval's standard error, chance warnings, greedy answers of the view == of the extracted checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from amoeba_search.data import read_training_texts
+from amoeba_search.errors import UserError
+from amoeba_search.evaluate import mean_stderr_pct, near_chance
+from amoeba_search.extract import extract
+from amoeba_search.finetune.checkpoint import export_adapters, load_adapters, save_checkpoint
+from amoeba_search.finetune.corpus import CorpusSettings, generate_corpus
+from amoeba_search.finetune.smol import AdapterConfig, SMoLAdapters
+from amoeba_search.models import load_model
+from amoeba_search.quality import chance_warnings, greedy_samples, quality
+from amoeba_search.selection.space import Candidate, SearchSpace, candidate_subnet
+from amoeba_search.subnet import ModelDims
+from tests.test_finetune import world  # noqa: F401  (the shared tiny model + strategy fixture)
+
+SETTINGS = CorpusSettings(samples=6, max_new_tokens=8, batch_size=2, temperature=1.0, top_k=20)
+
+
+@pytest.fixture()
+def instructions(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"Say {w}.", "instances": [{"input": "", "output": w}]}) + "\n"
+                            for w in ("hello", "bye", "yes")))
+    return path
+
+
+def test_corpus_resumes_exactly_and_refuses_other_settings(tiny, instructions, tmp_path):
+    straight = generate_corpus(tiny, instructions, tmp_path / "straight.jsonl", SETTINGS, progress=False)
+    lines = straight.read_text().splitlines(keepends=True)
+    assert len(lines) == 1 + SETTINGS.samples and json.loads(lines[0])["settings"]["samples"] == SETTINGS.samples
+    torn = tmp_path / "torn.jsonl"                       # killed mid-write: two batches and half a line
+    torn.write_text("".join(lines[:5]) + lines[5][:10])
+    generate_corpus(tiny, instructions, torn, SETTINGS, progress=False)
+    body = lambda p: [{k: v for k, v in json.loads(x).items()} for x in p.read_text().splitlines()[1:]]  # noqa: E731
+    assert body(torn) == body(straight)
+    with pytest.raises(UserError, match="different settings"):
+        generate_corpus(tiny, instructions, torn, CorpusSettings(samples=6, max_new_tokens=9, batch_size=2),
+                        progress=False)
+    not_a_corpus = tmp_path / "other.jsonl"
+    not_a_corpus.write_text('{"text": "x"}\n')
+    with pytest.raises(UserError, match="not a distillation corpus"):
+        generate_corpus(tiny, instructions, not_a_corpus, SETTINGS, progress=False)
+    texts = read_training_texts(straight)                # the header is skipped, every sample is a text
+    assert len(texts) == SETTINGS.samples and all(t.startswith(("Say ", *__import__(
+        "amoeba_search.finetune.corpus", fromlist=["OPENINGS"]).OPENINGS)) for t in texts)
+
+
+def test_stderr_is_lm_evals_and_chance_is_flagged():
+    outcomes = [True] * 50 + [False] * 50
+    assert mean_stderr_pct(outcomes) == pytest.approx(100 * math.sqrt(0.25 / 99))
+    result = {"acc": 27.0, "acc_stderr": 2.0, "acc_norm": 40.0, "acc_norm_stderr": 2.0, "chance_acc": 25.0}
+    assert near_chance(result) and not near_chance(result, "acc_norm")
+    (line,) = chance_warnings({"arc_easy": result})
+    assert "arc_easy acc 27.0" in line and "chance (25.0)" in line
+
+
+def test_view_answers_equal_the_extracted_checkpoints(world, tmp_path):  # noqa: F811
+    """The greedy sample shown for a subnet is the one its extracted checkpoint gives (KV cache and all)."""
+    loaded, strategy, _, _ = world
+    subnet = candidate_subnet(loaded.model, strategy, Candidate(3, 4, 24))
+    with loaded.view(subnet) as model:
+        in_place = greedy_samples(model, loaded.tokenizer, max_new_tokens=12)
+    extracted = load_model(str(extract(loaded, subnet, tmp_path / "ckpt")))
+    assert greedy_samples(extracted.model, extracted.tokenizer, max_new_tokens=12) == in_place
+
+
+def test_quality_record_names_what_it_scored(world, tiny_data):  # noqa: F811
+    loaded = world[0]
+    record = quality(loaded, None, tiny_data, questions=4, windows=1)
+    arc = record["tasks"]["arc_easy"]
+    assert {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "chance_acc"} <= set(arc)
+    assert len(record["generation"]) == 3 and all(isinstance(s["text"], str) for s in record["generation"])
+    assert isinstance(record["warnings"], list)
+
+
+def test_exported_bf16_adapters_load_and_merge_like_the_checkpoint(world, tmp_path):  # noqa: F811
+    loaded, strategy, root, _ = world
+    dims = ModelDims.from_config(loaded.model.config)
+    config = AdapterConfig(experts=3, top_k=2, rank=4)
+    adapters = SMoLAdapters(dims, SearchSpace.from_strategy(strategy, dims), config, loaded.model)
+    torch.manual_seed(0)
+    for name, param in adapters.named_parameters():
+        if name.endswith(".B"):
+            param.data.normal_(0, 0.05)
+    record = {"model": loaded.fingerprint, "strategy": {"path": str(root / "strategy.json"),
+                                                        "fingerprint": strategy.fingerprint},
+              "space": adapters.space.to_dict(), "adapter": config.to_dict(), "training": {}, "step": 1,
+              "seconds": 0.0, "history": []}
+    run = tmp_path / "run"
+    save_checkpoint(run, adapters, torch.optim.AdamW(adapters.parameters()), record)
+    shipped = export_adapters(run, tmp_path / "shipped")
+    assert sorted(p.name for p in shipped.iterdir()) == ["adapters.json", "adapters.safetensors"]
+    full, small = load_adapters(loaded, run), load_adapters(loaded, shipped)
+    assert (shipped / "adapters.safetensors").stat().st_size < 0.6 * (run / "step-000001" /
+                                                                      "adapters.safetensors").stat().st_size
+    ids = torch.randint(0, 257, (1, 16))
+    subnet = candidate_subnet(loaded.model, strategy, Candidate(4, 6, 48))
+    with torch.no_grad():
+        with full.applied(loaded.model, subnet) as model:
+            a = model(input_ids=ids).logits
+        with small.applied(loaded.model, subnet) as model:
+            b = model(input_ids=ids).logits
+    assert (a - b).abs().max().item() < 2e-2 * a.abs().max().item()
