@@ -7,10 +7,10 @@ model's -> Pareto plot. Every artifact is a file under --out. The demo never tra
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from .artifacts import SCHEMA_VERSION, environment, write_json_atomic
 from .data import data_root
@@ -23,7 +23,8 @@ from .profiling.environment import default_device_slug, device_name
 from .profiling.flows import FLOWS
 from .profiling.harness import StopRule
 from .profiling.lut import LookupTable, Setting
-from .profiling.profile import QUICK_MLP_RATIOS, WidthGrid, build_profile, measure_model
+from .profiling.load import load_warnings
+from .profiling.profile import QUICK_MLP_RATIOS, WidthGrid, build_profile, measured_latency
 from .profiling.store import ProfileStore
 from .resources import shipped_strategy
 from .search.report import best_record, pareto_rows, write_best
@@ -75,7 +76,7 @@ def demo_adapters(console: Console, full: LoadedModel, strategy: Strategy, adapt
 
 def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float = 0.6, trials: int = 30,
              questions: int = 100, windows: int = 8, data_dir: Path | None = None,
-             strategy_path: Path | None = None, adapters: Path | None = None) -> dict:
+             strategy_path: Path | None = None, adapters: Path | None = None, strict: bool = False) -> dict:
     root = data_root(data_dir)
     strategy_path = strategy_path or shipped_strategy()
     strategy = Strategy.load(strategy_path)
@@ -115,6 +116,11 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
                  load_model(str(checkpoint)), None, ctx.latency_ms(candidate))]
     if adapters:                               # what the adapters bought: the same subnet without them
         measured.append((f"searched {candidate.key}, not fine-tuned", full, subnet, None))
+    load = load_warnings(lut.meta["environment"].get("reference_kernel_ms"))
+    if load and strict:
+        raise UserError(f"--strict: {load[0]}; run the demo on an idle machine, or drop --strict")
+    for line in load:
+        console.print(f"[yellow]warning:[/] {escape(line)}")
     for name, loaded, view, predicted in measured:
         with console.status(f"{name}: decode latency, WikiText-2 test ppl, ARC-easy accuracy, greedy answers"):
             rows.append(measure_row(name, loaded, view, predicted, setting, root, questions, windows))
@@ -127,6 +133,7 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
     record = {"schema_version": SCHEMA_VERSION, "kind": "amoeba_search.demo", "model": full.fingerprint,
               "strategy": str(strategy_path), "profile": str(lut.directory), "target_ratio": target_ratio,
               "target_ms": target, "best": candidate.key, "adapters": None if adapters is None else str(adapters),
+              "load_warnings": load,
               "rows": rows, "environment": environment()}
     write_json_atomic(out / "demo.json", record)
     console.print("artifacts:\n" + "\n".join(f"  {label}: {path}" for label, path in (
@@ -138,12 +145,13 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
 
 def measure_row(name: str, loaded: LoadedModel, view: Subnet | None, predicted_ms: float | None, setting: Setting,
                 root: Path, questions: int, windows: int) -> dict:
-    """Real decode latency through the profiled flow (median of 3 passes; only for a dense model, as deployed),
-    held-out quality (WikiText-2 test, ARC-easy with standard errors) and greedy answers, of a model or a view."""
-    latency = None if view is not None else statistics.median(
-        measure_model(FLOWS.get(FLOW), loaded.model, setting, StopRule())["median_ms"] for _ in range(3))
+    """Real decode latency through the profiled flow (only for a dense model, as deployed: median of 3 passes,
+    p10/p90 of their samples), held-out quality (WikiText-2 test, ARC-easy with standard errors) and greedy
+    answers, of a model or a view."""
+    latency = {} if view is not None else measured_latency(FLOWS.get(FLOW), loaded.model, setting)
     record = quality(loaded, view, root, questions=questions, windows=windows)
     dims = model_dims(loaded.model.config)
     return {"name": name, "path": str(loaded.path), "layers": len(view.layers) if view else dims.num_layers,
-            "predicted_ms": predicted_ms, "measured_ms": latency, "tasks": record["tasks"],
-            "warnings": record["warnings"], "generation": record["generation"]}
+            "predicted_ms": predicted_ms, "measured_ms": latency.get("median_ms"),
+            "measured_p10_ms": latency.get("p10_ms"), "measured_p90_ms": latency.get("p90_ms"),
+            "tasks": record["tasks"], "warnings": record["warnings"], "generation": record["generation"]}

@@ -31,6 +31,30 @@ _ZERO_ONLY = {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_pro
               "mlp.up_proj.bias"}
 
 
+def check_gguf(config) -> None:
+    """Refuse, before any work, a model this writer cannot express exactly in llama.cpp: other architectures than
+    llama (their tensor layouts, norms and metadata differ), rope scaling (llama.cpp needs the rope_freqs factors
+    this writer does not compute), q/k/v biases llama's GGUF has no place for."""
+    from .families.base import family_of
+
+    family = family_of(config)
+    fix = "convert the extracted checkpoint dir with llama.cpp's convert_hf_to_gguf.py instead"
+    if family.gguf_arch != "llama":
+        raise UserError(f"GGUF: this writer writes llama-architecture models only, not {family.model_type} "
+                        f"({family.gguf_arch or 'no'} architecture in llama.cpp): {fix}")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        raise UserError(f"GGUF: rope scaling {rope.get('rope_type')!r} is not written by this writer (llama.cpp would "
+                        f"run unscaled rope, other logits): {fix}")
+
+
+def gguf_context_length(config) -> int:
+    """The longest context llama.cpp may run the model at and compute what transformers computes: a llama-arch
+    GGUF has no sliding window, so a model with one (Mistral) is capped at its window."""
+    window = getattr(config, "sliding_window", None)
+    return min(config.max_position_embeddings, window) if window else config.max_position_embeddings
+
+
 def permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
     """HF stores q/k rows as two halves per head; GGUF interleaves them (convert_hf_to_gguf's permute)."""
     return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
@@ -108,13 +132,14 @@ def write_gguf(model: PreTrainedModel, out: str | os.PathLike, tokenizer_gguf: P
     if weight_type not in TYPES:
         raise UserError(f"GGUF weight type {weight_type!r}: choose from {', '.join(TYPES)}")
     config = model.config
+    check_gguf(config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), "llama")
     writer.add_name(name)
-    writer.add_context_length(config.max_position_embeddings)
+    writer.add_context_length(gguf_context_length(config))
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)

@@ -118,12 +118,24 @@ def _tied_keys(model: PreTrainedModel) -> set[str]:
     return keys | ({"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set())
 
 
-def load_model(spec: str = "default", dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a model for evaluation (eval mode, no grad needed) from 'default' or a local checkpoint dir."""
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def torch_dtype(name: str) -> torch.dtype | str:
+    """'auto' (the checkpoint's own dtype) or a torch dtype by name; anything else is one clear line."""
+    if name not in DTYPES:
+        raise UserError(f"--dtype {name!r}: choose {', '.join(DTYPES)}")
+    return name if name == "auto" else getattr(torch, name)
+
+
+def load_model(spec: str = "default", dtype: str = "auto") -> LoadedModel:
+    """Load a model for evaluation (eval mode, no grad needed) from 'default' or a local checkpoint dir, in its
+    own dtype ('auto': a bf16 checkpoint stays bf16, so memory is about its size on disk) or the one asked for."""
     name, path = resolve_model_path(spec)
+    chosen = torch_dtype(dtype)
     try:
         config = AutoConfig.from_pretrained(path)
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=chosen, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:    # any unreadable part (truncated safetensors, bad config, tokenizer) is the user's file
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -43,7 +43,8 @@ def greedy_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
         encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
         output = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad)
         new = output[0, encoded["input_ids"].shape[1]:]                                    # (new,)
-        samples.append({"prompt": text, "text": tokenizer.decode(new, skip_special_tokens=True).strip()})
+        answer = tokenizer.decode(new, skip_special_tokens=True).strip()
+        samples.append({"prompt": text, "text": answer or "(no text: the model ended at once)"})
     return samples
 
 
@@ -76,29 +77,31 @@ def quality(loaded: LoadedModel, subnet: Subnet | None, data_dir: Path, tasks: l
 def metric_cells(name: str, result: dict) -> dict[str, str]:
     """Display strings for one task: its headline value with ± where there is one, acc_norm, and what was scored
     (the data file's split, windows or questions, the chance level)."""
-    split = Path(TASKS.get(name).relative_path).stem
+    split = Path(TASKS.get(name).relative_path).stem.rsplit("_", 1)[-1]      # test, validation, val
     if "ppl" in result:
-        return {"value": f"ppl {result['ppl']:.2f}", "norm": "",
-                "what": f"{split} split, {result['windows']}x{result['seq_len']} tokens"}
-    return {"value": f"acc {result['acc']:.1f} ± {result['acc_stderr']:.1f}",
+        return {"value": f"{result['ppl']:.2f}", "norm": "",
+                "what": f"ppl, {split}, {result['windows']}x{result['seq_len']} tokens"}
+    return {"value": f"{result['acc']:.1f} ± {result['acc_stderr']:.1f}",
             "norm": f"{result['acc_norm']:.1f} ± {result['acc_norm_stderr']:.1f}",
-            "what": f"{split} split, {result['questions']} q, chance {result['chance_acc']:.0f}"}
+            "what": f"acc %, {split}, {result['questions']} q, chance {result['chance_acc']:.0f}"}
 
 
 def quality_table(rows: list[dict], title: str) -> Table:
-    """Rows of {name, predicted_ms, measured_ms, tasks}: one line per model, one column per metric (± stderr)."""
+    """Rows of {name, predicted_ms, measured_ms (+ p10/p90), tasks}: one line per model, one column per metric
+    (± stderr)."""
     table = Table(title=escape(title))
     tasks = list(rows[0]["tasks"])
     cells = [{name: metric_cells(name, r["tasks"][name]) for name in tasks} for r in rows]
-    columns = ["model", "predicted ms", "measured ms"]
+    columns = ["model", "predicted ms", "measured ms (p10-p90)"]
     for name in tasks:
         what = cells[0][name]["what"]
-        columns += [f"{name} ({what})"] + ([f"{name} acc_norm"] if cells[0][name]["norm"] else [])
+        columns += [f"{name}: {what}"] + (["acc_norm"] if cells[0][name]["norm"] else [])
     for column in columns:
         table.add_column(escape(column), justify="left" if column == "model" else "right")
     for r, cell in zip(rows, cells):
         values = [r["name"], "" if r["predicted_ms"] is None else f"{r['predicted_ms']:.2f}",
-                  "" if r["measured_ms"] is None else f"{r['measured_ms']:.2f}"]
+                  "" if r["measured_ms"] is None else f"{r['measured_ms']:.2f}" + (
+                      f" ({r['measured_p10_ms']:.1f}-{r['measured_p90_ms']:.1f})" if r.get("measured_p10_ms") else "")]
         for name in tasks:
             values += [cell[name]["value"]] + ([cell[name]["norm"]] if cell[name]["norm"] else [])
         table.add_row(*map(escape, values))

@@ -72,6 +72,11 @@ def tiny_data(tmp_path_factory) -> Path:
                 labels = ["1", "2", "3", "4"][: len(texts)] if key.isdigit() else list("ABCD")[: len(texts)]
                 handle.write(json.dumps({"id": f"q{i}", "question": q, "choices": {"text": texts, "label": labels},
                                          "answerKey": key}) + "\n")
+    (root / "instructions").mkdir()
+    with open(root / "instructions" / "alpaca_seed_tasks.jsonl", "w") as handle:
+        for n in range(4):
+            handle.write(json.dumps({"instruction": f"Count to {n + 1}.", "instances": [
+                {"input": "", "output": " ".join(map(str, range(1, n + 2)))}]}) + "\n")
     (root / "mmlu").mkdir()
     with open(root / "mmlu" / "zero_shot_val.jsonl", "w") as handle:
         for answer in "ABCD":

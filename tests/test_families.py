@@ -158,3 +158,51 @@ def test_an_unknown_architecture_is_refused_with_the_supported_list():
     config = AutoConfig.for_model("gpt2", n_layer=1, n_embd=32, n_head=2, vocab_size=64)
     with pytest.raises(UserError, match="model type 'gpt2' is not supported.*llama"):
         family_of(config)
+
+
+@pytest.mark.parametrize("model_type", FAMILY_NAMES)
+def test_gguf_writes_what_llama_cpp_computes_or_refuses(model_type, tmp_path):
+    """The GGUF writer takes the llama-architecture families (Mistral capped at its sliding window) and
+    llama.cpp computes their logits; every other family, and rope scaling, is refused with the converter fix."""
+    from amoeba_search.gguf_export import check_gguf, gguf_context_length, write_gguf
+
+    model = tiny_family_model(model_type)
+    if family_of(model.config).gguf_arch != "llama" or model_type == "llama":     # the tiny Llama-3 has llama3 rope
+        with pytest.raises(UserError, match="convert_hf_to_gguf"):
+            check_gguf(model.config)
+        return
+    assert gguf_context_length(model.config) == 8
+    llama_cpp = pytest.importorskip("llama_cpp")
+    small = extract_model(model, subnets(model)["mixed"])
+    path = write_gguf(small, tmp_path / "m.gguf", None, "f32")
+    llm = llama_cpp.Llama(str(path), n_ctx=8, n_threads=1, logits_all=True, verbose=False, type_k=0, type_v=0)
+    ids = [5, 17, 60, 3, 42, 7, 11, 9]
+    llm.eval(ids)
+    with torch.no_grad():
+        expected = small(torch.tensor([ids])).logits[0]
+    assert torch.allclose(torch.tensor(llm.scores[: len(ids)]), expected, atol=1e-3)
+
+
+def test_a_bf16_checkpoint_stays_bf16_through_loading_and_extraction(tmp_path):
+    """Loading memory ~ the checkpoint's size in its own dtype: bf16 is neither widened to fp32 on load nor in
+    the extracted checkpoint, unless asked."""
+    from amoeba_search.extract import extract
+    from amoeba_search.models import load_model
+    from tests.conftest import build_tiny
+
+    source = build_tiny(tmp_path / "fp32")
+    bf16 = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(source).to(torch.bfloat16).save_pretrained(bf16)
+    (bf16 / "tokenizer.json").write_bytes((source / "tokenizer.json").read_bytes())
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).exists():
+            (bf16 / name).write_bytes((source / name).read_bytes())
+    loaded = load_model(str(bf16))
+    assert loaded.model.dtype == torch.bfloat16
+    assert load_model(str(bf16), "float32").model.dtype == torch.float32
+    out = extract(loaded, Subnet.uniform(ModelDims.from_config(loaded.model.config), [0, 1, 2, 3, 4]), tmp_path / "x")
+    assert load_model(str(out)).model.dtype == torch.bfloat16
+    size = lambda d: sum(p.stat().st_size for p in d.glob("*.safetensors"))  # noqa: E731
+    assert size(out) < 0.6 * size(source)
+    with pytest.raises(UserError, match="--dtype 'int8'"):
+        load_model(str(bf16), "int8")

@@ -32,12 +32,12 @@ def example(*commands: str) -> str:
     return "**Examples**\n\n```\n" + "\n".join(commands) + "\n```"
 
 
-def load(model: str, adapters: Path | None = None):
+def load(model: str, adapters: Path | None = None, dtype: str = "auto"):
     """The model (and its fine-tuned adapters), with a spinner: the first load of the default converts its GGUF."""
     from ..finetune.checkpoint import load_model_and_adapters
 
     with console.status(f"loading model {model!r} (the first load of the default converts its GGUF once, ~20 s)"):
-        return load_model_and_adapters(model, adapters)
+        return load_model_and_adapters(model, adapters, dtype)
 
 
 def store(profiles_dir: Path | None) -> ProfileStore:
@@ -100,6 +100,8 @@ DataDirOption = typer.Option(None, "--data-dir", help="Data root (default: $AMOE
 ProfilesOption = typer.Option(None, "--profiles-dir", help=f"Profile root written to and searched first (default: "
                                                            f"${PROFILES_ENV}, else the shipped device_profiles/; "
                                                            "shipped profiles are always found).")
+DtypeOption = typer.Option("auto", "--dtype", help="Load the model in auto (the checkpoint's own dtype: bf16 stays "
+                                                   "bf16), float32, bfloat16 or float16.")
 AdaptersOption = typer.Option(None, "--adapters", help="Fine-tuned SMoL adapters dir (`amoeba finetune --out DIR`): "
                                                        "the subnet runs with its shape-gated LoRA update.")
 StrategyOption = typer.Option(Path("default"), "--strategy", help="Strategy JSON from `amoeba select` (DP depths + "

@@ -23,6 +23,7 @@ def demo(
     adapters: str = typer.Option("default", "--adapters", help="Fine-tuned adapters to search and extract with: "
                                                                "'default' = the shipped ones, a dir from `amoeba "
                                                                "finetune`, or 'none'."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse to time on a loaded machine (else a warning)."),
     data_dir: Optional[Path] = DataDirOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
@@ -42,4 +43,4 @@ def demo(
 
         chosen = shipped_adapters_for(full) if adapters == "default" else Path(adapters)
     run_demo(console, full, out, target_ratio, trials, questions=questions, windows=windows, data_dir=data_dir,
-             adapters=chosen)
+             adapters=chosen, strict=strict)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import (AdaptersOption, DataDirOption, ModelOption, ThreadsOption, check_output, check_range, console,
+from .common import (AdaptersOption, DataDirOption, DtypeOption, ModelOption, ThreadsOption, check_output, check_range, console,
                      example, load, new_app, setup)
 from ..tasks import TASKS
 
@@ -32,6 +32,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the full JSON record here."),
     threads: Optional[int] = ThreadsOption,
     adapters: Optional[Path] = AdaptersOption,
+    dtype: str = DtypeOption,
     generate: bool = typer.Option(True, help="Also show greedy answers to 3 fixed prompts (the record keeps them)."),
 ) -> None:
     """Perplexity (WikiText-2) and multiple-choice accuracy (ARC, MMLU) of a model or subnet -> table + JSON."""
@@ -48,7 +49,7 @@ def evaluate(
     check_output(out)
     selected = parse_tasks(tasks)
     root = data_root(data_dir)
-    loaded = load(model, adapters)
+    loaded = load(model, adapters, dtype)
     dims = ModelDims.from_config(loaded.model.config)
     spec = Subnet.load(subnet_file, dims, loaded.fingerprint) if subnet_file else None
     record = quality(loaded, spec, root, selected, questions=questions, windows=windows, seq_len=seq_len,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import ModelOption, check_output, console, example, load, new_app, setup
+from .common import DtypeOption, ModelOption, check_output, console, example, load, new_app, setup
 from ..errors import UserError
 from ..gguf_export import TYPES as GGUF_TYPES
 
@@ -26,7 +26,9 @@ def extract(
                                                   f"{', '.join(GGUF_TYPES)} (tokenizer from the embedded model's "
                                                   "GGUF)."),
     adapters: Optional[Path] = typer.Option(None, "--adapters", help="Merge these fine-tuned adapters (the subnet's "
-                                                                     "gate-mixed LoRA) into the extracted weights."),
+                                                                     "gate-mixed LoRA) into the extracted weights; "
+                                                                     "'default' = the shipped ones."),
+    dtype: str = DtypeOption,
 ) -> None:
     """Write the subnet as a dense HF checkpoint that plain `AutoModelForCausalLM.from_pretrained` loads."""
     setup(None)
@@ -36,19 +38,36 @@ def extract(
     if out.exists() and not overwrite:
         raise UserError(f"output directory {out} already exists: choose another --out or pass --overwrite")
     from ..artifacts import dir_mib
+    from ..models import torch_dtype
     from ..extract import extract as extract_checkpoint
     from ..subnet import ModelDims, Subnet
 
-    loaded = load(model, adapters)
+    torch_dtype(dtype)
+    loaded = load(model, adapters, dtype)
     dims = ModelDims.from_config(loaded.model.config)
     spec = Subnet.load(subnet_file, dims, loaded.fingerprint)
+    tokenizer_gguf = gguf_tokenizer(loaded) if gguf is not None else None       # refusals before any writing
     with console.status("extracting"):
         path = extract_checkpoint(loaded, spec, out, overwrite=overwrite)
     if gguf is not None:
         from ..gguf_export import write_gguf
-        from ..models import embedded_gguf, load_model
+        from ..models import load_model
 
         with console.status(f"writing {path / 'model.gguf'} ({gguf})"):
-            write_gguf(load_model(str(path)).model, path / "model.gguf", embedded_gguf(), gguf)
+            write_gguf(load_model(str(path)).model, path / "model.gguf", tokenizer_gguf, gguf)
     console.print(f"wrote {path} ({spec.summary(dims)}, {dir_mib(path):.1f} MiB); load it with "
                   f"AutoModelForCausalLM.from_pretrained('{path}')" + (" or llama.cpp (model.gguf)" if gguf else ""))
+
+
+def gguf_tokenizer(loaded):
+    """The GGUF whose tokenizer metadata the subnet's GGUF copies: the embedded model's own file. Another model's
+    tokenizer would need llama.cpp's pre-tokenizer detection to be converted exactly, so it is refused."""
+    from ..gguf_export import check_gguf, gguf_vocab_size
+    from ..models import DEFAULT_MODEL, embedded_gguf
+
+    check_gguf(loaded.model.config)
+    if loaded.name != DEFAULT_MODEL or gguf_vocab_size(embedded_gguf()) != loaded.model.config.vocab_size:
+        raise UserError(f"--gguf: the tokenizer of {loaded.name!r} cannot be written exactly here (only the embedded "
+                        "model's GGUF tokenizer is copied): extract without --gguf and convert the checkpoint dir "
+                        "with llama.cpp's convert_hf_to_gguf.py")
+    return embedded_gguf()

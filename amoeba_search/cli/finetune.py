@@ -89,13 +89,17 @@ def finetune(
     corpus_path = None if corpus == "none" else (out / "corpus.jsonl" if corpus == "auto" else Path(corpus))
     if corpus_path is not None:
         check_output(corpus_path)
+    texts = {str(file): read_training_texts(file) for file in files}      # bad data fails before any work
+    settings = CorpusSettings(samples=corpus_samples)
+    instructions = instruction_file(root) if corpus_path is not None else None
     path = strategy_path(strategy)
     strategy_obj = Strategy.load(path)
     loaded = load(model)
     if corpus_path is not None:
-        make_corpus(loaded, root, corpus_path, CorpusSettings(samples=corpus_samples))
-        files.append(corpus_path)
-    texts = {str(file): read_training_texts(file) for file in files}
+        from ..finetune.corpus import generate_corpus
+
+        generate_corpus(loaded, instructions, corpus_path, settings)
+        texts[str(corpus_path)] = read_training_texts(corpus_path)
     trainer = Trainer(loaded, strategy_obj, path, texts, out, config, adapter)
     if trainer.record["step"]:
         console.print(f"resuming {out} at step {trainer.record['step']}/{steps}")
@@ -137,15 +141,12 @@ def corpus(
     settings = CorpusSettings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                               batch_size=batch_size, seed=seed)
     root = data_root(data_dir)
+    instructions = instruction_file(root)
     loaded = load(model)
-    make_corpus(loaded, root, out, settings)
-    console.print(f"corpus in {out}: train on it with `amoeba finetune --corpus {out}`")
-
-
-def make_corpus(loaded, root: Path, path: Path, settings: CorpusSettings) -> None:
     from ..finetune.corpus import generate_corpus
 
-    generate_corpus(loaded, instruction_file(root), path, settings)
+    generate_corpus(loaded, instructions, out, settings)
+    console.print(f"corpus in {out}: train on it with `amoeba finetune --corpus {out}`")
 
 
 def instruction_file(root: Path) -> Path:

@@ -114,7 +114,10 @@ def search_command(
     out: Path = typer.Option(Path("search/best.json"), "--out", "-o", help="Best subnet spec (+ search summary)."),
     extract_dir: Optional[Path] = typer.Option(None, "--extract", help="Also extract the best subnet here, measure "
                                                                        "its latency (when the profile is this "
-                                                                       "machine's) and held-out perplexity."),
+                                                                       "machine's), held-out accuracy and greedy "
+                                                                       "answers beside the full model's."),
+    strict: bool = typer.Option(False, "--strict", help="With --extract: refuse to time on a loaded machine or one "
+                                                        "slower/faster than the profile recorded (else a warning)."),
 ) -> None:
     """Best subnet under a latency target on a device/flow: Optuna TPE with the latency as a constraint."""
     setup(search["threads"])
@@ -153,7 +156,9 @@ def search_command(
         from ..quality import print_samples, quality_table
 
         with console.status(f"extracting to {extract_dir} and measuring it beside the full model"):
-            result = verify(ctx, out, extract_dir, search["data_dir"])
+            result = verify(ctx, out, extract_dir, search["data_dir"], strict=strict)
+        for line in result["load_warnings"]:
+            console.print(f"[yellow]warning:[/] {escape(line)}")
         console.print(quality_table(result["rows"], "the extracted subnet beside the full model"))
         print_samples(console, result["rows"])
         console.print(result["summary"])

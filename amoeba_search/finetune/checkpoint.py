@@ -105,10 +105,10 @@ def load_adapters(loaded: LoadedModel, path: Path) -> SMoLAdapters:
     return adapters.eval()
 
 
-def load_model_and_adapters(model: str, adapters: str | Path | None = None) -> LoadedModel:
+def load_model_and_adapters(model: str, adapters: str | Path | None = None, dtype: str = "auto") -> LoadedModel:
     """A model by name or path, with fine-tuned adapters attached when given (they are checked against it);
     adapters 'default' are the ones shipped for the embedded model."""
-    loaded = load_model(model)
+    loaded = load_model(model, dtype)
     if adapters is not None:
         loaded.adapters = load_adapters(loaded, shipped_adapters_for(loaded) if str(adapters) == "default"
                                         else Path(adapters))

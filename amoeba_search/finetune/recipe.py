@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -151,7 +152,7 @@ class Trainer:
         scheduler = get_scheduler(self.config.schedule, self.optimizer, num_warmup_steps=self.config.warmup_steps,
                                   num_training_steps=self.config.steps)
         with warnings.catch_warnings():      # fast-forwarding without optimizer steps is the point here
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             for _ in range(done_steps):
                 scheduler.step()
         return scheduler

@@ -23,7 +23,7 @@ from ..families.base import model_dims
 from .environment import default_device_slug, measurement_environment
 from .flows import FLOWS
 from .flows.base import Flow, element_bytes
-from .harness import StopRule, measure
+from .harness import StopRule, measure, summarize
 from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting, check_compatible,
                   fit_lut, read_profile_meta)
 from .store import ProfileStore
@@ -95,6 +95,18 @@ def measure_model(flow: Flow, model: PreTrainedModel, setting: Setting, rule: St
     return {**result.stats, "converged": result.converged, "weights_mib": round(weights, 3), "kv_mib": round(kv, 3),
             "peak_mem_mib": "" if result.peak_mem_mib is None else round(result.peak_mem_mib, 1),
             "wall_s": round(time.perf_counter() - started, 3), "samples_ms": " ".join(f"{s:.4f}" for s in result.samples_ms)}
+
+
+def measured_latency(flow: Flow, model: PreTrainedModel, setting: Setting, passes: int = 3) -> dict:
+    """What a report shows for a deployed model: the median over `passes` independent timings (each converged
+    under the stop rule) and the spread of all their samples (p10 / p90)."""
+    import statistics
+
+    runs = [measure_model(flow, model, setting, StopRule()) for _ in range(passes)]
+    samples = sorted(float(v) for run in runs for v in run["samples_ms"].split())
+    spread = summarize(samples)
+    return {"median_ms": statistics.median(run["median_ms"] for run in runs), "p10_ms": spread["p10_ms"],
+            "p90_ms": spread["p90_ms"], "passes": passes, "samples": len(samples)}
 
 
 def profile_meta(loaded: LoadedModel, device: str, flow: Flow, source: str, extra: dict) -> dict:

@@ -10,6 +10,7 @@ import optuna
 from tqdm.auto import tqdm
 
 from ..artifacts import read_json, write_json_atomic
+from ..errors import UserError
 from ..profiling.environment import device_name
 from ..profiling.flows import FLOWS
 from ..subnet import Subnet
@@ -51,18 +52,16 @@ def is_this_machine(ctx: SearchContext) -> bool:
 
 
 def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, windows: int = 20,
-           questions: int | None = None, passes: int = 3) -> dict:
+           questions: int | None = None, passes: int = 3, strict: bool = False) -> dict:
     """Extract the best subnet (adapters merged when attached) and check what the user gets: the checkpoint loaded
     back from disk, beside the original full model. On the profiled machine, real latency like the profiler's
     (median of passes); for both, WikiText-2 *test* perplexity, ARC-easy acc / acc_norm with standard errors and
     greedy answers to the fixed prompts."""
-    import statistics
-
     from ..data import data_root
     from ..extract import extract
     from ..models import load_model
-    from ..profiling.harness import StopRule
-    from ..profiling.profile import measure_model
+    from ..profiling.load import load_warnings
+    from ..profiling.profile import measured_latency
     from ..quality import quality
 
     record = read_json(best_path, "best subnet", "run `amoeba search`")["search"]
@@ -73,17 +72,21 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
     measure = is_this_machine(ctx)
     rows = []
     full = dataclasses.replace(ctx.loaded, adapters=None)          # the original model, what users compare with
+    load = load_warnings(ctx.lut.meta["environment"].get("reference_kernel_ms")) if measure else []
+    if load and strict:
+        raise UserError(f"--strict: {load[0]}; time on an idle machine, or drop --strict to get a warning")
     for name, loaded, predicted in (("full model", full, ctx.full_model_ms()),
                                     (f"{record['candidate']} extracted" + (", adapters merged" if
                                                                            ctx.loaded.adapters else ""),
                                      handed_over, record["predicted_ms"])):
-        latency = statistics.median(measure_model(FLOWS.get(ctx.lut.meta["flow"]), loaded.model, ctx.setting,
-                                                  StopRule())["median_ms"] for _ in range(passes)) if measure else None
+        latency = measured_latency(FLOWS.get(ctx.lut.meta["flow"]), loaded.model, ctx.setting, passes) \
+            if measure else {}
         checked = quality(loaded, None, root, questions=questions, windows=windows)
-        rows.append({"name": name, "predicted_ms": predicted, "measured_ms": latency, "tasks": checked["tasks"],
-                     "warnings": checked["warnings"], "generation": checked["generation"]})
+        rows.append({"name": name, "predicted_ms": predicted, "measured_ms": latency.get("median_ms"),
+                     "measured_p10_ms": latency.get("p10_ms"), "measured_p90_ms": latency.get("p90_ms"),
+                     "tasks": checked["tasks"], "warnings": checked["warnings"], "generation": checked["generation"]})
     result = {"subnet": record["candidate"], "checkpoint": str(extract_dir), "predicted_ms": record["predicted_ms"],
-              "rows": rows}
+              "rows": rows, "load_warnings": load}
     small = rows[1]
     result.update(heldout_metric=f"wikitext2_test_ppl ({windows} x 512 windows)",
                   heldout_value=small["tasks"]["wikitext2"]["ppl"], full_heldout_value=rows[0]["tasks"]["wikitext2"]["ppl"])
