@@ -11,6 +11,8 @@ export PIP_NO_INPUT := 1
 # llama-cpp-python is built from source; a portable AVX2 build (the native one crashed on an AMX CPU here).
 LLAMA_CPP_SPEC ?= llama-cpp-python==0.3.36
 WHEELS ?= $(HOME)/.cache/amoeba_search/wheels
+LLAMA_CPP_VERSION = $(subst llama-cpp-python==,,$(LLAMA_CPP_SPEC))
+CONVERTER ?= $(HOME)/.cache/amoeba_search/llama-cpp-convert-$(LLAMA_CPP_VERSION)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: setup demo test bench clean llama-cpp
@@ -31,6 +33,16 @@ llama-cpp: setup  ## optional llama.cpp flow: build llama-cpp-python once (~6 mi
 		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(BIN)/pip wheel -q --no-deps "$(LLAMA_CPP_SPEC)" -w $(WHEELS)
 	$(BIN)/pip install -q $(WHEELS)/llama_cpp_python-$(subst llama-cpp-python==,,$(LLAMA_CPP_SPEC))-*.whl
+	@# llama.cpp's own HF -> GGUF converter, from the same source release (GGUF for the families amoeba's
+	@# writer leaves to it); sentencepiece is what the converter imports for SentencePiece vocabularies.
+	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz >/dev/null 2>&1 || \
+		$(BIN)/pip download -q --no-deps --no-binary :all: "$(LLAMA_CPP_SPEC)" -d $(WHEELS)
+	@test -f $(CONVERTER)/convert_hf_to_gguf.py || (mkdir -p $(CONVERTER) && tar -xzf \
+		$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(CONVERTER) --strip-components=3 \
+		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/convert_hf_to_gguf.py \
+		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/conversion \
+		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/gguf-py)
+	$(BIN)/pip install -q sentencepiece
 
 demo: setup      ## full model vs two extracted subnets: size, latency, perplexity, ARC-easy accuracy
 	$(BIN)/amoeba demo --threads 2

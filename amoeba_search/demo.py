@@ -129,7 +129,9 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
     console.rule("5. Pareto front")
     front_study = pareto(ctx, trials, progress=True)
     csv = write_csv(out / "pareto.csv", pareto_rows(ctx, front_study, progress=True))
-    figures = render(pareto_figure([csv], [target_ratio]), out / "pareto")
+    figures = render(pareto_figure([csv], [target_ratio], marks=[(f"chosen {candidate.key}",
+                                                                 ctx.latency_ms(candidate), best.value)]),
+                     out / "pareto")
     record = {"schema_version": SCHEMA_VERSION, "kind": "amoeba_search.demo", "model": full.fingerprint,
               "strategy": str(strategy_path), "profile": str(lut.directory), "target_ratio": target_ratio,
               "target_ms": target, "best": candidate.key, "adapters": None if adapters is None else str(adapters),

@@ -17,7 +17,8 @@ class Series:
     label: str
     x: list[float]
     y: list[float]
-    style: str = "line"                       # line, points or faint (background points)
+    style: str = "line"                       # line, points, faint (background points) or mark (one highlighted)
+    notes: list[str] = field(default_factory=list)    # per-point annotations (e.g. the value of a clipped point)
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Panel:
     diagonal: bool = False                    # draw y = x (predicted vs measured)
     vlines: list[tuple[str, float]] = field(default_factory=list)   # (label, x) markers, e.g. latency targets
     ylog: bool = False
+    ylim: tuple[float, float] | None = None   # points beyond it are drawn at the edge with their value noted
 
 
 @dataclass
@@ -92,26 +94,69 @@ def read_pareto_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
-def pareto_figure(files: list[Path], target_ratios: list[float] = ()) -> Figure:
-    """One panel per pareto CSV (device/flow/phase): the searched front, all trials, and the baselines; vertical
-    lines at the latency targets (ratios of the full model's predicted latency)."""
+def pareto_figure(files: list[Path], target_ratios: list[float] = (),
+                  marks: list[tuple[str, float, float]] = ()) -> Figure:
+    """One panel per pareto CSV (device/flow/phase): the searched front, all trials, the baselines and the full
+    model; vertical lines at the latency targets with their ms; `marks` (label, latency_ms, value) highlight
+    chosen subnets. The accuracy axis is clipped to what matters (the front and the marks, with some room):
+    baselines far off-scale (drop-last-k reaches ppl 1e10) sit on the edge with their value written."""
     panels = []
     for path in files:
         frame = read_pareto_csv(path)
         first = frame.iloc[0]
         kind = "" if first["source"] == "measured" else f", {first['source']}"
-        panel = Panel(f"{first['device']} / {first['flow']}{kind}\n{first['setting']}",
-                      "predicted latency (ms)", f"{first['proxy']} ({first['proxy_unit']}, "
-                      f"{'lower' if first['direction'] == 'minimize' else 'higher'} is better)",
+        minimize = first["direction"] == "minimize"
+        detail = first.get("proxy_detail", "")
+        detail = "" if pd.isna(detail) or not detail else f" on {detail}"
+        panel = Panel(f"{first['device']} / {first['flow']}{kind}\n{first['setting']}", "predicted latency (ms)",
+                      f"{first['proxy']}{detail} ({'lower' if minimize else 'higher'} is better)",
                       ylog=first["proxy"] == "ppl")
         for name in PARETO_ORDER:
             rows = frame[frame["series"] == name].sort_values("latency_ms")
             if len(rows):
                 style = "faint" if name == "search trials" else "line" if name == "search front" else "points"
                 panel.series.append(Series(name, rows["latency_ms"].tolist(), rows["value"].tolist(), style))
-        panel.vlines = [(f"{r:.0%} target", r * float(first["full_model_ms"])) for r in target_ratios]
+        full = frame[frame["latency_ms"] >= frame["full_model_ms"] - 1e-9]
+        if len(full):
+            panel.series.append(Series("full model", [float(first["full_model_ms"])], [float(full["value"].iloc[0])],
+                                       "mark"))
+        for label, latency, value in marks:
+            panel.series.append(Series(label, [latency], [value], "mark"))
+        panel.ylim = focus_range([v for s in panel.series if s.style in ("line", "mark") for v in s.y], minimize,
+                                 panel.ylog)
+        if panel.ylim:
+            clip(panel)
+        full_ms = float(first["full_model_ms"])
+        panel.vlines = [(f"{r:.0%} target ({r * full_ms:.1f} ms)", r * full_ms) for r in target_ratios]
         panels.append(panel)
-    return Figure("accuracy vs latency", panels)
+    proxies = sorted({str(read_pareto_csv(p).iloc[0]["proxy"]) for p in files})
+    return Figure(f"{' / '.join(proxies)} vs predicted latency", panels)
+
+
+def focus_range(values: list[float], minimize: bool, log: bool) -> tuple[float, float] | None:
+    """The y-range around the values that matter, 1.5x their span beyond the worst (a factor 4 on a log axis)."""
+    values = [v for v in values if v == v]
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    if log and low > 0:
+        return (low / 1.5, high * 4) if minimize else (low / 4, high * 1.5)
+    span = (high - low) or abs(high) or 1.0
+    return (low - 0.1 * span, high + 1.5 * span) if minimize else (low - 1.5 * span, high + 0.1 * span)
+
+
+def clip(panel: Panel) -> None:
+    """Move points outside the panel's y-range onto its edge and note their real value."""
+    low, high = panel.ylim
+    for series in panel.series:
+        notes = []
+        for i, y in enumerate(series.y):
+            if y > high or y < low:
+                notes.append(f"{y:.3g}")
+                series.y[i] = high if y > high else low
+            else:
+                notes.append("")
+        series.notes = notes if any(notes) and series.style != "faint" else []   # background trials: no labels
 
 
 MAX_COLUMNS = 4          # wider figures wrap into rows, so a page or a screen can still show them
@@ -133,15 +178,22 @@ def render(figure: Figure, out_stem: Path) -> list[Path]:
         for series in panel.series:
             if series.style == "faint":
                 ax.plot(series.x, series.y, ".", color="0.7", label=series.label, markersize=4)
+            elif series.style == "mark":
+                ax.plot(series.x, series.y, "*", label=series.label, markersize=13, markeredgecolor="k")
             else:
                 ax.plot(series.x, series.y, "o-" if series.style == "line" else "o", label=series.label,
                         markersize=4, alpha=0.85)
+            for x, y, note in zip(series.x, series.y, series.notes):
+                if note:
+                    ax.annotate(note, (x, y), fontsize=6, rotation=90, va="top", ha="center", color="0.35")
         for label, x in panel.vlines:
             ax.axvline(x, color="0.4", linestyle=":", linewidth=0.9)
             ax.annotate(label, (x, 1), xycoords=("data", "axes fraction"), fontsize=7, rotation=90,
                         va="top", ha="right")
         if panel.ylog:
             ax.set_yscale("log")
+        if panel.ylim:
+            ax.set_ylim(*panel.ylim)
         if panel.diagonal and panel.series:
             values = [v for s in panel.series for v in s.x + s.y]
             low, high = min(values), max(values)

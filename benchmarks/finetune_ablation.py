@@ -21,6 +21,7 @@ Writes benchmarks/results/finetune.json and finetune.md.
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import time
 from pathlib import Path
@@ -201,8 +202,19 @@ def markdown(result: dict, picks: list[dict]) -> str:
             lines.append(f"| {p['target']:.0%} | {p['shape']} | {p['subnet']} | {p['latency_ratio']:.3f} | {label} | "
                          + " | ".join(cells) + " |")
     distinct = list(dict.fromkeys(p["subnet"] for p in picks))
-    lines += ["", f"{len(distinct)} distinct subnets (a subnet listed twice is the narrowest full-depth width, which "
-              "is all a width-only subnet can reach at both targets)."]
+    if len(distinct) < len(picks):
+        lines += ["", f"{len(distinct)} distinct subnets (a subnet listed twice is the narrowest full-depth width, "
+                  "which is all a width-only subnet can reach at both targets)."]
+    lines += ["", f"Mean over the {len(distinct)} subnets (ppl: geometric mean):", "",
+              "| metric | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
+    for metric, label in (("wikitext2_test_ppl", "WikiText-2 test ppl"), ("arc_easy_acc", "ARC-e acc %"),
+                          ("arc_easy_acc_norm", "ARC-e acc_norm %")):
+        if metric.endswith("ppl"):
+            means = [math.exp(sum(math.log(by[(n, m)][metric]) for n in distinct) / len(distinct)) for m in METHODS]
+        else:
+            means = [sum(by[(n, m)][metric] for n in distinct) / len(distinct) for m in METHODS]
+        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in means) + " |")
+    lines.append("")
     for metric, label, better in (("wikitext2_test_ppl", "WikiText-2 test ppl", min), ("arc_easy_acc", "ARC-e", max),
                                   ("arc_easy_acc_norm", "ARC-e acc_norm", max)):
         wins = {m: sum(better(by[(n, m)][metric], by[(n, "none")][metric]) != by[(n, "none")][metric]
@@ -215,7 +227,7 @@ def markdown(result: dict, picks: list[dict]) -> str:
     errors = [r["arc_easy_acc_stderr"] for r in rows]
     lines.append(f"- ARC-e standard errors are {min(errors):.1f}-{max(errors):.1f} points (lm-eval's sample stderr): "
                  "a difference under ~2 standard errors of the difference (~3 points here) is within noise.")
-    lines += ["", "Training per method: " + "; ".join(
+    lines += ["", "Training per method (wall times are not comparable where other jobs shared the 2 cores): " + "; ".join(
         f"{m}: {t['params_m']:.2f} M params, {t['seconds'] / 60:.1f} min, final losses {t['final_losses']}"
         for m, t in result["details"]["training"].items()), ""]
     return "\n".join(lines)

@@ -62,8 +62,8 @@ def retained(acc: float, full_acc: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapters", type=Path, default=shipped_adapters())
-    parser.add_argument("--trials", type=int, default=40, help="search trials per target and method")
-    parser.add_argument("--windows", type=int, default=None, help="WikiText-2 test windows of 512 (default all)")
+    parser.add_argument("--trials", type=int, default=25, help="search trials per target and method")
+    parser.add_argument("--windows", type=int, default=40, help="WikiText-2 test windows of 512 tokens (first N)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "recovery")
     parser.add_argument("--results", type=Path, default=RESULTS)

@@ -54,3 +54,29 @@ def test_packed_scoring_on_real_arc_questions(smol):
     result = multiple_choice(smol.model, smol.tokenizer, items, progress=False)
     for item, got in zip(items, result["loglikelihoods"]):
         assert got == pytest.approx(_naive_loglikelihoods(smol.model, smol.tokenizer, item), abs=1e-3)
+
+
+def test_shipped_adapters_load_for_the_embedded_model_and_strategy(smol, tmp_path):
+    """The shipped adapters are small bf16 files for this model and the shipped strategy, a corrupt copy is one
+    clear error, and the demo's `--adapters default` finds them."""
+    import shutil
+
+    from amoeba_search.finetune.checkpoint import load_adapters, shipped_adapters_for
+    from amoeba_search.resources import shipped_adapters, shipped_strategy
+    from amoeba_search.selection.strategy import Strategy
+    from safetensors import safe_open
+
+    path = shipped_adapters_for(smol)
+    assert path == shipped_adapters()
+    weights = path / "adapters.safetensors"
+    assert weights.stat().st_size <= 25 * 2**20
+    with safe_open(str(weights), "pt") as handle:
+        assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.bfloat16}
+    adapters = load_adapters(smol, path)
+    adapters.check_strategy(Strategy.load(shipped_strategy()))
+    assert adapters.record["training"]["teacher"] == "frozen" and adapters.record["step"] >= 100
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    (broken / "adapters.safetensors").write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError, match="unreadable or do not match"):
+        load_adapters(smol, broken)

@@ -45,8 +45,12 @@ def test_every_family_is_covered_here():
 
 
 def tiny_family_model(model_type: str, seed: int = 0):
+    return tiny_family_model_with_vocab(model_type, SIZES["vocab_size"], seed)
+
+
+def tiny_family_model_with_vocab(model_type: str, vocab_size: int, seed: int = 0):
     torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, **SIZES, **EXTRA[model_type])
+    config = AutoConfig.for_model(model_type, **{**SIZES, "vocab_size": vocab_size}, **EXTRA[model_type])
     config._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
@@ -206,3 +210,35 @@ def test_a_bf16_checkpoint_stays_bf16_through_loading_and_extraction(tmp_path):
     assert size(out) < 0.6 * size(source)
     with pytest.raises(UserError, match="--dtype 'int8'"):
         load_model(str(bf16), "int8")
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("model_type", FAMILY_NAMES)
+def test_llama_cpps_converter_writes_the_families_it_is_trusted_with(model_type, tmp_path):
+    """llama.cpp's own converter on an extracted subnet (with a real BPE tokenizer: the embedded model's): the
+    families it is trusted with give transformers' logits in llama.cpp (f32, <= 1e-3); the rest are refused."""
+    from transformers import AutoTokenizer
+
+    from amoeba_search.gguf_convert import CONVERTED_FAMILIES, check_convertible, convert, converter
+    from amoeba_search.models import default_checkpoint_dir
+
+    model = tiny_family_model_with_vocab(model_type, 49152)
+    if model_type not in CONVERTED_FAMILIES:
+        with pytest.raises(UserError, match="is not written"):
+            check_convertible(model.config)
+        return
+    try:
+        converter()
+    except UserError:
+        pytest.skip("llama.cpp's converter is not installed (make llama-cpp)")
+    llama_cpp = pytest.importorskip("llama_cpp")
+    small = extract_model(model, subnets(model)["mixed"])
+    small.save_pretrained(tmp_path / "ckpt")
+    AutoTokenizer.from_pretrained(default_checkpoint_dir()).save_pretrained(tmp_path / "ckpt")
+    path = convert(tmp_path / "ckpt", tmp_path / "m.gguf", "f32")
+    llm = llama_cpp.Llama(str(path), n_ctx=32, n_threads=1, logits_all=True, verbose=False, type_k=0, type_v=0)
+    ids = [5, 17, 60, 3, 42, 7, 11, 9, 100, 200, 300, 400]
+    llm.eval(ids)
+    with torch.no_grad():
+        expected = small(torch.tensor([ids])).logits[0]
+    assert torch.allclose(torch.tensor(llm.scores[: len(ids)]), expected, atol=1e-3)

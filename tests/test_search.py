@@ -184,9 +184,18 @@ def test_pareto_rows_and_plot(world, tmp_path):
     front_rows = sorted((r for r in rows if r["series"] == "search front"), key=lambda r: r["latency_ms"])
     assert all(a["value"] > b["value"] for a, b in zip(front_rows, front_rows[1:]))   # ppl falls as latency rises
     path = write_csv(tmp_path / "pareto.csv", rows)
-    figure = pareto_figure([path, path], [0.5, 0.8])
-    assert len(figure.panels) == 2 and len(figure.panels[0].series) == 5
-    assert [label for label, _ in figure.panels[0].vlines] == ["50% target", "80% target"]
+    best = front_rows[len(front_rows) // 2]
+    figure = pareto_figure([path, path], [0.5, 0.8], marks=[("chosen", best["latency_ms"], best["value"])])
+    panel = figure.panels[0]
+    assert [s.label for s in panel.series] == ["search trials", "search front", "depth only (DP)",
+                                               "width only (FLAP)", "drop-last-k", "full model", "chosen"]
+    full_ms = rows[0]["full_model_ms"]
+    assert [label for label, _ in panel.vlines] == [f"50% target ({0.5 * full_ms:.1f} ms)",
+                                                    f"80% target ({0.8 * full_ms:.1f} ms)"]
+    assert "wikitext2/valid.txt" in panel.ylabel and figure.title == "ppl vs predicted latency"
+    low, high = panel.ylim                      # the front and the marks fit; anything beyond sits on the edge
+    assert all(low <= v <= high for s in panel.series for v in s.y)
+    assert all(low <= r["value"] <= high for r in front_rows)
     paths = render(figure, tmp_path / "fig")
     assert all(p.stat().st_size > 1000 for p in paths)
 

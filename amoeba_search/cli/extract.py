@@ -23,8 +23,9 @@ def extract(
     model: str = ModelOption,
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
     gguf: Optional[str] = typer.Option(None, help=f"Also write OUT/model.gguf for llama.cpp with weights in "
-                                                  f"{', '.join(GGUF_TYPES)} (tokenizer from the embedded model's "
-                                                  "GGUF)."),
+                                                  f"{', '.join(GGUF_TYPES)}: amoeba's writer for the embedded "
+                                                  "model, llama.cpp's converter (`make llama-cpp`) for the families "
+                                                  "checked exact with it; others are refused first."),
     adapters: Optional[Path] = typer.Option(None, "--adapters", help="Merge these fine-tuned adapters (the subnet's "
                                                                      "gate-mixed LoRA) into the extracted weights; "
                                                                      "'default' = the shipped ones."),
@@ -46,28 +47,34 @@ def extract(
     loaded = load(model, adapters, dtype)
     dims = ModelDims.from_config(loaded.model.config)
     spec = Subnet.load(subnet_file, dims, loaded.fingerprint)
-    tokenizer_gguf = gguf_tokenizer(loaded) if gguf is not None else None       # refusals before any writing
+    plan = gguf_plan(loaded) if gguf is not None else None       # refusals before any writing
     with console.status("extracting"):
         path = extract_checkpoint(loaded, spec, out, overwrite=overwrite)
-    if gguf is not None:
+    if plan is not None:
+        from ..gguf_convert import convert
         from ..gguf_export import write_gguf
         from ..models import load_model
 
-        with console.status(f"writing {path / 'model.gguf'} ({gguf})"):
-            write_gguf(load_model(str(path)).model, path / "model.gguf", tokenizer_gguf, gguf)
+        writer, tokenizer_gguf = plan
+        with console.status(f"writing {path / 'model.gguf'} ({gguf}, {writer})"):
+            if writer == "amoeba":
+                write_gguf(load_model(str(path)).model, path / "model.gguf", tokenizer_gguf, gguf)
+            else:
+                convert(path, path / "model.gguf", gguf)
     console.print(f"wrote {path} ({spec.summary(dims)}, {dir_mib(path):.1f} MiB); load it with "
                   f"AutoModelForCausalLM.from_pretrained('{path}')" + (" or llama.cpp (model.gguf)" if gguf else ""))
 
 
-def gguf_tokenizer(loaded):
-    """The GGUF whose tokenizer metadata the subnet's GGUF copies: the embedded model's own file. Another model's
-    tokenizer would need llama.cpp's pre-tokenizer detection to be converted exactly, so it is refused."""
+def gguf_plan(loaded) -> tuple[str, Path | None]:
+    """Who writes the GGUF: amoeba's writer for the embedded model's llama-architecture subnets (its tokenizer is
+    copied from the embedded GGUF), else llama.cpp's own converter for the families checked exact with it; any
+    other case is refused here, before extraction."""
+    from ..gguf_convert import check_convertible
     from ..gguf_export import check_gguf, gguf_vocab_size
     from ..models import DEFAULT_MODEL, embedded_gguf
 
-    check_gguf(loaded.model.config)
-    if loaded.name != DEFAULT_MODEL or gguf_vocab_size(embedded_gguf()) != loaded.model.config.vocab_size:
-        raise UserError(f"--gguf: the tokenizer of {loaded.name!r} cannot be written exactly here (only the embedded "
-                        "model's GGUF tokenizer is copied): extract without --gguf and convert the checkpoint dir "
-                        "with llama.cpp's convert_hf_to_gguf.py")
-    return embedded_gguf()
+    if loaded.name == DEFAULT_MODEL and gguf_vocab_size(embedded_gguf()) == loaded.model.config.vocab_size:
+        check_gguf(loaded.model.config)
+        return "amoeba", embedded_gguf()
+    check_convertible(loaded.model.config)
+    return "llama.cpp convert_hf_to_gguf", None

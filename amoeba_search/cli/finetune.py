@@ -17,6 +17,7 @@ app = new_app("")
 
 
 @app.command(epilog=example("amoeba finetune --steps 200 --out adapters",
+                            "amoeba finetune --experts 4 --rank 8 --alpha 16 --out smol",
                             "amoeba finetune --teacher inplace --corpus none --out paper-recipe",
                             "amoeba finetune --strategy strategy.json --data my.jsonl --experts 1 --out lora"))
 def finetune(
@@ -49,10 +50,12 @@ def finetune(
                                                 "linear or cosine (transformers.get_scheduler)."),
     warmup_pct: float = typer.Option(5.0, "--warmup-pct", help="Share of the steps warming up, %."),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Gradient clipping norm; 0 = none."),
-    experts: int = typer.Option(4, help="LoRA experts per adapted linear; 1 = one plain shared LoRA (no router)."),
-    top_k: int = typer.Option(2, "--top-k", help="Experts the shape router keeps per subnet."),
-    rank: int = typer.Option(8, help="LoRA rank per expert."),
-    alpha: float = typer.Option(16.0, help="LoRA alpha (update scaled by alpha / rank)."),
+    experts: int = typer.Option(1, help="LoRA experts per adapted linear: 1 = one plain LoRA shared by every "
+                                        "subnet (the measured default: benchmarks/results/finetune.md); 4 with "
+                                        "--rank 8 --alpha 16 = SMoL, the paper's shape-routed mixture."),
+    top_k: int = typer.Option(2, "--top-k", help="Experts the shape router keeps per subnet (SMoL)."),
+    rank: int = typer.Option(16, help="LoRA rank per expert."),
+    alpha: float = typer.Option(32.0, help="LoRA alpha (update scaled by alpha / rank)."),
     balance: bool = typer.Option(True, help="Loss-magnitude balancing of the distilled subnets' losses."),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Steps between checkpoints."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations "
@@ -64,7 +67,8 @@ def finetune(
     data_dir: Optional[Path] = DataDirOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
-    """Fine-tune shape-aware LoRA experts so every subnet recovers at once; merge one with `amoeba extract --adapters`."""
+    """Fine-tune one set of LoRA adapters (or SMoL experts) so every subnet recovers at once; merge one with
+    `amoeba extract --adapters`."""
     setup(threads)
     from ..data import data_root, read_training_texts
     from ..finetune.recipe import TrainConfig, Trainer

@@ -105,7 +105,8 @@ def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True,
     """Every trial, the non-dominated ones as the front, and baseline subnets, with what the plot needs."""
     common = {"device": ctx.lut.meta["device"], "flow": ctx.lut.meta["flow"], "source": ctx.lut.meta["source"],
               "setting": ctx.setting.label(), "proxy": ctx.proxy.name, "proxy_unit": ctx.proxy.unit,
-              "direction": ctx.proxy.direction, "full_model_ms": ctx.full_model_ms()}
+              "direction": ctx.proxy.direction, "full_model_ms": ctx.full_model_ms(),
+              "proxy_detail": proxy_detail(ctx.proxy.settings)}
     trials = {t.user_attrs["key"]: t for t in completed(study)}          # one row per distinct subnet
     points = [(t.values[0], t.values[1]) for t in trials.values()]
     on_front = set(front(points, ctx.proxy.direction))
@@ -120,6 +121,16 @@ def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True,
     if baselines:
         rows += baseline_rows(ctx, common, progress)
     return rows
+
+
+def proxy_detail(settings: dict) -> str:
+    """'wikitext2/valid.txt, 8 x 256 tokens' from a proxy's settings: what the accuracy axis measured."""
+    parts = [str(settings.get("data", ""))]
+    if "samples" in settings and "seq_len" in settings:
+        parts.append(f"{settings['samples']} x {settings['seq_len']} tokens")
+    elif "samples" in settings:
+        parts.append(f"{settings['samples']} questions")
+    return ", ".join(p for p in parts if p)
 
 
 def baseline_rows(ctx: SearchContext, common: dict, progress: bool = False) -> list[dict]:

@@ -127,7 +127,9 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> Candidate:
 
 
 def _latency_constraint(trial: optuna.trial.FrozenTrial) -> tuple[float]:
-    return (trial.user_attrs["latency_ms"] - trial.user_attrs["target_ms"],)
+    """> 0 for a trial over the target or pruned as dominated (its bound sits a hair under its latency)."""
+    bound = trial.user_attrs.get("constraint_ms", trial.user_attrs["target_ms"])
+    return (trial.user_attrs["latency_ms"] - bound,)
 
 
 class ResumableTPE(optuna.samplers.TPESampler):
@@ -225,6 +227,17 @@ def search_study_name(ctx: SearchContext, target_ms: float, sampler: str, prune_
     return ctx.study_name("search", f"/target={target_ms:.4f}/{sampler}" + ("" if prune_dominated else "/no-prune"))
 
 
+def describe_study(ctx: SearchContext, study: optuna.Study, **extra) -> None:
+    """What a study is about, in its user attributes (optuna-dashboard shows them): device, flow, phase, the
+    profile's content hash, the proxy and its data, and the target."""
+    attrs = {"device": ctx.lut.meta["device"], "flow": ctx.lut.meta["flow"], "setting": ctx.setting.label(),
+             "profile_sha256": ctx.lut.fingerprint, "proxy": ctx.proxy.name, "proxy_settings": ctx.proxy.settings,
+             "model": ctx.loaded.fingerprint, **extra}
+    for key, value in attrs.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+
+
 def search(ctx: SearchContext, target_ms: float, n_trials: int, sampler: str = "tpe", seed: int | None = 0,
            study_name: str | None = None, progress: bool = False, prune_dominated: bool = True,
            storage=None, stop=None) -> optuna.Study:
@@ -237,6 +250,7 @@ def search(ctx: SearchContext, target_ms: float, n_trials: int, sampler: str = "
                                     direction=ctx.proxy.direction, sampler=make_sampler(sampler, seed),
                                     load_if_exists=True)
         study.set_metric_names([ctx.proxy.unit])
+        describe_study(ctx, study, target_ms=target_ms)
 
         def objective(trial: optuna.Trial) -> float:
             trial.set_user_attr("worker", worker_id())
@@ -245,8 +259,10 @@ def search(ctx: SearchContext, target_ms: float, n_trials: int, sampler: str = "
             trial.set_user_attr("key", candidate.key)
             trial.set_user_attr("latency_ms", latency)
             pruned = latency <= target_ms and prune_dominated and dominated(ctx, candidate, target_ms)
-            # the constraint TPE sees: over the target, or (pruned) a hair over it, so it learns the boundary
-            trial.set_user_attr("target_ms", target_ms if not pruned else latency - 1e-6)
+            # the constraint TPE sees: over the target, or (pruned) a hair over it, so it learns the boundary;
+            # target_ms itself stays the user's target on every trial
+            trial.set_user_attr("target_ms", target_ms)
+            trial.set_user_attr("constraint_ms", target_ms if not pruned else latency - 1e-6)
             trial.set_user_attr("evaluated", latency <= target_ms and not pruned)
             if not trial.user_attrs["evaluated"]:       # rejected by the predictor: no accuracy evaluation
                 return INFEASIBLE if ctx.proxy.direction == "minimize" else -INFEASIBLE
@@ -273,6 +289,7 @@ def pareto(ctx: SearchContext, n_trials: int, sampler: str = "nsga2", seed: int 
                                     directions=[ctx.proxy.direction, "minimize"],
                                     sampler=make_sampler(sampler, seed, multi_objective=True))
         study.set_metric_names([ctx.proxy.unit, "latency_ms"])
+        describe_study(ctx, study)
 
         def objective(trial: optuna.Trial) -> tuple[float, float]:
             trial.set_user_attr("worker", worker_id())

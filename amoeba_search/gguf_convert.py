@@ -1,0 +1,91 @@
+"""GGUF through llama.cpp's own converter, for what amoeba's writer (gguf_export) leaves to it: other families than
+llama, rope scaling (Llama 3's rope_freqs), and a model's own tokenizer (llama.cpp's pre-tokenizer detection). The
+converter comes from the llama-cpp-python source release the project builds (`make llama-cpp`), so it matches the
+llama.cpp that runs the file; it reads the extracted checkpoint dir, which is a standard HF checkpoint.
+
+Only families whose converted subnets were checked against transformers' logits are converted (see
+`CONVERTED_FAMILIES`); the others are refused with the reason, never written approximately."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+CONVERTER_ENV = "AMOEBA_LLAMA_CPP_CONVERTER"
+LLAMA_CPP_VERSION = "0.3.36"
+# Families whose converted GGUF gave transformers' logits in llama.cpp (tests/test_families.py: tiny random
+# models with norms and biases randomised, f32, <= 1e-3).
+CONVERTED_FAMILIES = ("llama", "qwen3", "olmo2")
+# Why the others are not converted (measured with llama.cpp 0.3.36's converter and runtime).
+NOT_CONVERTED = {
+    "mistral": "llama.cpp's llama architecture has no sliding window (its converter drops it; logits differ beyond "
+               "the window): amoeba's own writer caps the context at the window instead",
+    "gemma3_text": "llama.cpp's gemma3 gave logits up to 3.2 away from transformers' on a tiny Gemma 3 subnet",
+    "qwen2": "not verified here (its converter needs the model's own tokenizer files to detect the pre-tokenizer)",
+    "gemma2": "not verified here (its converter needs the model's SentencePiece tokenizer.model)",
+    "phi3": "not verified here (its converter needs the model's SentencePiece tokenizer.model)",
+}
+OUTTYPES = {"f32": "f32", "f16": "f16", "q8_0": "q8_0", "q4_1": "f16"}   # q4_1: f16 then llama.cpp's quantizer
+
+
+def converter() -> Path:
+    """convert_hf_to_gguf.py of llama.cpp: $AMOEBA_LLAMA_CPP_CONVERTER, or where `make llama-cpp` puts it."""
+    default = Path.home() / ".cache" / "amoeba_search" / f"llama-cpp-convert-{LLAMA_CPP_VERSION}"
+    path = Path(os.environ.get(CONVERTER_ENV, default)) / "convert_hf_to_gguf.py"
+    if not path.is_file():
+        raise UserError(f"llama.cpp's converter is not installed ({path} missing): run `make llama-cpp`, or set "
+                        f"{CONVERTER_ENV} to a llama.cpp checkout")
+    return path
+
+
+def check_convertible(config) -> None:
+    """Refuse before any work a family whose conversion is not known to be exact."""
+    from .families.base import family_of
+
+    family = family_of(config)
+    if family.model_type not in CONVERTED_FAMILIES:
+        reason = NOT_CONVERTED.get(family.model_type, "not verified")
+        raise UserError(f"GGUF for {family.model_type} is not written: {reason}; use the extracted HF checkpoint")
+    converter()
+
+
+def convert(checkpoint: Path, out: Path, weight_type: str) -> Path:
+    """checkpoint dir -> GGUF at `out` (atomic), weights in f32 / f16 / q8_0 / q4_1."""
+    if weight_type not in OUTTYPES:
+        raise UserError(f"GGUF weight type {weight_type!r}: choose from {', '.join(OUTTYPES)}")
+    tmp = out.with_name(f".{out.name}.tmp")
+    command = [sys.executable, str(converter()), str(checkpoint), "--outfile", str(tmp),
+               "--outtype", OUTTYPES[weight_type]]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            raise UserError(f"llama.cpp's converter failed on {checkpoint}: {lines[-1] if lines else 'no output'}")
+        if weight_type == "q4_1":
+            quantize(tmp, out)
+        else:
+            os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def quantize(source: Path, out: Path) -> None:
+    """llama.cpp's own quantizer (through llama-cpp-python) from an f16 GGUF to Q4_1."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_1
+    tmp = out.with_name(f".{out.name}.q.tmp")
+    try:
+        if llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+            raise UserError(f"llama.cpp could not quantize {source} to q4_1")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
