@@ -33,7 +33,6 @@ from amoeba_search.selection.space import Candidate
 from amoeba_search.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = (0.8, 0.65, 0.5)
 TASK_NAMES = ("arc_easy", "arc_challenge", "wikitext2")
 CHANCE_PCT = 25.0
 
@@ -62,6 +61,7 @@ def retained(acc: float, full_acc: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapters", type=Path, default=shipped_adapters())
+    parser.add_argument("--targets", default="0.8,0.65,0.5", help="latency ratios (comma list)")
     parser.add_argument("--trials", type=int, default=25, help="search trials per target and method")
     parser.add_argument("--windows", type=int, default=40, help="WikiText-2 test windows of 512 tokens (first N)")
     parser.add_argument("--threads", type=int, default=2)
@@ -86,7 +86,7 @@ def main() -> None:
                                 storage=f"sqlite:///{args.out / 'studies.db'}",
                                 adapters=None if method == "none" else str(args.adapters))
         ctx = open_search(request, loaded)
-        for ratio in TARGETS:
+        for ratio in [float(r) for r in args.targets.split(",")]:
             if (ratio, method) in done:
                 rows.append(done[(ratio, method)])
                 continue
