@@ -32,7 +32,7 @@ from .search.session import SearchRequest, open_search, run_search
 from .search.study import feasible_best, pareto, write_csv
 from .selection.space import Candidate
 from .selection.strategy import Strategy
-from .quality import print_samples, quality, quality_table
+from .quality import print_samples, quality_table, report_row
 from .subnet import Subnet
 from .families.base import model_dims
 
@@ -151,9 +151,6 @@ def measure_row(name: str, loaded: LoadedModel, view: Subnet | None, predicted_m
     p10/p90 of their samples), held-out quality (WikiText-2 test, ARC-easy with standard errors) and greedy
     answers, of a model or a view."""
     latency = {} if view is not None else measured_latency(FLOWS.get(FLOW), loaded.model, setting)
-    record = quality(loaded, view, root, questions=questions, windows=windows)
-    dims = model_dims(loaded.model.config)
-    return {"name": name, "path": str(loaded.path), "layers": len(view.layers) if view else dims.num_layers,
-            "predicted_ms": predicted_ms, "measured_ms": latency.get("median_ms"),
-            "measured_p10_ms": latency.get("p10_ms"), "measured_p90_ms": latency.get("p90_ms"),
-            "tasks": record["tasks"], "warnings": record["warnings"], "generation": record["generation"]}
+    row = report_row(name, loaded, view, predicted_ms, latency, root, questions, windows)
+    row["layers"] = len(view.layers) if view else loaded.model.config.num_hidden_layers
+    return row

@@ -74,6 +74,17 @@ def quality(loaded: LoadedModel, subnet: Subnet | None, data_dir: Path, tasks: l
     return record
 
 
+def report_row(name: str, loaded: LoadedModel, view: Subnet | None, predicted_ms: float | None, latency: dict,
+               data_dir: Path, questions: int | None = None, windows: int | None = None) -> dict:
+    """One line of a hand-over report: predicted and measured latency (`latency` from
+    profiling.profile.measured_latency, {} when not measured) with the model's quality record."""
+    record = quality(loaded, view, data_dir, questions=questions, windows=windows)
+    return {"name": name, "path": str(loaded.path), "predicted_ms": predicted_ms,
+            "measured_ms": latency.get("median_ms"), "measured_p10_ms": latency.get("p10_ms"),
+            "measured_p90_ms": latency.get("p90_ms"), "tasks": record["tasks"], "warnings": record["warnings"],
+            "generation": record["generation"]}
+
+
 def metric_cells(name: str, result: dict) -> dict[str, str]:
     """Display strings for one task: its headline value with ± where there is one, acc_norm, and what was scored
     (the data file's split, windows or questions, the chance level)."""

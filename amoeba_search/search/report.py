@@ -62,7 +62,7 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
     from ..models import load_model
     from ..profiling.load import load_warnings
     from ..profiling.profile import measured_latency
-    from ..quality import quality
+    from ..quality import report_row
 
     record = read_json(best_path, "best subnet", "run `amoeba search`")["search"]
     subnet = Subnet.load(best_path, ctx.dims, ctx.loaded.fingerprint)
@@ -81,10 +81,7 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
                                      handed_over, record["predicted_ms"])):
         latency = measured_latency(FLOWS.get(ctx.lut.meta["flow"]), loaded.model, ctx.setting, passes) \
             if measure else {}
-        checked = quality(loaded, None, root, questions=questions, windows=windows)
-        rows.append({"name": name, "predicted_ms": predicted, "measured_ms": latency.get("median_ms"),
-                     "measured_p10_ms": latency.get("p10_ms"), "measured_p90_ms": latency.get("p90_ms"),
-                     "tasks": checked["tasks"], "warnings": checked["warnings"], "generation": checked["generation"]})
+        rows.append(report_row(name, loaded, None, predicted, latency, root, questions, windows))
     result = {"subnet": record["candidate"], "checkpoint": str(extract_dir), "predicted_ms": record["predicted_ms"],
               "rows": rows, "load_warnings": load}
     small = rows[1]
