@@ -127,3 +127,43 @@ def read_json(path: str | os.PathLike, what: str, how_to_make: str) -> Any:
 def dir_mib(path: str | os.PathLike) -> float:
     """Size on disk of everything under a directory (a checkpoint), in MiB."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
+
+
+class ResultLog:
+    """A resumable JSONL log: a header line with the settings the results depend on, then one JSON object per
+    result, flushed as written. Reopening with other settings is refused (the results would mean something
+    else); a line cut off by an interruption is skipped, so that result is simply computed again."""
+
+    def __init__(self, path: str | os.PathLike, header: dict, what: str, fix: str) -> None:
+        from .errors import UserError
+
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"header": header}) + "\n", encoding="utf-8")
+            return
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            first = json.loads(lines[0])
+        except (UnicodeDecodeError, json.JSONDecodeError, IndexError):
+            raise UserError(f"{what} {self.path} is not a result log (its first line is not a JSON header): "
+                            f"{fix}") from None
+        if not isinstance(first, dict) or first.get("header") != header:
+            raise UserError(f"{what} {self.path} was written for other settings (model, calibration or "
+                            f"variants): {fix}")
+        for line in lines[1:]:
+            with contextlib.suppress(json.JSONDecodeError):
+                row = json.loads(line)
+                if isinstance(row, dict):
+                    self.rows.append(row)
+        if not lines[-1].strip() or not self.path.read_bytes().endswith(b"\n"):
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write("\n")             # the next row starts on its own line after a torn one
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.rows.append(row)

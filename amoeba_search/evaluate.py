@@ -18,17 +18,22 @@ from .errors import UserError
 HEAD_CHUNK = 1024  # positions per LM-head chunk: bounds the (positions, vocab) logits tensor
 
 
+def head_logprobs(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities (n, V) for (n, D) final hidden states: the LM head and the model's final-logit
+    softcapping (Gemma 2: logits = cap * tanh(logits / cap)), as its own forward applies them."""
+    logits = model.get_output_embeddings()(hidden).float()                     # (n, V)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return F.log_softmax(logits, dim=-1)
+
+
 def token_logprobs(model: PreTrainedModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) for (N, D) hidden states, applying the LM head (and the model's final-logit softcapping, as
-    its own forward does) only where a prediction is scored."""
-    head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)       # Gemma 2: logits = cap * tanh(logits / cap)
+    """log p(target) for (N, D) hidden states, applying the LM head only where a prediction is scored, in chunks
+    that bound the (positions, vocab) logits tensor."""
     out = torch.empty(len(targets), dtype=torch.float32)
     for start in range(0, len(targets), HEAD_CHUNK):
-        logits = head(hidden[start:start + HEAD_CHUNK]).float()                    # (n, V)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        logprobs = F.log_softmax(logits, dim=-1)
+        logprobs = head_logprobs(model, hidden[start:start + HEAD_CHUNK])
         out[start:start + HEAD_CHUNK] = logprobs.gather(1, targets[start:start + HEAD_CHUNK, None]).squeeze(1).cpu()
     return out
 

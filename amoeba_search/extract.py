@@ -20,20 +20,28 @@ SUBNET_FILE = "amoeba_subnet.json"
 _LAYER_KEY = re.compile(r"^(?P<prefix>.*\blayers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 
 
+LAYER_SHAPES_KEY = "amoeba_layer_shapes"      # config.json field of a heterogeneous checkpoint: one shape per layer
+
+
 def subnet_config(config, subnet: Subnet):
-    """A standard config for the subnet, built (and validated) by the family's own config class; per-layer widths
-    have no standard config field, so they are refused."""
+    """A config for the subnet, built (and validated) by the family's own config class. A uniform subnet gets a
+    standard config. Per-layer widths have no standard field: the config keeps the model's full sizes and lists
+    every layer's (heads, kv_heads, mlp) under `amoeba_layer_shapes`; `model_for_config` builds that model (plain
+    `from_pretrained` refuses it: its weights disagree with the full sizes)."""
     dims = ModelDims.from_config(config)
     family = family_of(config)
     family.check_subnet(dims, subnet)
-    shape = subnet.uniform_shape(dims)
-    if shape is None:
-        raise UserError("this subnet has different widths per layer, which a standard transformers config cannot "
-                        "express; extract a uniform-width subnet (per-layer widths work with the in-place view)")
-    heads, kv_heads, channels = shape
-    sizes = {"num_hidden_layers": len(subnet.layers), "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-             "head_dim": dims.head_dim,            # explicit: heads * head_dim need not equal hidden_size
-             "intermediate_size": channels}
+    shapes = [(len(h), len(subnet.kv_groups(dims, p)), len(m))
+              for p, (h, m) in enumerate(zip(subnet.heads, subnet.mlp_channels))]
+    sizes = {"num_hidden_layers": len(subnet.layers), "head_dim": dims.head_dim}  # heads * head_dim need not be hidden
+    if len(set(shapes)) == 1:
+        sizes.update(num_attention_heads=shapes[0][0], num_key_value_heads=shapes[0][1],
+                     intermediate_size=shapes[0][2])
+    else:
+        for heads, kv_heads, channels in set(shapes):      # every layer's own config must be valid for the family
+            shrunk_config(config, num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=channels,
+                          head_dim=dims.head_dim)
+        sizes[LAYER_SHAPES_KEY] = [{"heads": h, "kv_heads": k, "mlp": m} for h, k, m in shapes]
     if getattr(config, "layer_types", None):
         sizes["layer_types"] = [config.layer_types[i] for i in subnet.layers]
     for name in compensation_holders(family, subnet):     # FLAP compensation lives in o_proj / down_proj biases
@@ -42,6 +50,26 @@ def subnet_config(config, subnet: Subnet):
                             "make the subnet with `amoeba subnet --no-compensate` or `amoeba search --no-compensate`")
         sizes.update(family.bias_flags[name])
     return shrunk_config(config, **sizes)
+
+
+def layer_shapes(config) -> list[dict] | None:
+    """The per-layer shapes of a heterogeneous checkpoint's config, None for a uniform one."""
+    return getattr(config, LAYER_SHAPES_KEY, None) or None
+
+
+def model_for_config(config, dtype: torch.dtype) -> PreTrainedModel:
+    """An (untrained) model of an extracted config: standard, or heterogeneous with each decoder block built from
+    its own config (its head count, KV heads and MLP width), so every block holds exactly its own Linear shapes."""
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    shapes = layer_shapes(config)
+    if shapes:
+        layers = model.base_model.layers
+        for position, shape in enumerate(shapes):
+            own = shrunk_config(config, num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
+                                intermediate_size=shape["mlp"], **{LAYER_SHAPES_KEY: None})
+            own._attn_implementation = model.config._attn_implementation     # not part of to_dict()
+            layers[position] = type(layers[position])(own, position).to(dtype)
+    return model
 
 
 def compensation_holders(family: Family, subnet: Subnet) -> list[str]:
@@ -90,7 +118,7 @@ def extract_model(model: PreTrainedModel, subnet: Subnet) -> PreTrainedModel:
         p = position[idx]
         sliced = _slice_param(family, match["rest"], tensor, kept_units(dims, subnet, p), sizes)
         state[f"{match['prefix']}.{p}.{match['rest']}"] = sliced.clone()
-    small = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    small = model_for_config(config, model.dtype)
     if subnet.bias is not None:
         _add_compensation(family, state, small.state_dict(), subnet)
     target_shapes = {k: tuple(v.shape) for k, v in small.state_dict().items()}

@@ -61,12 +61,23 @@ def permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
         weight.shape)
 
 
+def per_layer_heads(config) -> tuple[list[int], list[int], list[int]]:
+    """Query heads, KV heads and MLP width of every layer: the config's, or a heterogeneous subnet's own."""
+    from .extract import layer_shapes
+
+    shapes = layer_shapes(config)
+    if shapes:
+        return [s["heads"] for s in shapes], [s["kv_heads"] for s in shapes], [s["mlp"] for s in shapes]
+    n = config.num_hidden_layers
+    return ([config.num_attention_heads] * n, [config.num_key_value_heads] * n, [config.intermediate_size] * n)
+
+
 def gguf_tensors(model: PreTrainedModel) -> list[tuple[str, np.ndarray]]:
     """(GGUF name, float32 array in PyTorch layout) for every tensor llama.cpp needs."""
     import torch
 
     config = model.config
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    heads, kv_heads, _ = per_layer_heads(config)
     out = []
     for key, tensor in model.state_dict().items():
         array = tensor.detach().to(torch.float32).numpy()
@@ -84,9 +95,9 @@ def gguf_tensors(model: PreTrainedModel) -> list[tuple[str, np.ndarray]]:
             if rest not in _BLOCK_NAMES:
                 raise UserError(f"cannot write {key} to GGUF: only LLaMA-style blocks are supported")
             if rest == "self_attn.q_proj.weight":
-                array = permute_rotary(array, heads)
+                array = permute_rotary(array, heads[int(index)])
             elif rest == "self_attn.k_proj.weight":
-                array = permute_rotary(array, kv_heads)
+                array = permute_rotary(array, kv_heads[int(index)])
             out.append((f"blk.{index}.{_BLOCK_NAMES[rest]}", array))
         elif not key.endswith("rotary_emb.inv_freq"):
             raise UserError(f"cannot write {key} to GGUF: only LLaMA-family decoders are supported")
@@ -137,14 +148,18 @@ def write_gguf(model: PreTrainedModel, out: str | os.PathLike, tokenizer_gguf: P
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    heads, kv_heads, channels = per_layer_heads(config)
+    uniform = len(set(zip(heads, kv_heads, channels))) == 1
+    # Per-layer widths: llama.cpp's `deci` architecture (Nemotron-51B's) reads head counts and FFN widths as
+    # per-layer arrays and sizes each layer's tensors from them; tensor names and rope are llama's.
+    writer = gguf.GGUFWriter(str(tmp), "llama" if uniform else "deci")
     writer.add_name(name)
     writer.add_context_length(gguf_context_length(config))
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_feed_forward_length(channels[0] if uniform else channels)
+    writer.add_head_count(heads[0] if uniform else heads)
+    writer.add_head_count_kv(kv_heads[0] if uniform else kv_heads)
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_rope_dimension_count(head_dim)

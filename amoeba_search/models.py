@@ -128,6 +128,32 @@ def torch_dtype(name: str) -> torch.dtype | str:
     return name if name == "auto" else getattr(torch, name)
 
 
+def load_heterogeneous(path: Path, config, dtype: torch.dtype | str) -> tuple[PreTrainedModel, dict]:
+    """A checkpoint whose layers have their own widths (`amoeba extract` of a heterogeneous subnet): each block
+    built from its own shape, then the safetensors weights loaded; missing / mismatched keys reported like
+    from_pretrained's loading info."""
+    from safetensors.torch import load_file
+
+    from .extract import model_for_config
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{path} has no .safetensors weights: re-extract it with `amoeba extract`")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    if dtype == "auto":
+        dtype = next(iter(state.values())).dtype
+    model = model_for_config(config, dtype)
+    target = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in target and tuple(v.shape) != tuple(target[k].shape)]
+    if mismatched:
+        return model, {"missing_keys": [], "mismatched_keys": mismatched}
+    missing, _ = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    model.tie_weights()
+    return model, {"missing_keys": missing, "mismatched_keys": []}
+
+
 def load_model(spec: str = "default", dtype: str = "auto") -> LoadedModel:
     """Load a model for evaluation (eval mode, no grad needed) from 'default' or a local checkpoint dir, in its
     own dtype ('auto': a bf16 checkpoint stays bf16, so memory is about its size on disk) or the one asked for."""
@@ -135,7 +161,10 @@ def load_model(spec: str = "default", dtype: str = "auto") -> LoadedModel:
     chosen = torch_dtype(dtype)
     try:
         config = AutoConfig.from_pretrained(path)
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=chosen, output_loading_info=True)
+        if getattr(config, "amoeba_layer_shapes", None):       # a heterogeneous subnet: from_pretrained cannot
+            model, info = load_heterogeneous(path, config, chosen)
+        else:
+            model, info = AutoModelForCausalLM.from_pretrained(path, dtype=chosen, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:    # any unreadable part (truncated safetensors, bad config, tokenizer) is the user's file
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

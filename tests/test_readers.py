@@ -169,10 +169,10 @@ def test_dp_cache_reader(tmp_path):
     good = json.dumps({"header": header}) + "\n" + json.dumps({"removed": "1", "loss": 2.5}) + "\n"
     damaged = ["not json\n", "[1, 2]\n", json.dumps({"header": {"other": 1}}) + "\n",
                good + '{"removed": "2", "loss": "x"}\n{"removed": ', good.encode() + b"\xff\xfe"]
-    refused = only_user_errors(lambda p: _open_cache(p, header), tmp_path / "c.jsonl", damaged)
+    refused = only_user_errors(lambda p: _open_cache(p, header)[1], tmp_path / "c.jsonl", damaged)
     assert refused >= 3
     (tmp_path / "c.jsonl").write_text(good + '{"removed": "2", "loss": "x"}\n{"removed": ')
-    assert _open_cache(tmp_path / "c.jsonl", header) == {"1": 2.5}      # a torn tail is dropped, not fatal
+    assert _open_cache(tmp_path / "c.jsonl", header)[1] == {"1": 2.5}      # a torn tail is dropped, not fatal
 
 
 @pytest.mark.parametrize("reader, relative", [(read_arc, "arc/arc_easy_validation.jsonl"),

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from amoeba_search.errors import UserError
 from amoeba_search.extract import SUBNET_FILE, extract, extract_model
@@ -98,11 +99,29 @@ def test_extracted_checkpoint_loads_with_plain_transformers(tiny, tmp_path):
     assert provenance["layers"] == [0, 2, 3] and provenance["model"] == tiny.fingerprint
 
 
-def test_extraction_refuses_per_layer_widths_and_existing_output(tiny, tmp_path):
+def test_per_layer_widths_extract_to_a_checkpoint_our_loader_builds(tiny, tmp_path):
+    """Each layer keeps its own Linear shapes; plain from_pretrained refuses the file loudly (never loads it
+    wrong), amoeba's loader builds it, and it computes what the view computes."""
+    from amoeba_search.models import load_model
+
     dims = ModelDims.from_config(tiny.model.config)
-    per_layer = Subnet.from_dict({"layers": [0, 1], "mlp_channels": [[0, 1], [0, 1, 2]]}, dims)
-    with pytest.raises(UserError, match="different widths per layer"):
-        extract(tiny, per_layer, tmp_path / "x")
+    per_layer = Subnet.from_dict({"layers": [0, 1, 4], "heads": [[0, 1, 2, 3, 4, 5], [0, 3], [0, 1, 2]],
+                                  "mlp_channels": [[0, 1], [0, 1, 2], list(range(48))]}, dims)
+    extract(tiny, per_layer, tmp_path / "x")
+    ids = torch.tensor([[5, 17, 99, 3, 42, 7, 1, 200]])
+    with torch.no_grad(), subnet_view(tiny.model, per_layer):
+        expected = tiny.model(input_ids=ids).logits
+    reloaded = load_model(str(tmp_path / "x")).model
+    assert [layer.mlp.down_proj.in_features for layer in reloaded.model.layers] == [2, 3, 48]
+    assert [layer.self_attn.k_proj.out_features // 16 for layer in reloaded.model.layers] == [2, 2, 1]
+    with torch.no_grad():
+        assert (reloaded(input_ids=ids).logits - expected).abs().max().item() <= 1e-4
+    with pytest.raises(Exception):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "x")
+
+
+def test_extraction_refuses_an_existing_output(tiny, tmp_path):
+    dims = ModelDims.from_config(tiny.model.config)
     (tmp_path / "exists").mkdir()
     with pytest.raises(UserError, match="already exists"):
         extract(tiny, Subnet.full(dims), tmp_path / "exists")

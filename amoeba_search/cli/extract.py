@@ -47,7 +47,7 @@ def extract(
     loaded = load(model, adapters, dtype)
     dims = ModelDims.from_config(loaded.model.config)
     spec = Subnet.load(subnet_file, dims, loaded.fingerprint)
-    plan = gguf_plan(loaded) if gguf is not None else None       # refusals before any writing
+    plan = gguf_plan(loaded, spec.uniform_shape(dims) is not None) if gguf is not None else None  # refusals first
     with console.status("extracting"):
         path = extract_checkpoint(loaded, spec, out, overwrite=overwrite)
     if plan is not None:
@@ -61,14 +61,18 @@ def extract(
                 write_gguf(load_model(str(path)).model, path / "model.gguf", tokenizer_gguf, gguf)
             else:
                 convert(path, path / "model.gguf", gguf)
-    console.print(f"wrote {path} ({spec.summary(dims)}, {dir_mib(path):.1f} MiB); load it with "
-                  f"AutoModelForCausalLM.from_pretrained('{path}')" + (" or llama.cpp (model.gguf)" if gguf else ""))
+    loader = (f"AutoModelForCausalLM.from_pretrained('{path}')" if spec.uniform_shape(dims) else
+              f"amoeba_search.models.load_model('{path}') or `amoeba evaluate --model {path}` (per-layer widths: "
+              "plain from_pretrained cannot build it)")
+    console.print(f"wrote {path} ({spec.summary(dims)}, {dir_mib(path):.1f} MiB); load it with {loader}"
+                  + (" or llama.cpp (model.gguf)" if gguf else ""))
 
 
-def gguf_plan(loaded) -> tuple[str, Path | None]:
+def gguf_plan(loaded, uniform: bool = True) -> tuple[str, Path | None]:
     """Who writes the GGUF: amoeba's writer for the embedded model's llama-architecture subnets (its tokenizer is
-    copied from the embedded GGUF), else llama.cpp's own converter for the families checked exact with it; any
-    other case is refused here, before extraction."""
+    copied from the embedded GGUF; per-layer widths as llama.cpp's `deci` architecture), else llama.cpp's own
+    converter for the families checked exact with it (uniform widths only); any other case is refused here,
+    before extraction."""
     from ..gguf_convert import check_convertible
     from ..gguf_export import check_gguf, gguf_vocab_size
     from ..models import DEFAULT_MODEL, embedded_gguf
@@ -76,5 +80,9 @@ def gguf_plan(loaded) -> tuple[str, Path | None]:
     if loaded.name == DEFAULT_MODEL and gguf_vocab_size(embedded_gguf()) == loaded.model.config.vocab_size:
         check_gguf(loaded.model.config)
         return "amoeba", embedded_gguf()
+    if not uniform:
+        raise UserError("GGUF of a subnet with per-layer widths is written for the embedded model's llama "
+                        "architecture only (llama.cpp's converter reads uniform configs): use the extracted HF "
+                        "checkpoint (amoeba_search.models.load_model loads it)")
     check_convertible(loaded.model.config)
     return "llama.cpp convert_hf_to_gguf", None

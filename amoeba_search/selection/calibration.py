@@ -118,7 +118,12 @@ class LayerRunner:
                                      **self.calibration.forward_kwargs).last_hidden_state
 
     @torch.inference_mode()
+    def final(self, hidden: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+        """The final hidden states (after the final norm) when `layers` are applied to `hidden`: (S, T, D)."""
+        with kept_layers(self.model, layers):
+            return self._forward(hidden)
+
+    @torch.inference_mode()
     def loss(self, hidden: torch.Tensor, layers: Sequence[int]) -> float:
         """The calibration objective after applying `layers`, the final norm and the LM head (lower is better)."""
-        with kept_layers(self.model, layers):
-            return self.calibration.objective(self.model, self._forward(hidden))
+        return self.calibration.objective(self.model, self.final(hidden, layers))

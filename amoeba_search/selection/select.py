@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 from pathlib import Path
 
-from ..artifacts import environment
+from ..artifacts import ResultLog, environment
 from ..errors import UserError
 from ..models import LoadedModel
 from . import DEPTH_SELECTORS
@@ -22,38 +22,22 @@ def dp(runner: LayerRunner, max_removed: int, protected: frozenset[int], progres
     scorer = PrefixCachedLoss(runner)
     if cache_path is None:
         return dp_select(runner.num_layers, max_removed, scorer, protected, progress)
-    store = _open_cache(cache_path, cache_header or {})
-    with open(cache_path, "a") as handle:
-        def append(key: str, value: float) -> None:
-            handle.write(json.dumps({"removed": key, "loss": value}) + "\n")
-            handle.flush()
+    log, store = _open_cache(cache_path, cache_header or {})
 
-        return dp_select(runner.num_layers, max_removed, cached(scorer, store, append), protected, progress)
+    def append(key: str, value: float) -> None:
+        log.append({"removed": key, "loss": value})
+
+    return dp_select(runner.num_layers, max_removed, cached(scorer, store, append), protected, progress)
 
 
-def _open_cache(path: Path, header: dict) -> dict[str, float]:
-    """Load evaluated states from a JSONL cache whose first line must match this run's settings."""
-    if not path.exists() or path.stat().st_size == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"header": header}) + "\n")
-        return {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        first = json.loads(lines[0])
-    except (UnicodeDecodeError, json.JSONDecodeError, IndexError):
-        raise UserError(f"cache {path} is not a DP cache (its first line is not a JSON header): delete it or pass "
-                        "another --cache") from None
-    if not isinstance(first, dict) or first.get("header") != header:
-        raise UserError(f"cache {path} was written for other settings (model, calibration or metric): "
-                        "delete it or pass another --cache")
+def _open_cache(path: Path, header: dict) -> tuple[ResultLog, dict[str, float]]:
+    """The DP's evaluated states from its JSONL log (first line: this run's settings), keyed by removed layers."""
+    log = ResultLog(path, header, "DP cache", "delete it or pass another --cache")
     store = {}
-    for line in lines[1:]:
-        try:
-            row = json.loads(line)
+    for row in log.rows:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
             store[str(row["removed"])] = float(row["loss"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue  # a line cut off by an interruption; that state is simply evaluated again
-    return store
+    return log, store
 
 
 def select_depth(loaded: LoadedModel, calibration: Calibration, method: str = "dp", max_removed: int = 15,

@@ -119,11 +119,13 @@ class Strategy:
     depth: DepthSection
     width: WidthScores | None = None
     metadata: dict = field(default_factory=dict)
+    blocks: Any = None                   # selection.blocks.BlockScores: replace-one-block scores (heterogeneous search)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "kind": STRATEGY_KIND, "model": self.model,
                 "calibration": self.calibration, "depth": self.depth.to_dict(),
                 "width": None if self.width is None else self.width.to_dict(),
+                **({} if self.blocks is None else {"blocks": self.blocks.to_dict()}),
                 "metadata": self.metadata or {"environment": environment()}}
 
     def save(self, path: str | Path) -> Path:
@@ -140,9 +142,12 @@ class Strategy:
         for key, kind in (("model", dict), ("calibration", dict), ("depth", dict)):
             if not isinstance(payload.get(key), kind):
                 raise _invalid(path, f"'{key}' must be an object")
-        width = payload.get("width")
+        from .blocks import BlockScores
+
+        width, blocks = payload.get("width"), payload.get("blocks")
         return cls(payload["model"], payload["calibration"], DepthSection.from_dict(payload["depth"], path),
-                   None if width is None else WidthScores.from_dict(width, path), payload.get("metadata") or {})
+                   None if width is None else WidthScores.from_dict(width, path), payload.get("metadata") or {},
+                   None if blocks is None else BlockScores.from_dict(blocks, path))
 
     def check_model(self, fingerprint: dict) -> None:
         """Refuse to apply a strategy computed for another model."""

@@ -4,7 +4,7 @@ rankings any width ratio is taken from, and FLAP's bias compensation for what is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -163,25 +163,51 @@ def width_subnet(model: PreTrainedModel, width: WidthScores, layers: list[int], 
     per_layer = mlp_channel_count(dims, mlp)
     counts = _channel_counts(width, layers, per_layer, allocation)
     blocks, family = decoder_layers(model), family_of(model.config)
-    kept_heads, kept_channels, biases = [], [], []
-    for layer, count in zip(layers, counts):
-        chosen_heads = choose_heads(width.head_scores[layer], head_count, dims)
-        chosen_channels = tuple(_top(width.mlp_scores[layer], count))
-        kept_heads.append(chosen_heads)
-        kept_channels.append(chosen_channels)
-        if compensate:
-            block = blocks[layer]
-            dropped_heads = [h for h in range(dims.num_heads) if h not in chosen_heads]
-            dropped_features = [h * dims.head_dim + d for h in dropped_heads for d in range(dims.head_dim)]
-            dropped_channels = sorted(set(range(dims.intermediate_size)) - set(chosen_channels))
-            biases.append((_compensation(block.get_submodule(family.attention_out).weight,
-                                         width.attn_input_mean[layer], dropped_features),
-                           _compensation(block.get_submodule(family.mlp_out).weight, width.mlp_input_mean[layer],
-                                         dropped_channels)))
+    choices = [layer_choice(blocks[layer], width, layer, head_count, count, dims, family, compensate)
+               for layer, count in zip(layers, counts)]
+    return _assembled(dims, layers, choices, compensate)
+
+
+@torch.inference_mode()
+def heterogeneous_subnet(model: PreTrainedModel, width: WidthScores, shapes: Sequence[tuple[int, int]],
+                         compensate: bool = True) -> Subnet:
+    """A subnet with its own shape per original layer: shapes[i] = (query heads, MLP channels) of layer i, or
+    (0, 0) to remove it; FLAP's most important heads/channels (and compensation) in each kept layer."""
+    dims = ModelDims.from_config(model.config)
+    width.check(dims)
+    if len(shapes) != dims.num_layers:
+        raise UserError(f"a heterogeneous shape list needs one entry per layer ({dims.num_layers}), got {len(shapes)}")
+    blocks, family = decoder_layers(model), family_of(model.config)
+    layers = [i for i, shape in enumerate(shapes) if tuple(shape) != (0, 0)]
+    choices = [layer_choice(blocks[i], width, i, shapes[i][0], shapes[i][1], dims, family, compensate)
+               for i in layers]
+    return _assembled(dims, layers, choices, compensate)
+
+
+def layer_choice(block: torch.nn.Module, width: WidthScores, layer: int, head_count: int, channel_count: int,
+                 dims: ModelDims, family: Family, compensate: bool) -> tuple[tuple[int, ...], tuple[int, ...], tuple]:
+    """One layer's kept heads, kept channels and (o_proj, down_proj) compensation (None without compensation)."""
+    chosen_heads = choose_heads(width.head_scores[layer], head_count, dims)
+    chosen_channels = tuple(_top(width.mlp_scores[layer], mlp_channel_count(dims, channel_count)))
+    if not compensate:
+        return chosen_heads, chosen_channels, None
+    dropped_heads = [h for h in range(dims.num_heads) if h not in chosen_heads]
+    dropped_features = [h * dims.head_dim + d for h in dropped_heads for d in range(dims.head_dim)]
+    dropped_channels = sorted(set(range(dims.intermediate_size)) - set(chosen_channels))
+    return chosen_heads, chosen_channels, (
+        _compensation(block.get_submodule(family.attention_out).weight, width.attn_input_mean[layer],
+                      dropped_features),
+        _compensation(block.get_submodule(family.mlp_out).weight, width.mlp_input_mean[layer], dropped_channels))
+
+
+def _assembled(dims: ModelDims, layers: Sequence[int], choices: list[tuple], compensate: bool) -> Subnet:
+    """The validated subnet of per-layer choices; compensation only when something was dropped somewhere."""
+    kept_heads = tuple(c[0] for c in choices)
+    kept_channels = tuple(c[1] for c in choices)
     anything_dropped = any(len(h) < dims.num_heads for h in kept_heads) or any(
         len(c) < dims.intermediate_size for c in kept_channels)
-    subnet = Subnet(tuple(layers), tuple(kept_heads), tuple(kept_channels),
-                    tuple(biases) if compensate and anything_dropped else None)
+    subnet = Subnet(tuple(layers), kept_heads, kept_channels,
+                    tuple(c[2] for c in choices) if compensate and anything_dropped else None)
     subnet.validate(dims)
     return subnet
 

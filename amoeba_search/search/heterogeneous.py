@@ -1,0 +1,141 @@
+"""Heterogeneous subnets: a shape per layer, found exactly under a latency budget.
+
+Predicted latency is base + sum of per-layer block latencies (lookup table, optionally scaled by the profile's
+correction), and replace-one-block scores are additive estimates of the damage, so the best subnet under a budget
+is a multiple-choice knapsack: pick one variant per layer (removed, or heads x MLP width) minimising the summed
+score subject to the latency sum. Solved exactly as a MILP (scipy / HiGHS, zero gap); the top-k solutions (no-good
+cuts) are then re-ranked by the accuracy proxy measured on the real subnet, since block scores interact."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from ..errors import UserError
+from ..profiling.predictor import setting_key
+from ..selection.blocks import REMOVED
+from ..selection.width import heterogeneous_subnet
+from ..subnet import Subnet
+
+Shape = tuple[int, int]                          # (query heads, MLP channels); (0, 0) = layer removed
+
+
+@dataclass(frozen=True)
+class Solution:
+    shapes: tuple[Shape, ...]                    # one per original layer
+    score: float                                 # summed block score (lower is better)
+    blocks_ms: float                             # summed block latency (before any correction)
+
+    @property
+    def key(self) -> str:
+        """Compact, unique name: kept-layer count then each layer's shape (x = removed)."""
+        parts = ["x" if s == REMOVED else f"{s[0]}/{s[1]}" for s in self.shapes]
+        return f"het{sum(s != REMOVED for s in self.shapes)}:" + ",".join(parts)
+
+
+def block_budget_ms(target_ms: float, base_ms: float, block_scale: float = 1.0, base_scale: float = 1.0) -> float:
+    """The summed block latency a target leaves: predicted = block_scale * sum(blocks) + base_scale * base."""
+    return (target_ms - base_scale * base_ms) / block_scale
+
+
+def solve(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, float], budget_ms: float, top_k: int = 1,
+          min_layers: int = 1) -> list[Solution]:
+    """The top_k lowest summed scores with summed block latency <= budget_ms (removed layers cost 0), exactly;
+    fewer when fewer exist. Variants a layer has no score for, or the profile no latency for, are not offered."""
+    options = [[(v, s) for v, s in layer.items() if v == REMOVED or v in block_ms] for layer in scores]
+    index = [(i, v) for i, layer in enumerate(options) for v, _ in layer]
+    cost = np.array([s for layer in options for _, s in layer], dtype=float)
+    latency = np.array([0.0 if v == REMOVED else block_ms[v] for _, v in index])
+    kept = np.array([0.0 if v == REMOVED else 1.0 for _, v in index])
+    one_per_layer = np.zeros((len(options), len(index)))
+    for column, (i, _) in enumerate(index):
+        one_per_layer[i, column] = 1.0
+    constraints = [LinearConstraint(one_per_layer, 1, 1), LinearConstraint(latency[None], -np.inf, budget_ms),
+                   LinearConstraint(kept[None], min_layers, np.inf)]
+    found: list[Solution] = []
+    for _ in range(top_k):
+        result = milp(cost, integrality=np.ones(len(index)), bounds=Bounds(0, 1), constraints=constraints,
+                      options={"mip_rel_gap": 0.0})
+        if result.status != 0 or result.x is None:
+            break
+        chosen = [column for column in range(len(index)) if result.x[column] > 0.5]
+        shapes = [REMOVED] * len(options)
+        for column in chosen:
+            shapes[index[column][0]] = index[column][1]
+        found.append(Solution(tuple(shapes), float(cost[chosen].sum()), float(latency[chosen].sum())))
+        cut = np.zeros(len(index))
+        cut[chosen] = 1.0                                  # no-good cut: not this exact choice again
+        constraints.append(LinearConstraint(cut[None], -np.inf, len(options) - 1))
+    return found
+
+
+def brute_force(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, float], budget_ms: float,
+                min_layers: int = 1) -> Solution | None:
+    """The optimum by enumeration (tests and the benchmark's check; exponential in the layer count)."""
+    best = None
+    options = [[v for v in layer if v == REMOVED or v in block_ms] for layer in scores]
+    for shapes in itertools.product(*options):
+        ms = sum(0.0 if v == REMOVED else block_ms[v] for v in shapes)
+        if ms > budget_ms + 1e-9 or sum(v != REMOVED for v in shapes) < min_layers:
+            continue
+        score = sum(layer[v] for layer, v in zip(scores, shapes))
+        if best is None or score < best.score - 1e-12:
+            best = Solution(tuple(shapes), score, ms)
+    return best
+
+
+def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "kl", progress: bool = False) -> dict:
+    """The best heterogeneous subnet for a search context (model, strategy with block scores, profile, proxy):
+    exact top-k under the budget, re-ranked by the proxy measured on each real subnet (cached in the study
+    storage like every other accuracy). Returns the record `best.json` holds."""
+    blocks = ctx.strategy.blocks
+    if blocks is None:
+        raise UserError("the strategy has no block scores, which --space heterogeneous needs: add them with "
+                        "`amoeba blocks --strategy STRATEGY --out STRATEGY2` and search with --strategy STRATEGY2")
+    if blocks.compensate != ctx.compensate:
+        raise UserError(f"the block scores were computed with compensation {'on' if blocks.compensate else 'off'}: "
+                        f"search with the same --{'no-' if not blocks.compensate else ''}compensate, or recompute them")
+    dims, setting = ctx.dims, ctx.setting
+    table = blocks.table(metric, dims.num_layers)
+    profiled = set(ctx.lut.widths(setting))
+    block_ms = {(h, m): ctx.lut.block_ms(setting, h, m) for h, m in profiled}
+    unprofiled = sorted({v for layer in table for v in layer if v != REMOVED and v not in profiled})
+    base_ms = ctx.lut.base_ms(setting)
+    correction = ctx.predictor.corrections.get(setting_key(setting)) if ctx.use_correction else None
+    scales = (correction.block_scale, correction.base_scale) if correction else (1.0, 1.0)
+    budget = block_budget_ms(target_ms, base_ms, *scales)
+    started = time.perf_counter()
+    solutions = solve(table, block_ms, budget, top_k)
+    seconds = time.perf_counter() - started
+    if not solutions:
+        fastest = base_ms * scales[1] + scales[0] * min(block_ms.values())
+        raise UserError(f"latency target {target_ms:.3f} ms is below the fastest heterogeneous subnet "
+                        f"({fastest:.3f} ms: one layer at the narrowest profiled width on {ctx.lut.name}): raise it")
+    ranked = []
+    for solution in solutions:
+        subnet = heterogeneous_subnet(ctx.loaded.model, ctx.strategy.width, solution.shapes, ctx.compensate)
+        value = ctx.accuracy(f"{solution.key}{'' if ctx.compensate else '/nc'}", lambda s=subnet: s)
+        ranked.append((solution, subnet, value))
+    best, subnet, value = min(ranked, key=lambda r: r[2] if ctx.proxy.direction == "minimize" else -r[2])
+    predicted = ctx.predictor.predict_subnet_ms(setting, subnet, dims)
+    return {"space": "heterogeneous", "subnet": subnet, "key": best.key, "predicted_ms": predicted,
+            "target_ms": target_ms, "proxy": ctx.proxy.name, "proxy_value": value, "metric": metric,
+            "block_score": best.score, "solver_seconds": round(seconds, 4), "top_k": len(solutions),
+            "unprofiled_variants": [list(v) for v in unprofiled],
+            "candidates": [{"key": s.key, "block_score": s.score, "proxy_value": v,
+                            "predicted_ms": ctx.predictor.predict_subnet_ms(setting, sub, dims)}
+                           for s, sub, v in ranked]}
+
+
+def shapes_of(subnet: Subnet, num_layers: int) -> list[Shape]:
+    """Per original layer (heads, channels), (0, 0) where removed: the inverse of heterogeneous_subnet's input."""
+    shapes = [REMOVED] * num_layers
+    for layer, heads, channels in zip(subnet.layers, subnet.heads, subnet.mlp_channels):
+        shapes[layer] = (len(heads), len(channels))
+    return shapes
+
