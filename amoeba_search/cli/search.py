@@ -118,10 +118,18 @@ def search_command(
                                                                        "answers beside the full model's."),
     strict: bool = typer.Option(False, "--strict", help="With --extract: refuse to time on a loaded machine or one "
                                                         "slower/faster than the profile recorded (else a warning)."),
+    space: str = typer.Option("uniform", help="uniform: one width for every kept layer (Optuna over depth x heads x "
+                                              "MLP). heterogeneous: each layer removed or at its own heads x MLP "
+                                              "width, solved exactly from the strategy's block scores (`amoeba "
+                                              "blocks`), the top-k re-ranked by the proxy."),
+    top_k: int = typer.Option(8, "--top-k", help="heterogeneous: exact solutions re-ranked by the measured proxy."),
+    block_metric: str = typer.Option("kl", "--block-metric", help="heterogeneous: block score summed by the solver "
+                                                                  "(kl or loss_delta)."),
 ) -> None:
-    """Best subnet under a latency target on a device/flow: Optuna TPE with the latency as a constraint."""
+    """Best subnet under a latency target on a device/flow: Optuna TPE with the latency as a constraint, or an
+    exact per-layer solve (--space heterogeneous)."""
     setup(search["threads"])
-    from ..search.report import best_record, verify, write_best
+    from ..search.report import best_record, write_best
     from ..search.session import run_search
     from ..search.study import feasible_best, make_sampler
 
@@ -132,13 +140,32 @@ def search_command(
     if (target_ms is None) == (target_ratio is None):
         raise UserError("give one of --target-ms or --target-ratio")
     make_sampler(sampler, seed)
+    check_range("--top-k", top_k, 1)
+    if space not in ("uniform", "heterogeneous"):
+        raise UserError(f"--space {space!r}: choose uniform or heterogeneous")
+    if block_metric not in ("kl", "loss_delta"):
+        raise UserError(f"--block-metric {block_metric!r}: choose kl or loss_delta")
     check_output(out)
     check_output(extract_dir, directory=True)
     ctx = open_from(search)
+    if space == "heterogeneous":
+        from ..search.heterogeneous import heterogeneous_search
+
+        target = target_ms if target_ms is not None else target_ratio * ctx.full_model_ms()
+        with console.status(f"solving the per-layer knapsack for {target:.3f} ms and measuring the top {top_k}"):
+            record = heterogeneous_search(ctx, target, top_k, block_metric)
+        subnet = record.pop("subnet")
+        write_best(ctx, record, out, subnet)
+        console.print(f"best: {record['candidate']} ({subnet.summary(ctx.dims)}) predicted "
+                      f"{record['predicted_ms']:.3f} ms (target {target:.3f}), {ctx.proxy.name} "
+                      f"{record['proxy_value']:.3f}; exact top-{record['top_k']} in {record['solver_seconds']:.3f} s; "
+                      f"wrote {out}")
+        _report_extract(ctx, out, extract_dir, search, strict)
+        return
     target = ctx.resolve_target(target_ms, target_ratio)
-    space = ctx.space
-    console.print(escape(f"searching {space.size} subnets ({len(space.depths)} depths x {len(space.heads)} head "
-                         f"counts x {len(space.mlp)} MLP widths) on {ctx.lut.name} [{ctx.lut.meta['source']}], "
+    grid = ctx.space
+    console.print(escape(f"searching {grid.size} subnets ({len(grid.depths)} depths x {len(grid.heads)} head "
+                         f"counts x {len(grid.mlp)} MLP widths) on {ctx.lut.name} [{ctx.lut.meta['source']}], "
                          f"{ctx.setting.label()}, target {target:.3f} ms, proxy {ctx.proxy.name} "
                          f"({ctx.proxy.direction})" + (f", adapters {search['adapters']}" if search["adapters"]
                                                        else "")))
@@ -152,6 +179,13 @@ def search_command(
     console.print(f"best: {record['candidate']} predicted {record['predicted_ms']:.3f} ms (target {target:.3f}), "
                   f"{ctx.proxy.name} {record['proxy_value']:.3f}; {record['trials']} trials, "
                   f"{record['accuracy_evaluations']} accuracy evaluations this run; wrote {out}")
+    _report_extract(ctx, out, extract_dir, search, strict)
+
+
+def _report_extract(ctx, out: Path, extract_dir: Path | None, search: dict, strict: bool) -> None:
+    """With --extract: the handed-over checkpoint measured beside the full model; else how to extract."""
+    from ..search.report import verify
+
     if extract_dir is not None:
         from ..quality import print_samples, quality_table
 

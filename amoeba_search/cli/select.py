@@ -9,9 +9,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import DataDirOption, ModelOption, ThreadsOption, check_output, console, example, load, new_app, setup
+from .common import (DataDirOption, ModelOption, StrategyOption, ThreadsOption, check_output, check_range, console,
+                     example, load, new_app, parse_list, setup, strategy_path)
 from ..errors import UserError
+from ..profiling.profile import DEFAULT_MLP_RATIOS
 from ..selection import DEPTH_SELECTORS, WIDTH_SCORERS
+from ..subnet import ModelDims
 
 app = new_app("")
 
@@ -79,3 +82,61 @@ def select(
         table.add_row(str(row.num_layers), ",".join(map(str, removed)) or "-", shown)
     console.print(table)
     console.print(f"wrote {out}; make a subnet with `amoeba subnet --strategy {out} --layers N --out s.json`")
+
+
+@app.command(epilog=example("amoeba blocks --strategy default --out strategy-blocks.json",
+                            "amoeba search --space heterogeneous --strategy strategy-blocks.json --device amd-epyc "
+                            "--flow llama.cpp --target-ratio 0.65"))
+def blocks(
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the strategy with its block scores."),
+    strategy: Path = StrategyOption,
+    model: str = ModelOption,
+    samples: int = typer.Option(8, help="Calibration windows."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per calibration window."),
+    seed: int = typer.Option(0, help="Seed for drawing calibration windows."),
+    calib_file: Optional[Path] = typer.Option(None, "--calib-file", help="Calibration text (default: WikiText-2 "
+                                                                        "valid split under the data root)."),
+    mlp_ratios: str = typer.Option(",".join(map(str, DEFAULT_MLP_RATIOS)), "--mlp-ratios",
+                                   help="MLP widths offered per layer, as shares of the full width (the widths "
+                                        "`amoeba profile` measures by default)."),
+    heads: Optional[str] = typer.Option(None, help="Query-head counts offered per layer, e.g. 3,6,9 (default: every "
+                                                   "GQA-valid count, as `amoeba profile`)."),
+    compensate: bool = typer.Option(True, help="FLAP bias compensation in the narrowed variants (as the search)."),
+    log: Optional[Path] = typer.Option(None, help="Result log (default: OUT.blocks.jsonl); reruns resume from it."),
+    data_dir: Optional[Path] = DataDirOption,
+    threads: Optional[int] = ThreadsOption,
+) -> None:
+    """Replace-one-block scores for heterogeneous search: every layer x (removed | heads x MLP width) -> KL to the
+    full model and loss increase on calibration text, added to the strategy file."""
+    setup(threads)
+    from ..data import data_root, read_text
+    from ..selection.blocks import score_blocks
+    from ..selection.calibration import text_calibration
+    from ..selection.strategy import Strategy
+    from ..subnet import mlp_channel_count
+
+    if samples < 1 or seq_len < 2:
+        raise UserError("--samples must be >= 1 and --seq-len >= 2")
+    ratios = parse_list(mlp_ratios, float, "--mlp-ratios")
+    head_counts = parse_list(heads, int, "--heads") if heads else None
+    for ratio in ratios:
+        check_range("--mlp-ratios", ratio, 0, 1, low_open=True)
+    log_path = log or out.with_name(out.name + ".blocks.jsonl")
+    check_output(out)
+    check_output(log_path)
+    source = strategy_path(strategy)
+    chosen = Strategy.load(source)
+    text_path = calib_file or data_root(data_dir) / "wikitext2" / "valid.txt"
+    loaded = load(model)
+    chosen.check_model(loaded.fingerprint)
+    dims = ModelDims.from_config(loaded.model.config)
+    widths = sorted({mlp_channel_count(dims, r) for r in ratios})
+    calibration = text_calibration(loaded.tokenizer, read_text(Path(text_path)), samples, seq_len, seed,
+                                   name=str(text_path))
+    chosen.blocks = score_blocks(loaded, chosen, calibration, widths, log_path, compensate,
+                                 heads=head_counts)
+    chosen.save(out)
+    worst = sorted((r for r in chosen.blocks.rows if (r["heads"], r["mlp"]) == (0, 0)), key=lambda r: r["kl"])
+    console.print(f"{len(chosen.blocks.rows)} block scores ({len(chosen.blocks.variants)} variants x "
+                  f"{dims.num_layers} layers, {chosen.blocks.seconds:.0f} s); cheapest layers "
+                  f"to remove (KL): {', '.join(str(r['layer']) for r in worst[:5])}; wrote {out}")

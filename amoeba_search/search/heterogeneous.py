@@ -105,6 +105,12 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
     profiled = set(ctx.lut.widths(setting))
     block_ms = {(h, m): ctx.lut.block_ms(setting, h, m) for h, m in profiled}
     unprofiled = sorted({v for layer in table for v in layer if v != REMOVED and v not in profiled})
+    if unprofiled:
+        raise UserError(f"profile {ctx.lut.name} has no {setting.label()} latency for block variants "
+                        f"{unprofiled[:4]}{'...' if len(unprofiled) > 4 else ''} (heads, MLP) that the block scores "
+                        f"offer: profile them (`amoeba profile --device {ctx.lut.meta['device']} --flow "
+                        f"{ctx.lut.meta['flow']} --mlp-widths ...`) or recompute the scores with `amoeba blocks "
+                        "--mlp-ratios` matching the profile")
     base_ms = ctx.lut.base_ms(setting)
     correction = ctx.predictor.corrections.get(setting_key(setting)) if ctx.use_correction else None
     scales = (correction.block_scale, correction.base_scale) if correction else (1.0, 1.0)
@@ -123,10 +129,14 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
         ranked.append((solution, subnet, value))
     best, subnet, value = min(ranked, key=lambda r: r[2] if ctx.proxy.direction == "minimize" else -r[2])
     predicted = ctx.predictor.predict_subnet_ms(setting, subnet, dims)
-    return {"space": "heterogeneous", "subnet": subnet, "key": best.key, "predicted_ms": predicted,
-            "target_ms": target_ms, "proxy": ctx.proxy.name, "proxy_value": value, "metric": metric,
+    return {"space": "heterogeneous", "subnet": subnet, "candidate": f"hetero-{len(subnet.layers)}L", "key": best.key,
+            "shapes": [list(s) for s in best.shapes], "device": ctx.lut.meta["device"], "flow": ctx.lut.meta["flow"],
+            "profile_source": ctx.lut.meta["source"], "setting": setting.label(), "predicted_ms": predicted,
+            "latency_corrected": ctx.predictor.is_corrected(setting), "full_model_ms": ctx.full_model_ms(),
+            "target_ms": target_ms, "proxy": ctx.proxy.name, "proxy_settings": ctx.proxy.settings,
+            "direction": ctx.proxy.direction, "proxy_value": value, "metric": metric,
+            "adapters": None if ctx.loaded.adapters is None else ctx.loaded.adapters.describe(),
             "block_score": best.score, "solver_seconds": round(seconds, 4), "top_k": len(solutions),
-            "unprofiled_variants": [list(v) for v in unprofiled],
             "candidates": [{"key": s.key, "block_score": s.score, "proxy_value": v,
                             "predicted_ms": ctx.predictor.predict_subnet_ms(setting, sub, dims)}
                            for s, sub, v in ranked]}

@@ -35,10 +35,12 @@ def best_record(ctx: SearchContext, study: optuna.Study, best: optuna.trial.Froz
             "adapters": None if ctx.loaded.adapters is None else ctx.loaded.adapters.describe()}
 
 
-def write_best(ctx: SearchContext, record: dict, out: Path) -> Path:
-    """The best subnet as a normal subnet file (extract/evaluate/predict take it) plus its search record."""
-    candidate = Candidate(record["depth"], record["heads"], record["mlp"])
-    payload = ctx.subnet(candidate).to_dict(ctx.loaded.fingerprint)
+def write_best(ctx: SearchContext, record: dict, out: Path, subnet: Subnet | None = None) -> Path:
+    """The best subnet as a normal subnet file (extract/evaluate/predict take it) plus its search record; a
+    uniform record's subnet is rebuilt from its candidate, a heterogeneous one is passed in."""
+    if subnet is None:
+        subnet = ctx.subnet(Candidate(record["depth"], record["heads"], record["mlp"]))
+    payload = subnet.to_dict(ctx.loaded.fingerprint)
     payload["search"] = record
     return write_json_atomic(out, payload)
 

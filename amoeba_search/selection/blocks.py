@@ -32,9 +32,15 @@ REMOVED = (0, 0)               # the variant (heads, mlp) that drops the layer
 METRICS = ("kl", "loss_delta")
 
 
-def block_variants(dims: ModelDims, mlp_widths: Sequence[int]) -> list[tuple[int, int]]:
-    """Every (query heads, MLP channels) a layer may take: removed, or any valid head count x offered width."""
-    return [REMOVED] + [(h, m) for h in dims.head_counts() for m in sorted(set(mlp_widths))]
+def block_variants(dims: ModelDims, mlp_widths: Sequence[int], heads: Sequence[int] | None = None
+                   ) -> list[tuple[int, int]]:
+    """Every (query heads, MLP channels) a layer may take: removed, or a valid head count (all, or those given)
+    x an offered width."""
+    valid = dims.head_counts()
+    bad = [h for h in heads or () if h not in valid]
+    if bad:
+        raise UserError(f"--heads {bad} not valid for this model (allowed: {valid})")
+    return [REMOVED] + [(h, m) for h in (sorted(set(heads)) if heads else valid) for m in sorted(set(mlp_widths))]
 
 
 @dataclass
@@ -120,7 +126,8 @@ class _Divergence:
 
 @torch.inference_mode()
 def score_blocks(loaded: LoadedModel, strategy: Strategy, calibration: Calibration, mlp_widths: Sequence[int],
-                 log_path: Path | None = None, compensate: bool = True, progress: bool = True) -> BlockScores:
+                 log_path: Path | None = None, compensate: bool = True, progress: bool = True,
+                 heads: Sequence[int] | None = None) -> BlockScores:
     """Replace-one-block KL and loss increase for every layer x variant, resumed from `log_path` when given."""
     if strategy.width is None:
         raise UserError("the strategy has no width scores: rerun `amoeba select` with a --width-method")
@@ -129,7 +136,7 @@ def score_blocks(loaded: LoadedModel, strategy: Strategy, calibration: Calibrati
     model = loaded.model
     dims = model_dims(model.config)
     strategy.width.check(dims)
-    variants = block_variants(dims, mlp_widths)
+    variants = block_variants(dims, mlp_widths, heads)
     family = family_of(model.config)
     if family.head_pruning_refusal:
         variants = [v for v in variants if v == REMOVED or v[0] == dims.num_heads]

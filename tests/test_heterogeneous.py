@@ -1,0 +1,134 @@
+"""Heterogeneous subnets: the exact solver equals brute force on additive scores, replace-one-block scores mean
+what they say (and resume), a per-layer subnet extracts to a checkpoint and a GGUF that compute what the in-place
+view computes, and `amoeba search --space heterogeneous` hands over a subnet under the target or refuses in
+one line."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from amoeba_search.data import read_text
+from amoeba_search.errors import UserError
+from amoeba_search.evaluate import token_logprobs
+from amoeba_search.extract import extract_model
+from amoeba_search.search.heterogeneous import block_budget_ms, brute_force, solve
+from amoeba_search.selection import blocks as blocks_module
+from amoeba_search.selection.blocks import REMOVED, score_blocks
+from amoeba_search.selection.calibration import text_calibration
+from amoeba_search.selection.width import heterogeneous_subnet
+from amoeba_search.subnet import ModelDims
+from amoeba_search.view import subnet_view
+
+from .test_search import context, world  # noqa: F401  (the module-scoped tiny strategy + estimated profiles)
+
+
+def random_problem(layers: int, seed: int):
+    rng = random.Random(seed)
+    variants = [(h, m) for h in (3, 6) for m in (24, 48)]
+    block_ms = {v: rng.uniform(0.5, 2.0) for v in variants}
+    scores = [{REMOVED: rng.uniform(0, 3), **{v: rng.uniform(0, 1) for v in variants}} for _ in range(layers)]
+    return scores, block_ms
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_solver_returns_the_brute_force_optimum(seed):
+    scores, block_ms = random_problem(6, seed)
+    full_ms = 6 * max(block_ms.values())
+    for share in (0.15, 0.4, 0.65, 0.9, 1.0):
+        budget = share * full_ms
+        exact, *rest = solve(scores, block_ms, budget, top_k=4)
+        reference = brute_force(scores, block_ms, budget)
+        assert exact.score == pytest.approx(reference.score, abs=1e-9)
+        ranked = [exact] + rest
+        assert all(a.score <= b.score + 1e-9 for a, b in zip(ranked, ranked[1:]))      # best first
+        assert len({s.shapes for s in ranked}) == len(ranked)                           # distinct
+        assert all(s.blocks_ms <= budget + 1e-7 for s in ranked)
+
+
+def test_solver_finds_nothing_below_the_fastest_subnet():
+    scores, block_ms = random_problem(4, 0)
+    assert solve(scores, block_ms, 0.9 * min(block_ms.values())) == []
+    assert block_budget_ms(10.0, 4.0) == 6.0 and block_budget_ms(10.0, 4.0, 2.0, 0.5) == 4.0
+
+
+@pytest.fixture(scope="module")
+def scored(world):  # noqa: F811
+    loaded, strategy, _, data = world
+    calibration = text_calibration(loaded.tokenizer, read_text(data / "wikitext2" / "valid.txt"), 2, 24, seed=3)
+    return loaded, strategy, calibration
+
+
+def test_block_scores_mean_what_they_say_and_resume(scored, tmp_path, monkeypatch):
+    loaded, strategy, calibration = scored
+    dims = ModelDims.from_config(loaded.model.config)
+    result = score_blocks(loaded, strategy, calibration, [24, 48], tmp_path / "log.jsonl", heads=[3, 6],
+                          progress=False)
+    assert len(result.rows) == dims.num_layers * 5
+    table = result.table("loss_delta", dims.num_layers)
+    ids = calibration.input_ids
+    with torch.no_grad():
+        def loss(model):
+            hidden = model.base_model(input_ids=ids).last_hidden_state[:, :-1].reshape(-1, dims.hidden_size)
+            return -token_logprobs(model, hidden, ids[:, 1:].reshape(-1)).double().mean().item()
+
+        assert result.base_loss == pytest.approx(loss(loaded.model), abs=1e-5)
+        shapes = [(6, 48)] * dims.num_layers
+        for layer, variant in ((1, REMOVED), (2, (3, 24))):
+            one = list(shapes)
+            one[layer] = variant
+            with subnet_view(loaded.model, heterogeneous_subnet(loaded.model, strategy.width, one)) as view:
+                assert table[layer][variant] == pytest.approx(loss(view) - result.base_loss, abs=1e-5)
+    assert all(r["kl"] >= -1e-7 for r in result.rows) and table[0][(6, 48)] == 0.0
+    # A rerun reads every variant from the log: nothing is evaluated again, the scores are identical.
+    monkeypatch.setattr(blocks_module, "subnet_view", lambda *a: pytest.fail("re-evaluated a logged variant"))
+    again = score_blocks(loaded, strategy, calibration, [24, 48], tmp_path / "log.jsonl", heads=[3, 6],
+                         progress=False)
+    assert again.rows == result.rows
+    with pytest.raises(UserError, match="other settings"):
+        score_blocks(loaded, strategy, calibration, [48], tmp_path / "log.jsonl", progress=False)
+
+
+def test_a_heterogeneous_subnet_runs_in_llama_cpp_like_the_view(scored, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from amoeba_search.gguf_export import write_gguf
+
+    loaded, strategy, _ = scored
+    subnet = heterogeneous_subnet(loaded.model, strategy.width, [(6, 48), (3, 24), REMOVED, (2, 48), (6, 24)])
+    ids = [5, 17, 99, 3, 42, 7]
+    with torch.no_grad(), subnet_view(loaded.model, subnet) as view:
+        expected = view(torch.tensor([ids])).logits[0]
+    path = write_gguf(extract_model(loaded.model, subnet), tmp_path / "h.gguf", None, "f32")
+    llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=1, logits_all=True, verbose=False, type_k=0, type_v=0)
+    llm.eval(ids)
+    assert (torch.tensor(llm.scores[:len(ids)]) - expected).abs().max().item() <= 1e-3
+
+
+def test_search_heterogeneous_cli(world, scored, tmp_path):  # noqa: F811
+    loaded, strategy, root, data = world
+    _, _, calibration = scored
+    base = [sys.executable, "-m", "amoeba_search.cli", "search", "--space", "heterogeneous", "--model",
+            str(loaded.path), "--device", "toy", "--flow", "roofline", "--profiles-dir", str(root / "profiles"),
+            "--data-dir", str(data), "--proxy-samples", "2", "--storage", f"sqlite:///{tmp_path}/h.db",
+            "--out", str(tmp_path / "best.json")]
+    refused = subprocess.run(base + ["--strategy", str(root / "strategy.json"), "--target-ratio", "0.6"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "amoeba blocks" in refused.stderr and "Traceback" not in refused.stderr
+    strategy.blocks = score_blocks(loaded, strategy, calibration, [24, 48], heads=[3, 6], progress=False)
+    strategy.save(tmp_path / "with-blocks.json")
+    strategy.blocks = None
+    run = subprocess.run(base + ["--strategy", str(tmp_path / "with-blocks.json"), "--target-ratio", "0.6",
+                                 "--top-k", "3"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    import json
+
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["search"]["predicted_ms"] <= best["search"]["target_ms"] + 1e-9
+    assert len(best["search"]["candidates"]) == 3
+    too_low = subprocess.run(base + ["--strategy", str(tmp_path / "with-blocks.json"), "--target-ms", "0.001"],
+                             capture_output=True, text=True)
+    assert too_low.returncode == 2 and "below the fastest" in too_low.stderr
