@@ -14,7 +14,7 @@ from .errors import UserError
 from .models import LoadedModel
 from .subnet import ModelDims, Subnet
 from .families.base import Family, family_of, kept_index, shrunk_config
-from .view import decoder_layers, kept_units
+from .view import SkippedAttention, SkippedMLP, decoder_layers, kept_units, mlp_module
 
 SUBNET_FILE = "amoeba_subnet.json"
 _LAYER_KEY = re.compile(r"^(?P<prefix>.*\blayers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
@@ -34,13 +34,12 @@ def subnet_config(config, subnet: Subnet):
     shapes = [(len(h), len(subnet.kv_groups(dims, p)), len(m))
               for p, (h, m) in enumerate(zip(subnet.heads, subnet.mlp_channels))]
     sizes = {"num_hidden_layers": len(subnet.layers), "head_dim": dims.head_dim}  # heads * head_dim need not be hidden
-    if len(set(shapes)) == 1:
+    if len(set(shapes)) == 1 and all(shapes[0]):
         sizes.update(num_attention_heads=shapes[0][0], num_key_value_heads=shapes[0][1],
                      intermediate_size=shapes[0][2])
     else:
-        for heads, kv_heads, channels in set(shapes):      # every layer's own config must be valid for the family
-            shrunk_config(config, num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=channels,
-                          head_dim=dims.head_dim)
+        for shape in set(shapes):                           # every layer's own config must be valid for the family
+            layer_config(config, *shape)
         sizes[LAYER_SHAPES_KEY] = [{"heads": h, "kv_heads": k, "mlp": m} for h, k, m in shapes]
     if getattr(config, "layer_types", None):
         sizes["layer_types"] = [config.layer_types[i] for i in subnet.layers]
@@ -57,18 +56,42 @@ def layer_shapes(config) -> list[dict] | None:
     return getattr(config, LAYER_SHAPES_KEY, None) or None
 
 
+def per_layer_heads(config) -> tuple[list[int], list[int], list[int]]:
+    """Query heads, KV heads and MLP width of every layer: the config's, or a heterogeneous subnet's own."""
+    shapes = layer_shapes(config)
+    if shapes:
+        return [s["heads"] for s in shapes], [s["kv_heads"] for s in shapes], [s["mlp"] for s in shapes]
+    n, heads = config.num_hidden_layers, config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return [heads] * n, [kv_heads] * n, [config.intermediate_size] * n
+
+
+def layer_config(config, heads: int, kv_heads: int, channels: int):
+    """The config one decoder block of a heterogeneous model is built from; a skipped sub-block (0 heads or 0
+    channels) is built at full size and then replaced, so its sizes stay the model's."""
+    return shrunk_config(config, num_attention_heads=heads or config.num_attention_heads,
+                         num_key_value_heads=kv_heads or getattr(config, "num_key_value_heads", None)
+                         or config.num_attention_heads, intermediate_size=channels or config.intermediate_size,
+                         **{LAYER_SHAPES_KEY: None})
+
+
 def model_for_config(config, dtype: torch.dtype) -> PreTrainedModel:
     """An (untrained) model of an extracted config: standard, or heterogeneous with each decoder block built from
-    its own config (its head count, KV heads and MLP width), so every block holds exactly its own Linear shapes."""
+    its own config (its head count, KV heads and MLP width), so every block holds exactly its own Linear shapes;
+    a skipped attention or MLP sub-block is a parameter-free module that adds nothing."""
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     shapes = layer_shapes(config)
     if shapes:
-        layers = model.base_model.layers
+        family, layers = family_of(config), model.base_model.layers
         for position, shape in enumerate(shapes):
-            own = shrunk_config(config, num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
-                                intermediate_size=shape["mlp"], **{LAYER_SHAPES_KEY: None})
+            own = layer_config(config, shape["heads"], shape["kv_heads"], shape["mlp"])
             own._attn_implementation = model.config._attn_implementation     # not part of to_dict()
-            layers[position] = type(layers[position])(own, position).to(dtype)
+            block = type(layers[position])(own, position).to(dtype)
+            if not shape["heads"]:
+                setattr(block, family.attention, SkippedAttention(position))
+            if not shape["mlp"]:
+                setattr(block, mlp_module(family), SkippedMLP())
+            layers[position] = block
     return model
 
 
@@ -116,6 +139,10 @@ def extract_model(model: PreTrainedModel, subnet: Subnet) -> PreTrainedModel:
         if idx not in position:
             continue
         p = position[idx]
+        rest = match["rest"]
+        if (not subnet.heads[p] and rest.startswith(family.attention + ".")) or (
+                not subnet.mlp_channels[p] and rest.startswith(mlp_module(family) + ".")):
+            continue                                    # a skipped sub-block has no parameters
         sliced = _slice_param(family, match["rest"], tensor, kept_units(dims, subnet, p), sizes)
         state[f"{match['prefix']}.{p}.{match['rest']}"] = sliced.clone()
     small = model_for_config(config, model.dtype)

@@ -61,23 +61,14 @@ def permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
         weight.shape)
 
 
-def per_layer_heads(config) -> tuple[list[int], list[int], list[int]]:
-    """Query heads, KV heads and MLP width of every layer: the config's, or a heterogeneous subnet's own."""
-    from .extract import layer_shapes
-
-    shapes = layer_shapes(config)
-    if shapes:
-        return [s["heads"] for s in shapes], [s["kv_heads"] for s in shapes], [s["mlp"] for s in shapes]
-    n = config.num_hidden_layers
-    return ([config.num_attention_heads] * n, [config.num_key_value_heads] * n, [config.intermediate_size] * n)
-
-
 def gguf_tensors(model: PreTrainedModel) -> list[tuple[str, np.ndarray]]:
     """(GGUF name, float32 array in PyTorch layout) for every tensor llama.cpp needs."""
     import torch
 
+    from .extract import per_layer_heads
+
     config = model.config
-    heads, kv_heads, _ = per_layer_heads(config)
+    heads, kv_heads, channels = per_layer_heads(config)
     out = []
     for key, tensor in model.state_dict().items():
         array = tensor.detach().to(torch.float32).numpy()
@@ -91,6 +82,10 @@ def gguf_tensors(model: PreTrainedModel) -> list[tuple[str, np.ndarray]]:
         elif key.startswith("model.layers."):
             index, rest = key[len("model.layers."):].split(".", 1)
             if rest in _ZERO_ONLY and not array.any():
+                continue
+            # llama.cpp's attention-free (FFN-free) layers have no attention (FFN) norm: it would be an extra tensor
+            if (rest == "input_layernorm.weight" and not heads[int(index)]) or (
+                    rest == "post_attention_layernorm.weight" and not channels[int(index)]):
                 continue
             if rest not in _BLOCK_NAMES:
                 raise UserError(f"cannot write {key} to GGUF: only LLaMA-style blocks are supported")
@@ -148,7 +143,16 @@ def write_gguf(model: PreTrainedModel, out: str | os.PathLike, tokenizer_gguf: P
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
+    from .extract import per_layer_heads
+
     heads, kv_heads, channels = per_layer_heads(config)
+    if not heads[0]:
+        raise UserError("GGUF: llama.cpp reads the attention head size from the first layer, which this subnet makes "
+                        "MLP-only: keep attention in the first kept layer (heterogeneous search does)")
+    if not all(channels):
+        raise UserError("GGUF: llama.cpp's deci architecture drops an FFN-free layer entirely (its attention output "
+                        "too), so attention-only layers cannot be written exactly: keep the MLP in every layer "
+                        "(attention-free, MLP-only layers are fine)")
     uniform = len(set(zip(heads, kv_heads, channels))) == 1
     # Per-layer widths: llama.cpp's `deci` architecture (Nemotron-51B's) reads head counts and FFN widths as
     # per-layer arrays and sizes each layer's tensors from them; tensor names and rope are llama's.

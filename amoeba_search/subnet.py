@@ -100,11 +100,15 @@ class Subnet:
             if len(per_layer) != len(self.layers):
                 raise UserError(f"{field}: has {len(per_layer)} entries but {len(self.layers)} layers are kept; "
                                 "give one entry per kept layer (or one value for all)")
-        for layer, heads in zip(self.layers, self.heads):
-            check_index_set(f"heads of layer {layer}", heads, dims.num_heads)
-            check_gqa(layer, heads, dims)
-        for layer, channels in zip(self.layers, self.mlp_channels):
-            check_index_set(f"mlp_channels of layer {layer}", channels, dims.intermediate_size)
+        for layer, heads, channels in zip(self.layers, self.heads, self.mlp_channels):
+            # An empty set skips that sub-block (an MLP-only or attention-only layer); both empty is no layer.
+            if not heads and not channels:
+                raise UserError(f"layer {layer} keeps no heads and no MLP channels: drop it from 'layers' instead")
+            if heads:
+                check_index_set(f"heads of layer {layer}", heads, dims.num_heads)
+                check_gqa(layer, heads, dims)
+            if channels:
+                check_index_set(f"mlp_channels of layer {layer}", channels, dims.intermediate_size)
         if self.bias is not None:
             if len(self.bias) != len(self.layers):
                 raise UserError(f"bias_compensation: has {len(self.bias)} entries but {len(self.layers)} layers are kept")
@@ -127,6 +131,9 @@ class Subnet:
     def summary(self, dims: ModelDims) -> str:
         shape = self.uniform_shape(dims)
         width = f"{shape[0]} heads, {shape[2]} mlp" if shape else "per-layer widths"
+        skipped = sum(not h for h in self.heads), sum(not m for m in self.mlp_channels)
+        if any(skipped):
+            width += f"; {skipped[0]} MLP-only, {skipped[1]} attention-only"
         return f"{len(self.layers)}/{dims.num_layers} layers, {width}"
 
     def is_full(self, dims: ModelDims) -> bool:
@@ -182,9 +189,12 @@ class Subnet:
 
 
 def canonical_heads(dims: ModelDims, count: int) -> tuple[int, ...]:
-    """The first `count` query heads laid out GQA-validly: n/G heads in every group, else whole groups."""
+    """The first `count` query heads laid out GQA-validly: n/G heads in every group, else whole groups; 0 keeps
+    none (the layer's attention is skipped)."""
     if isinstance(count, bool) or not isinstance(count, int):
         raise UserError(f"heads: {count!r} is not a head count; allowed: {dims.head_counts()}")
+    if count == 0:
+        return ()                                               # the attention sub-block skipped
     if count not in dims.head_counts():
         raise UserError(f"heads: {count} query heads cannot be kept with {dims.num_kv_heads} KV groups of "
                         f"{dims.group_size}; allowed: {dims.head_counts()}")
@@ -202,9 +212,9 @@ def mlp_channel_count(dims: ModelDims, value: int | float | None) -> int:
         if not 0 < value <= 1:
             raise UserError(f"mlp: ratio {value} must be in (0, 1]")
         return max(1, round(value * dims.intermediate_size))
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= dims.intermediate_size:
-        return value
-    raise UserError(f"mlp: {value!r} must be a channel count 1..{dims.intermediate_size} or a ratio in (0, 1]")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= dims.intermediate_size:
+        return value                                            # 0: the layer's MLP is skipped
+    raise UserError(f"mlp: {value!r} must be a channel count 0..{dims.intermediate_size} or a ratio in (0, 1]")
 
 
 def check_index_set(field: str, indices: Sequence[int], size: int) -> None:

@@ -45,6 +45,37 @@ def _sliced_forward(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Te
     return forward
 
 
+class SkippedAttention(nn.Module):
+    """An attention sub-block that is not there (an MLP-only layer): it adds nothing to the residual stream. It
+    still records one position per token in the KV cache (a (B, 1, T, 1) zero marker, negligible), because the
+    model reads the cached length from its first layer's cache to place new tokens: an empty entry there would
+    restart the positions at 0."""
+
+    def __init__(self, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    def forward(self, hidden_states: torch.Tensor, *args, cache=None, past_key_values=None, use_cache: bool = True,
+                **kwargs) -> tuple[torch.Tensor, None]:
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and use_cache is not False:
+            marker = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)  # (B, 1, T, 1)
+            cache.update(marker, marker, self.layer_idx)
+        return torch.zeros_like(hidden_states), None
+
+
+class SkippedMLP(nn.Module):
+    """An MLP sub-block that is not there (an attention-only layer): it adds nothing to the residual stream."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
+
+
+def mlp_module(family: Family) -> str:
+    """The MLP sub-block of a family's decoder block (the parent of its down projection)."""
+    return family.mlp_out.rpartition(".")[0]
+
+
 Slice = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]  # rows, cols, extra bias
 
 
@@ -117,11 +148,18 @@ def subnet_view(model: PreTrainedModel, subnet: Subnet) -> Iterator[PreTrainedMo
         for position, layer_idx in enumerate(subnet.layers):
             block = original[layer_idx]
             heads, groups = subnet.heads[position], subnet.kv_groups(dims, position)
+            if not heads:                    # attention skipped: the whole sub-block is replaced, nothing sliced
+                set_for_view(block, family.attention, SkippedAttention(layer_idx))
+            if not subnet.mlp_channels[position]:
+                set_for_view(block, mlp_module(family), SkippedMLP())
             for name, (rows, cols, extra_bias) in block_slices(family, dims, subnet, position).items():
+                if (not heads and name.startswith(family.attention + ".")) or (
+                        not subnet.mlp_channels[position] and name.startswith(mlp_module(family) + ".")):
+                    continue
                 linear = block.get_submodule(name)
                 linear.forward = _sliced_forward(linear, rows, cols, extra_bias)
                 patched.append(linear)
-            if len(heads) < dims.num_heads:
+            if 0 < len(heads) < dims.num_heads:
                 # repeat_kv must map the remaining query heads onto the remaining KV heads.
                 attention = block.get_submodule(family.attention)
                 set_for_view(attention, "num_key_value_groups", len(heads) // len(groups))

@@ -68,7 +68,8 @@ def test_block_scores_mean_what_they_say_and_resume(scored, tmp_path, monkeypatc
     dims = ModelDims.from_config(loaded.model.config)
     result = score_blocks(loaded, strategy, calibration, [24, 48], tmp_path / "log.jsonl", heads=[3, 6],
                           progress=False)
-    assert len(result.rows) == dims.num_layers * 5
+    assert len(result.rows) == dims.num_layers * 7           # removed, 2 MLP-only, 2 x 2 heads x MLP
+    assert (0, 24) in result.variants and all(m > 0 for _, m in result.variants[1:])
     table = result.table("loss_delta", dims.num_layers)
     ids = calibration.input_ids
     with torch.no_grad():
@@ -78,7 +79,7 @@ def test_block_scores_mean_what_they_say_and_resume(scored, tmp_path, monkeypatc
 
         assert result.base_loss == pytest.approx(loss(loaded.model), abs=1e-5)
         shapes = [(6, 48)] * dims.num_layers
-        for layer, variant in ((1, REMOVED), (2, (3, 24))):
+        for layer, variant in ((1, REMOVED), (2, (3, 24)), (3, (0, 48))):
             one = list(shapes)
             one[layer] = variant
             with subnet_view(loaded.model, heterogeneous_subnet(loaded.model, strategy.width, one)) as view:
@@ -90,7 +91,7 @@ def test_block_scores_mean_what_they_say_and_resume(scored, tmp_path, monkeypatc
                          progress=False)
     assert again.rows == result.rows
     with pytest.raises(UserError, match="other settings"):
-        score_blocks(loaded, strategy, calibration, [48], tmp_path / "log.jsonl", progress=False)
+        score_blocks(loaded, strategy, calibration, [48], tmp_path / "log.jsonl", compensate=False, progress=False)
 
 
 def test_a_heterogeneous_subnet_runs_in_llama_cpp_like_the_view(scored, tmp_path):
@@ -98,7 +99,7 @@ def test_a_heterogeneous_subnet_runs_in_llama_cpp_like_the_view(scored, tmp_path
     from amoeba_search.gguf_export import write_gguf
 
     loaded, strategy, _ = scored
-    subnet = heterogeneous_subnet(loaded.model, strategy.width, [(6, 48), (3, 24), REMOVED, (2, 48), (6, 24)])
+    subnet = heterogeneous_subnet(loaded.model, strategy.width, [(6, 48), (3, 24), REMOVED, (0, 48), (6, 24)])
     ids = [5, 17, 99, 3, 42, 7]
     with torch.no_grad(), subnet_view(loaded.model, subnet) as view:
         expected = view(torch.tensor([ids])).logits[0]
@@ -119,6 +120,12 @@ def test_search_heterogeneous_cli(world, scored, tmp_path):  # noqa: F811
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "amoeba blocks" in refused.stderr and "Traceback" not in refused.stderr
     strategy.blocks = score_blocks(loaded, strategy, calibration, [24, 48], heads=[3, 6], progress=False)
+    strategy.save(tmp_path / "mlp-only.json")                # the toy profile has no MLP-only rows
+    unprofiled = subprocess.run(base + ["--strategy", str(tmp_path / "mlp-only.json"), "--target-ratio", "0.6"],
+                                capture_output=True, text=True)
+    assert unprofiled.returncode == 2 and "--mlp-only-layers" in unprofiled.stderr
+    strategy.blocks = score_blocks(loaded, strategy, calibration, [24, 48], heads=[3, 6], mlp_only=False,
+                                   progress=False)
     strategy.save(tmp_path / "with-blocks.json")
     strategy.blocks = None
     run = subprocess.run(base + ["--strategy", str(tmp_path / "with-blocks.json"), "--target-ratio", "0.6",
@@ -132,3 +139,44 @@ def test_search_heterogeneous_cli(world, scored, tmp_path):  # noqa: F811
     too_low = subprocess.run(base + ["--strategy", str(tmp_path / "with-blocks.json"), "--target-ms", "0.001"],
                              capture_output=True, text=True)
     assert too_low.returncode == 2 and "below the fastest" in too_low.stderr
+
+
+@pytest.mark.parametrize("args, message", [(["--mlp-ratios", "0.5,2"], "--mlp-ratios"),
+                                           (["--samples", "0"], "--samples"),
+                                           (["--heads", "3,x"], "--heads")])
+def test_blocks_cli_refuses_bad_options_in_one_line(args, message, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "amoeba_search.cli", "blocks", "--out", str(tmp_path / "s.json"),
+                          *args], capture_output=True, text=True)
+    assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_mlp_only_and_attention_only_layers_view_extract_and_generate(scored, tmp_path):
+    """Skipped sub-blocks add nothing; the cache still counts positions when the first layer has no attention
+    (cached generation = uncached argmax); GGUF refuses what llama.cpp cannot run exactly."""
+    from amoeba_search.gguf_export import write_gguf
+    from amoeba_search.models import load_model
+    from amoeba_search.extract import extract
+
+    loaded, strategy, _ = scored
+    subnet = heterogeneous_subnet(loaded.model, strategy.width, [(0, 48), (6, 24), (3, 0), REMOVED, (6, 48)])
+    assert subnet.heads[0] == () and subnet.mlp_channels[2] == ()
+    ids = torch.tensor([[5, 17, 99, 3, 42, 7]])
+    with torch.no_grad(), subnet_view(loaded.model, subnet) as view:
+        expected = view(ids).logits
+        cached = view.generate(ids, max_new_tokens=5, do_sample=False)
+    uncached = ids
+    extract(loaded, subnet, tmp_path / "ckpt")
+    reloaded = load_model(str(tmp_path / "ckpt")).model
+    with torch.no_grad():
+        assert (reloaded(ids).logits - expected).abs().max().item() <= 1e-4
+        for _ in range(5):
+            uncached = torch.cat([uncached, reloaded(uncached).logits[:, -1:].argmax(-1)], 1)
+        assert torch.equal(reloaded.generate(ids, max_new_tokens=5, do_sample=False), uncached)
+    assert torch.equal(cached, uncached)
+    with pytest.raises(UserError, match="first layer"):
+        write_gguf(reloaded, tmp_path / "a.gguf", None, "f32")
+    attention_only = heterogeneous_subnet(loaded.model, strategy.width, [(6, 48), (3, 0), (6, 48), REMOVED, (6, 48)])
+    with pytest.raises(UserError, match="attention-only"):
+        write_gguf(extract_model(loaded.model, attention_only), tmp_path / "b.gguf", None, "f32")
+    assert not list(tmp_path.glob("*.gguf"))

@@ -70,6 +70,9 @@ def profile(
                                        "so slow drifts of a shared machine do not bias one width."),
     quick: bool = typer.Option(False, help="4 MLP widths, one pass and a looser stop rule (±5%, ≤40 repeats): "
                                            "minutes, not tens of minutes."),
+    mlp_only_layers: bool = typer.Option(True, "--mlp-only-layers/--no-mlp-only-layers",
+                                         help="Also time attention-free (MLP-only) blocks at every MLP width, the "
+                                              "variants `search --space heterogeneous` offers."),
     overwrite: bool = typer.Option(False, help="Discard this profile's rows and start again."),
     profiles_dir: Optional[Path] = ProfilesOption,
     threads: Optional[int] = ThreadsOption,
@@ -101,7 +104,8 @@ def profile(
     check_output(profiles.root, directory=True)
     loaded = load(model)
     dims = model_dims(loaded.model.config)
-    grid = WidthGrid.for_model(dims, ratios, tuple(parse_list(heads, int, "--heads")) if heads else None)
+    grid = WidthGrid.for_model(dims, ratios, tuple(parse_list(heads, int, "--heads")) if heads else None,
+                               mlp_only_layers)
     lut = make_profile(loaded, profiles, flow, device, settings, grid, layers_per_row,
                        StopRule.quick() if quick else StopRule(), passes=1 if quick else passes, overwrite=overwrite)
     console.print(lut_summary(lut))

@@ -102,6 +102,8 @@ def blocks(
     heads: Optional[str] = typer.Option(None, help="Query-head counts offered per layer, e.g. 3,6,9 (default: every "
                                                    "GQA-valid count, as `amoeba profile`)."),
     compensate: bool = typer.Option(True, help="FLAP bias compensation in the narrowed variants (as the search)."),
+    mlp_only_layers: bool = typer.Option(True, "--mlp-only-layers/--no-mlp-only-layers",
+                                         help="Also offer attention-free (MLP-only) layers at every MLP width."),
     log: Optional[Path] = typer.Option(None, help="Result log (default: OUT.blocks.jsonl); reruns resume from it."),
     data_dir: Optional[Path] = DataDirOption,
     threads: Optional[int] = ThreadsOption,
@@ -134,7 +136,7 @@ def blocks(
     calibration = text_calibration(loaded.tokenizer, read_text(Path(text_path)), samples, seq_len, seed,
                                    name=str(text_path))
     chosen.blocks = score_blocks(loaded, chosen, calibration, widths, log_path, compensate,
-                                 heads=head_counts)
+                                 heads=head_counts, mlp_only=mlp_only_layers)
     chosen.save(out)
     worst = sorted((r for r in chosen.blocks.rows if (r["heads"], r["mlp"]) == (0, 0)), key=lambda r: r["kl"])
     console.print(f"{len(chosen.blocks.rows)} block scores ({len(chosen.blocks.variants)} variants x "

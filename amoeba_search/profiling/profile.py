@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from ..artifacts import SCHEMA_VERSION
 from ..errors import UserError
-from ..extract import extract_model
+from ..extract import extract_model, per_layer_heads
 from ..models import LoadedModel
 from ..subnet import ModelDims, Subnet
 from ..families.base import model_dims
@@ -34,23 +34,27 @@ QUICK_MLP_RATIOS = (0.25, 0.5, 0.75, 1.0)
 
 @dataclass(frozen=True)
 class WidthGrid:
-    """The widths a table covers: uniform query-head counts (GQA-valid) x MLP channel counts."""
+    """The widths a table covers: uniform query-head counts (GQA-valid) x MLP channel counts, and with
+    `mlp_only` the attention-free (MLP-only) blocks (heads 0) at every MLP width, which heterogeneous subnets
+    use."""
 
     heads: tuple[int, ...]
     mlp: tuple[int, ...]
+    mlp_only: bool = False
 
     @classmethod
-    def for_model(cls, dims: ModelDims, ratios=DEFAULT_MLP_RATIOS, heads: tuple[int, ...] | None = None) -> "WidthGrid":
+    def for_model(cls, dims: ModelDims, ratios=DEFAULT_MLP_RATIOS, heads: tuple[int, ...] | None = None,
+                  mlp_only: bool = False) -> "WidthGrid":
         channels = tuple(sorted({max(1, round(r * dims.intermediate_size)) for r in ratios}))
         valid = dims.head_counts()
         chosen = tuple(heads) if heads else tuple(valid)
         bad = [h for h in chosen if h not in valid]
         if bad:
             raise UserError(f"--heads {bad} not valid for this model (GQA allows {valid})")
-        return cls(chosen, channels)
+        return cls(chosen, channels, mlp_only)
 
     def widths(self) -> list[tuple[int, int]]:
-        return list(itertools.product(self.heads, self.mlp))
+        return list(itertools.product(self.heads, self.mlp)) + ([(0, m) for m in self.mlp] if self.mlp_only else [])
 
 
 def base_model(model: PreTrainedModel) -> PreTrainedModel:
@@ -78,9 +82,9 @@ def tensor_mib(model: PreTrainedModel, setting: Setting) -> tuple[float, float]:
     element = element_bytes(setting.dtype)
     weights = sum(p.numel() for p in model.parameters()) * element
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    kv_heads = per_layer_heads(config)[1]                      # a heterogeneous subnet's layers differ
     positions = setting.tokens + (1 if setting.phase == "decode" else 0)
-    kv = 2 * config.num_hidden_layers * setting.batch * kv_heads * positions * head_dim * element
+    kv = 2 * sum(kv_heads) * setting.batch * positions * head_dim * element
     return weights / 2**20, kv / 2**20
 
 
@@ -144,7 +148,7 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
     meta = profile_meta(loaded, device, flow, "measured", {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "design": {"layers_per_row": layers_per_row, "passes": passes, "heads": list(grid.heads),
-                   "mlp": list(grid.mlp),
+                   "mlp": list(grid.mlp), "mlp_only_layers": grid.mlp_only,
                    "stop_rule": rule.__dict__},
         "model_dims": dims.__dict__,
         "units": {"latency": "ms", "memory": "MiB"},

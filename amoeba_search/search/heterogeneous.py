@@ -102,15 +102,19 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
                         f"search with the same --{'no-' if not blocks.compensate else ''}compensate, or recompute them")
     dims, setting = ctx.dims, ctx.setting
     table = blocks.table(metric, dims.num_layers)
+    # Layer 0 keeps its attention (neither removed nor MLP-only): llama.cpp reads the head size from the first
+    # layer, and removing the first layer is ruinous anyway (every DP here keeps it).
+    table[0] = {v: s for v, s in table[0].items() if v[0] > 0}
     profiled = set(ctx.lut.widths(setting))
     block_ms = {(h, m): ctx.lut.block_ms(setting, h, m) for h, m in profiled}
     unprofiled = sorted({v for layer in table for v in layer if v != REMOVED and v not in profiled})
     if unprofiled:
         raise UserError(f"profile {ctx.lut.name} has no {setting.label()} latency for block variants "
                         f"{unprofiled[:4]}{'...' if len(unprofiled) > 4 else ''} (heads, MLP) that the block scores "
-                        f"offer: profile them (`amoeba profile --device {ctx.lut.meta['device']} --flow "
-                        f"{ctx.lut.meta['flow']} --mlp-widths ...`) or recompute the scores with `amoeba blocks "
-                        "--mlp-ratios` matching the profile")
+                        f"offer (heads 0 = MLP-only layers): profile them (`amoeba profile --device "
+                        f"{ctx.lut.meta['device']} --flow {ctx.lut.meta['flow']} --mlp-only-layers --mlp-widths ...`) "
+                        "or recompute the scores with `amoeba blocks` matching the profile (--mlp-ratios, --heads, "
+                        "--no-mlp-only-layers)")
     base_ms = ctx.lut.base_ms(setting)
     correction = ctx.predictor.corrections.get(setting_key(setting)) if ctx.use_correction else None
     scales = (correction.block_scale, correction.base_scale) if correction else (1.0, 1.0)

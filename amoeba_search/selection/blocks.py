@@ -32,15 +32,18 @@ REMOVED = (0, 0)               # the variant (heads, mlp) that drops the layer
 METRICS = ("kl", "loss_delta")
 
 
-def block_variants(dims: ModelDims, mlp_widths: Sequence[int], heads: Sequence[int] | None = None
-                   ) -> list[tuple[int, int]]:
-    """Every (query heads, MLP channels) a layer may take: removed, or a valid head count (all, or those given)
-    x an offered width."""
+def block_variants(dims: ModelDims, mlp_widths: Sequence[int], heads: Sequence[int] | None = None,
+                   mlp_only: bool = True) -> list[tuple[int, int]]:
+    """Every (query heads, MLP channels) a layer may take: removed, a valid head count (all, or those given) x an
+    offered width, and (mlp_only) attention-free layers (0 heads) at each width. Attention-only layers (0 MLP
+    channels) are not offered: llama.cpp cannot run them (its deci architecture drops an FFN-free layer whole)."""
     valid = dims.head_counts()
     bad = [h for h in heads or () if h not in valid]
     if bad:
         raise UserError(f"--heads {bad} not valid for this model (allowed: {valid})")
-    return [REMOVED] + [(h, m) for h in (sorted(set(heads)) if heads else valid) for m in sorted(set(mlp_widths))]
+    widths = sorted(set(mlp_widths))
+    return [REMOVED] + ([(0, m) for m in widths] if mlp_only else []) + [
+        (h, m) for h in (sorted(set(heads)) if heads else valid) for m in widths]
 
 
 @dataclass
@@ -127,7 +130,7 @@ class _Divergence:
 @torch.inference_mode()
 def score_blocks(loaded: LoadedModel, strategy: Strategy, calibration: Calibration, mlp_widths: Sequence[int],
                  log_path: Path | None = None, compensate: bool = True, progress: bool = True,
-                 heads: Sequence[int] | None = None) -> BlockScores:
+                 heads: Sequence[int] | None = None, mlp_only: bool = True) -> BlockScores:
     """Replace-one-block KL and loss increase for every layer x variant, resumed from `log_path` when given."""
     if strategy.width is None:
         raise UserError("the strategy has no width scores: rerun `amoeba select` with a --width-method")
@@ -136,13 +139,14 @@ def score_blocks(loaded: LoadedModel, strategy: Strategy, calibration: Calibrati
     model = loaded.model
     dims = model_dims(model.config)
     strategy.width.check(dims)
-    variants = block_variants(dims, mlp_widths, heads)
+    variants = block_variants(dims, mlp_widths, heads, mlp_only)
     family = family_of(model.config)
     if family.head_pruning_refusal:
         variants = [v for v in variants if v == REMOVED or v[0] == dims.num_heads]
     full = (dims.num_heads, dims.intermediate_size)
+    # Rows are keyed by (layer, variant), so a rerun offering more variants reuses every row already computed.
     header = {"model": loaded.fingerprint, "strategy": strategy.fingerprint, "calibration": calibration.source,
-              "variants": [list(v) for v in variants], "compensate": compensate}
+              "compensate": compensate}
     log = ResultLog(log_path, header, "block-score log", "delete it or pass another --log") if log_path else None
     done = {(r["layer"], r["heads"], r["mlp"]): r for r in (log.rows if log else [])
             if {"layer", "heads", "mlp", "kl", "loss_delta"} <= set(r)}

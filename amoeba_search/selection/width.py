@@ -186,14 +186,16 @@ def heterogeneous_subnet(model: PreTrainedModel, width: WidthScores, shapes: Seq
 
 def layer_choice(block: torch.nn.Module, width: WidthScores, layer: int, head_count: int, channel_count: int,
                  dims: ModelDims, family: Family, compensate: bool) -> tuple[tuple[int, ...], tuple[int, ...], tuple]:
-    """One layer's kept heads, kept channels and (o_proj, down_proj) compensation (None without compensation)."""
-    chosen_heads = choose_heads(width.head_scores[layer], head_count, dims)
+    """One layer's kept heads, kept channels and (o_proj, down_proj) compensation (None without compensation).
+    A count of 0 skips that sub-block; it gets no compensation (llama.cpp's attention- or FFN-free layers have
+    no place for a constant)."""
+    chosen_heads = choose_heads(width.head_scores[layer], head_count, dims) if head_count else ()
     chosen_channels = tuple(_top(width.mlp_scores[layer], mlp_channel_count(dims, channel_count)))
     if not compensate:
         return chosen_heads, chosen_channels, None
-    dropped_heads = [h for h in range(dims.num_heads) if h not in chosen_heads]
+    dropped_heads = [h for h in range(dims.num_heads) if h not in chosen_heads] if chosen_heads else []
     dropped_features = [h * dims.head_dim + d for h in dropped_heads for d in range(dims.head_dim)]
-    dropped_channels = sorted(set(range(dims.intermediate_size)) - set(chosen_channels))
+    dropped_channels = sorted(set(range(dims.intermediate_size)) - set(chosen_channels)) if chosen_channels else []
     return chosen_heads, chosen_channels, (
         _compensation(block.get_submodule(family.attention_out).weight, width.attn_input_mean[layer],
                       dropped_features),
