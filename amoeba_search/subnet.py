@@ -112,10 +112,14 @@ class Subnet:
         if self.bias is not None:
             if len(self.bias) != len(self.layers):
                 raise UserError(f"bias_compensation: has {len(self.bias)} entries but {len(self.layers)} layers are kept")
-            for layer, pair in zip(self.layers, self.bias):
+            for layer, pair, heads, channels in zip(self.layers, self.bias, self.heads, self.mlp_channels):
                 if any(len(vector) != dims.hidden_size for vector in pair):
                     raise UserError(f"bias_compensation of layer {layer}: vectors must have hidden_size "
                                     f"{dims.hidden_size} values")
+                for part, kept, vector in (("o_proj", heads, pair[0]), ("down_proj", channels, pair[1])):
+                    if not kept and any(vector):
+                        raise UserError(f"bias_compensation of layer {layer}: its {part} sub-block is skipped, so "
+                                        "its compensation must be zero (a skipped sub-block has no bias to hold it)")
 
     # ---- derived shape ---------------------------------------------------------------------------------------
     def kv_groups(self, dims: ModelDims, position: int) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ from amoeba_search.extract import extract_model
 from amoeba_search.families import FAMILIES
 from amoeba_search.families.base import family_of, model_dims
 from amoeba_search.finetune.smol import AdapterConfig, SMoLAdapters
+from amoeba_search.models import load_heterogeneous
 from amoeba_search.selection.space import SearchSpace
 from amoeba_search.subnet import ModelDims, Subnet
 from amoeba_search.view import subnet_view
@@ -67,15 +68,19 @@ def subnets(model) -> dict[str, Subnet]:
     remove heads gets one and must refuse it)."""
     dims = ModelDims.from_config(model.config)
     heads = 2 if 2 in model_dims(model.config).head_counts() else dims.num_heads
+    per_layer = Subnet((0, 1, 3), ((0, 1, 2, 3), (), tuple(range(heads))), (tuple(range(8)), tuple(range(48)),
+                                                                         tuple(range(0, 48, 2))))
     return {"depth": Subnet.uniform(dims, [0, 2, 3]), "width": Subnet.uniform(dims, range(4), heads=2, mlp=24),
-            "mixed": Subnet.uniform(dims, [1, 3], heads=heads, mlp=16), "mlp": Subnet.uniform(dims, [0, 1, 3], mlp=8)}
+            "mixed": Subnet.uniform(dims, [1, 3], heads=heads, mlp=16), "mlp": Subnet.uniform(dims, [0, 1, 3], mlp=8),
+            "per-layer": per_layer}
 
 
 def compensated(model, subnet: Subnet) -> Subnet:
     generator = torch.Generator().manual_seed(1)
     hidden = model.config.hidden_size
-    bias = tuple((tuple(torch.randn(hidden, generator=generator).mul(0.2).tolist()),
-                  tuple(torch.randn(hidden, generator=generator).mul(0.2).tolist())) for _ in subnet.layers)
+    bias = tuple((tuple(torch.randn(hidden, generator=generator).mul(0.2 if heads else 0.0).tolist()),
+                  tuple(torch.randn(hidden, generator=generator).mul(0.2 if channels else 0.0).tolist()))
+                 for heads, channels in zip(subnet.heads, subnet.mlp_channels))
     return Subnet(subnet.layers, subnet.heads, subnet.mlp_channels, bias)
 
 
@@ -100,6 +105,10 @@ def test_extracted_checkpoint_equals_the_view(model_type, tmp_path):
                 with pytest.raises(UserError, match="heads cannot be removed exactly"), subnet_view(model, subnet):
                     pass
                 continue
+            if family.heads_from_config and len({len(h) for h in subnet.heads}) > 1:
+                with pytest.raises(UserError, match="same number of heads"):
+                    extract_model(model, subnet)
+                continue
             needs = [name for name, part in ((family.attention_out, 0), (family.mlp_out, 1))
                      if compensate and any(any(b[part]) for b in subnet.bias)]
             if any(name not in family.bias_flags for name in needs):
@@ -110,7 +119,11 @@ def test_extracted_checkpoint_equals_the_view(model_type, tmp_path):
                 in_place = view(input_ids=ids).logits
             small = extract_model(model, subnet)
             small.save_pretrained(tmp_path / f"{shape}-{compensate}")
-            loaded = AutoModelForCausalLM.from_pretrained(tmp_path / f"{shape}-{compensate}").eval()
+            if subnet.uniform_shape(ModelDims.from_config(model.config)):
+                loaded = AutoModelForCausalLM.from_pretrained(tmp_path / f"{shape}-{compensate}").eval()
+            else:        # per-layer widths (an MLP-only layer among them): amoeba's loader builds each block
+                loaded = load_heterogeneous(tmp_path / f"{shape}-{compensate}",
+                                            AutoConfig.from_pretrained(tmp_path / f"{shape}-{compensate}"), "auto")[0]
             assert (logits_of(loaded, ids) - in_place).abs().max().item() <= 1e-4, (shape, compensate)
             checked += 1
     assert checked >= 3

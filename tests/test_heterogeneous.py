@@ -180,3 +180,28 @@ def test_mlp_only_and_attention_only_layers_view_extract_and_generate(scored, tm
     with pytest.raises(UserError, match="attention-only"):
         write_gguf(extract_model(loaded.model, attention_only), tmp_path / "b.gguf", None, "f32")
     assert not list(tmp_path.glob("*.gguf"))
+
+
+def test_the_fit_counts_the_lead_block_of_mlp_only_rows():
+    import pandas as pd
+
+    from amoeba_search.profiling.lut import fit_lut
+
+    truth = {(3, 24): 1.0, (6, 48): 1.5, (0, 24): 0.5}
+    rows = [{"layers": 0, "heads": 0, "mlp": 0, "median_ms": 2.0}] + [
+        {"layers": 2, "heads": h, "mlp": m, "median_ms": 2.0 + 2 * ms + (truth[(6, 48)] if h == 0 else 0.0)}
+        for (h, m), ms in truth.items()]
+    frame = pd.DataFrame([{"phase": "decode", "tokens": 8, "batch": 1, "dtype": "float32", **r} for r in rows])
+    table = fit_lut(frame).set_index(["component", "heads", "mlp"])["latency_ms"]
+    assert table[("base", 0, 0)] == pytest.approx(2.0)
+    for (h, m), ms in truth.items():
+        assert table[("block", h, m)] == pytest.approx(ms)
+
+
+def test_an_mlp_only_profile_row_times_a_model_led_by_a_full_block(scored):
+    from amoeba_search.profiling.profile import block_model
+
+    loaded, _, _ = scored
+    model = block_model(loaded.model, 2, 0, 24, lead=(6, 48))
+    assert model.config.num_hidden_layers == 3
+    assert [s["heads"] for s in model.config.amoeba_layer_shapes] == [6, 0, 0]

@@ -114,10 +114,13 @@ def profile(
                   f"--flow {flow} --subnet s.json`, draw with `amoeba plot lut --device {name} --flow {flow}`")
 
 
-@profile_app.command("import", epilog=example("amoeba profile import --flow tensorrt-llm --device orin results.csv"))
+@profile_app.command("import", epilog=example("amoeba profile import --flow tensorrt-llm --device orin results.csv",
+                                              "amoeba profile import --flow llama.cpp --device orin kit/results.jsonl"))
 def import_(
     results: Path = typer.Argument(..., help="CSV: phase,tokens,batch,dtype,layers,heads,mlp,median_ms[,p10_ms,"
-                                             "p90_ms]; one row per timed model (see README)."),
+                                             "p90_ms]; one row per timed model (see README). Or llama-bench "
+                                             "JSONL/JSON written by a kit's run.sh (`amoeba profile kit`), with "
+                                             "its kit.json beside it."),
     flow: str = typer.Option(..., "--flow", "-f", help=f"Flow the results were measured with: {FLOWS.choices()}."),
     device: str = typer.Option(..., "--device", "-d", help="Name of the device they were measured on."),
     model: str = ModelOption,
@@ -191,3 +194,66 @@ def predict(
         table.add_row(setting.label(), f"{predictor.predict_subnet_ms(setting, spec, dims):.2f}",
                       str(predictor.is_corrected(setting)))
     console.print(table)
+
+
+@profile_app.command("kit", epilog=example(
+    "amoeba profile kit --flow llama.cpp --device orin --out orin-kit --threads 6",
+    "scp -r orin-kit orin: && ssh orin 'LLAMA_BENCH=~/llama.cpp/build/bin/llama-bench orin-kit/run.sh'",
+    "scp orin:orin-kit/results.jsonl orin-kit/ && amoeba profile import --flow llama.cpp --device orin "
+    "orin-kit/results.jsonl"))
+def kit(
+    out: Path = typer.Option(..., "--out", "-o", help="Kit directory to write (GGUF models, kit.json, run.sh)."),
+    device: str = typer.Option(..., "--device", "-d", help="Name of the device the kit is for (the profile name)."),
+    flow: str = typer.Option("llama.cpp", "--flow", "-f", help="Only llama.cpp (llama-bench) has a kit."),
+    model: str = ModelOption,
+    phases: str = typer.Option("prefill,decode", help="Comma list: prefill (-p P -n 0), decode (-p 0 -n 1 -d C)."),
+    prefill_tokens: int = typer.Option(128, "--prefill-tokens", "-P", help="Prompt length P for prefill."),
+    context: int = typer.Option(128, "--context", "-C", help="Cached tokens C before the decoded token."),
+    dtype: str = typer.Option("q4_1", help="GGUF weights: float32, float16, q8_0 or q4_1."),
+    heads: Optional[str] = typer.Option(None, help="Head counts, e.g. 3,6,9 (default: every GQA-valid one)."),
+    mlp_widths: Optional[str] = typer.Option(None, "--mlp-widths", help="MLP width ratios (default: 0.25..1 in "
+                                                                        "eighths)."),
+    mlp_only_layers: bool = typer.Option(True, "--mlp-only-layers/--no-mlp-only-layers",
+                                         help="Also time attention-free (MLP-only) blocks."),
+    layers_per_row: int = typer.Option(8, "--layers-per-row", help="Blocks in each timed model."),
+    passes: int = typer.Option(2, help="Times run.sh goes over all models (their median is imported)."),
+    repetitions: int = typer.Option(10, help="llama-bench -r per test."),
+    threads: int = typer.Option(4, help="llama-bench -t default written into run.sh (THREADS=... overrides)."),
+    overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
+) -> None:
+    """Write what profiling a device without amoeba_search needs: the GGUF set, a manifest and a llama-bench script;
+    its results.jsonl imports with `amoeba profile import`."""
+    setup(None)
+    from ..artifacts import atomic_directory
+    from ..profiling.llama_bench import write_kit
+    from ..profiling.lut import Setting
+    from ..profiling.profile import DEFAULT_MLP_RATIOS, WidthGrid
+    from ..families.base import model_dims
+
+    if flow != "llama.cpp":
+        raise UserError(f"--flow {flow!r}: only llama.cpp has a kit (llama-bench); import other tools' results "
+                        "with `amoeba profile import`")
+    phase_list = parse_list(phases, str, "--phases")
+    if not phase_list or any(p not in ("prefill", "decode") for p in phase_list):
+        raise UserError(f"--phases {phases!r}: use prefill, decode or both")
+    for name, value in (("--prefill-tokens", prefill_tokens), ("--context", context), ("--passes", passes),
+                        ("--repetitions", repetitions), ("--threads", threads), ("--layers-per-row", layers_per_row)):
+        check_range(name, value, 1)
+    if not device.strip() or "/" in device:
+        raise UserError(f"--device {device!r}: give a plain name")
+    check_output(out, directory=True)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists: choose another --out or pass --overwrite")
+    ratios = parse_list(mlp_widths, float, "--mlp-widths") if mlp_widths else DEFAULT_MLP_RATIOS
+    if not ratios or any(not 0 < r <= 1 for r in ratios):
+        raise UserError(f"--mlp-widths: ratios must be in (0, 1], got {ratios}")
+    settings = [Setting(p, prefill_tokens if p == "prefill" else context, 1, dtype) for p in phase_list]
+    loaded = load(model)
+    dims = model_dims(loaded.model.config)
+    grid = WidthGrid.for_model(dims, ratios, tuple(parse_list(heads, int, "--heads")) if heads else None,
+                               mlp_only_layers)
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        write_kit(loaded, tmp, device, settings, grid, layers_per_row, passes, repetitions, threads)
+    console.print(f"wrote {out} ({len(grid.widths()) + 1} GGUF models, kit.json, run.sh): copy it to {device}, run "
+                  f"`LLAMA_BENCH=/path/to/llama-bench {out}/run.sh` there, bring back {out}/results.jsonl and import "
+                  f"it with `amoeba profile import --flow llama.cpp --device {device} {out}/results.jsonl`")

@@ -3,7 +3,8 @@
 A row of `measurements.csv` is one timed model: `layers` decoder blocks of one width (heads, mlp) in one setting
 (phase, tokens, batch, dtype). `layers = 0` is the model with no blocks: embedding + final norm + LM head + the
 per-call overhead of the flow, always paid together, so kept as one term, `base`. Per setting, the least-squares
-fit  latency = base + layers * block(heads, mlp)  over all rows gives `lut.csv`: one `base` row and one `block`
+fit  latency = base + layers * block(heads, mlp)  over all rows gives `lut.csv` (an MLP-only row, heads 0, also
+holds one block of the widest width first: profile.block_model): one `base` row and one `block`
 row per width. Each model is timed in several passes over the whole grid, and its passes' median is fitted. With the default design (a 0-layer model and a k-layer model per width) this is the exact
 difference (T_k - T_0) / k, and it includes what blocks cost inside a real model (cache updates, per-layer glue)."""
 
@@ -111,11 +112,14 @@ def fit_lut(measurements: pd.DataFrame) -> pd.DataFrame:
         widths = sorted({(int(h), int(m)) for h, m, layers in group[["heads", "mlp", "layers"]].itertuples(
             index=False, name=None) if layers > 0})
         column = {w: i + 1 for i, w in enumerate(widths)}
+        lead = max((w for w in widths if w[0] > 0), default=None)
         design = np.zeros((len(group), 1 + len(widths)))
         design[:, 0] = 1.0
         for r, (h, m, layers) in enumerate(group[["heads", "mlp", "layers"]].itertuples(index=False, name=None)):
             if layers > 0:
                 design[r, column[(int(h), int(m))]] = layers
+                if h == 0 and lead is not None:      # an MLP-only row's model starts with one lead block
+                    design[r, column[lead]] += 1
         if np.linalg.matrix_rank(design) < design.shape[1]:
             raise UserError(f"cannot separate base and block latency for {setting}: measure the 0-layer model "
                             "or two depths per width (re-run `amoeba profile` to complete the table)")

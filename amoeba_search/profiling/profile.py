@@ -70,10 +70,24 @@ def base_model(model: PreTrainedModel) -> PreTrainedModel:
     return empty.eval()
 
 
-def block_model(model: PreTrainedModel, layers: int, heads: int, mlp: int) -> PreTrainedModel:
-    """A real extracted model of `layers` blocks (the first ones) at one uniform width."""
+def block_model(model: PreTrainedModel, layers: int, heads: int, mlp: int,
+                lead: tuple[int, int] | None = None) -> PreTrainedModel:
+    """A real extracted model of `layers` blocks (the first ones) at one uniform width. MLP-only blocks (heads 0)
+    follow one `lead` block (the grid's widest width): llama.cpp reads the head size from the first layer, and
+    the fit counts that block (`fit_lut`), so every flow times them the same way."""
     dims = model_dims(model.config)
-    return extract_model(model, Subnet.uniform(dims, range(layers), heads=heads, mlp=mlp))
+    if heads:
+        return extract_model(model, Subnet.uniform(dims, range(layers), heads=heads, mlp=mlp))
+    if lead is None:
+        raise UserError("an MLP-only block row needs the lead block's width")
+    first = Subnet.uniform(dims, [0], heads=lead[0], mlp=lead[1])
+    return extract_model(model, Subnet(tuple(range(layers + 1)), first.heads + ((),) * layers,
+                                       first.mlp_channels + (tuple(range(mlp)),) * layers))
+
+
+def lead_width(widths) -> tuple[int, int]:
+    """The block an MLP-only row's model starts with: the widest (heads, MLP) with attention."""
+    return max((h, m) for h, m in widths if h > 0)
 
 
 def tensor_mib(model: PreTrainedModel, setting: Setting) -> tuple[float, float]:
@@ -168,7 +182,8 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
             if not pending:
                 continue
             layers, heads, mlp = config
-            model = base_model(loaded.model) if layers == 0 else block_model(loaded.model, layers, heads, mlp)
+            model = base_model(loaded.model) if layers == 0 else block_model(loaded.model, layers, heads, mlp,
+                                                                                lead_width(grid.widths()))
             for setting in pending:
                 bar.set_postfix_str(f"pass {pass_index + 1}/{passes} {setting.phase} L={layers} h={heads} mlp={mlp}")
                 row = measure_model(flow, model, setting, rule)
@@ -238,9 +253,9 @@ def read_import_csv(csv_path: Path, dims: ModelDims) -> pd.DataFrame:
             raise UserError(f"{where}: latencies must be finite and > 0 ms")
         if min(row["tokens"], row["batch"]) < 1 or row["layers"] < 0:
             raise UserError(f"{where}: tokens and batch must be >= 1 and layers >= 0")
-        if row["layers"] > 0 and (row["heads"] not in valid_heads or not 1 <= row["mlp"] <= dims.intermediate_size):
+        if row["layers"] > 0 and (row["heads"] not in valid_heads | {0} or not 1 <= row["mlp"] <= dims.intermediate_size):
             raise UserError(f"{where}: {row['heads']} heads / {row['mlp']} MLP channels is not a width of this "
-                            f"model (heads {sorted(valid_heads)}, MLP 1..{dims.intermediate_size})")
+                            f"model (heads {sorted(valid_heads)} or 0 for MLP-only, MLP 1..{dims.intermediate_size})")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -250,9 +265,14 @@ def import_profile(loaded: LoadedModel, csv_path: Path, store: ProfileStore, dev
     """Latencies measured elsewhere (one row per timed model, see README) as a profile: every row is checked and
     the table fitted in memory first, then the whole profile is written at once. An existing profile is extended
     (same model and flow; rows for the same model replaced) only when the merged rows fit too."""
+    from .llama_bench import read_llama_bench
+
     flow = FLOWS.get(flow_name)
     dims = model_dims(loaded.model.config)
-    new = read_import_csv(csv_path, dims)
+    if not csv_path.is_file():
+        raise UserError(f"results file {csv_path} not found")
+    new = read_llama_bench(csv_path, loaded.fingerprint) if csv_path.suffix in (".jsonl", ".json") \
+        else read_import_csv(csv_path, dims)
     new["pass"] = 0
     for column in ("p10_ms", "p90_ms"):
         new[column] = new[column].fillna(new["median_ms"]) if column in new else new["median_ms"]

@@ -8,10 +8,13 @@ cuts) are then re-ranked by the accuracy proxy measured on the real subnet, sinc
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import sys
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -59,8 +62,9 @@ def solve(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, float], bu
                    LinearConstraint(kept[None], min_layers, np.inf)]
     found: list[Solution] = []
     for _ in range(top_k):
-        result = milp(cost, integrality=np.ones(len(index)), bounds=Bounds(0, 1), constraints=constraints,
-                      options={"mip_rel_gap": 0.0})
+        with _quiet_stdout():
+            result = milp(cost, integrality=np.ones(len(index)), bounds=Bounds(0, 1), constraints=constraints,
+                          options={"mip_rel_gap": 0.0})
         if result.status != 0 or result.x is None:
             break
         chosen = [column for column in range(len(index)) if result.x[column] > 0.5]
@@ -72,6 +76,20 @@ def solve(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, float], bu
         cut[chosen] = 1.0                                  # no-good cut: not this exact choice again
         constraints.append(LinearConstraint(cut[None], -np.inf, len(options) - 1))
     return found
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """HiGHS prints internal diagnostics straight to file descriptor 1 on some solves: keep them out of reports."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def brute_force(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, float], budget_ms: float,
