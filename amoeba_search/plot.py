@@ -69,7 +69,8 @@ def lut_figure(lut: LookupTable) -> Figure:
     return Figure(f"{lut.name} ({kind})", panels)
 
 
-PARETO_ORDER = ("search trials", "search front", "depth only (DP)", "width only (FLAP)", "drop-last-k")
+HETERO_SERIES = "heterogeneous (exact)"
+PARETO_ORDER = ("search trials", "search front", HETERO_SERIES, "depth only (DP)", "width only (FLAP)", "drop-last-k")
 
 
 PARETO_COLUMNS = ["series", "latency_ms", "value", "device", "flow", "source", "setting", "proxy", "proxy_unit",
@@ -114,7 +115,8 @@ def pareto_figure(files: list[Path], target_ratios: list[float] = (),
         for name in PARETO_ORDER:
             rows = frame[frame["series"] == name].sort_values("latency_ms")
             if len(rows):
-                style = "faint" if name == "search trials" else "line" if name == "search front" else "points"
+                style = "faint" if name == "search trials" else "line" if name in ("search front", HETERO_SERIES) \
+                    else "points"
                 panel.series.append(Series(name, rows["latency_ms"].tolist(), rows["value"].tolist(), style))
         full = frame[frame["latency_ms"] >= frame["full_model_ms"] - 1e-9]
         if len(full):

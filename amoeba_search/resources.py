@@ -16,9 +16,10 @@ def shipped(name: str) -> Path:
     return (SHIPPED / name).resolve()
 
 
-def shipped_strategy(model: str = "smollm2-135m") -> Path:
-    """The DP depth + FLAP width strategy computed for the embedded model (made by `amoeba select`)."""
-    return shipped("strategies") / f"{model}.dp-flap.json"
+def shipped_strategy(model: str = "smollm2-135m", blocks: bool = False) -> Path:
+    """The DP depth + FLAP width strategy computed for the embedded model (made by `amoeba select`); with
+    `blocks`, the same strategy with its replace-one-block scores (made by `amoeba blocks`)."""
+    return shipped("strategies") / f"{model}.dp-flap{'-blocks' if blocks else ''}.json"
 
 
 def shipped_adapters(model: str = "smollm2-135m") -> Path:

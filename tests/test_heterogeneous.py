@@ -135,7 +135,10 @@ def test_search_heterogeneous_cli(world, scored, tmp_path):  # noqa: F811
 
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["search"]["predicted_ms"] <= best["search"]["target_ms"] + 1e-9
-    assert len(best["search"]["candidates"]) == 3
+    origins = [c["origin"] for c in best["search"]["candidates"]]
+    assert origins.count("exact") == 3 and any(o.startswith("uniform") for o in origins)
+    best_value = min(c["proxy_value"] for c in best["search"]["candidates"])
+    assert best["search"]["proxy_value"] == best_value
     too_low = subprocess.run(base + ["--strategy", str(tmp_path / "with-blocks.json"), "--target-ms", "0.001"],
                              capture_output=True, text=True)
     assert too_low.returncode == 2 and "below the fastest" in too_low.stderr
@@ -205,3 +208,42 @@ def test_an_mlp_only_profile_row_times_a_model_led_by_a_full_block(scored):
     model = block_model(loaded.model, 2, 0, 24, lead=(6, 48))
     assert model.config.num_hidden_layers == 3
     assert [s["heads"] for s in model.config.amoeba_layer_shapes] == [6, 0, 0]
+
+
+@pytest.mark.parametrize("flow_name", ["torch-eager", "torch-compile", "onnxruntime", "llama.cpp"])
+def test_every_cpu_flow_times_a_heterogeneous_model(scored, flow_name):
+    """The PyTorch builder's per-layer model (MLP-only layer included) is what each flow prepares and runs."""
+    from amoeba_search.profiling.flows import FLOWS
+    from amoeba_search.profiling.lut import Setting
+
+    flow = FLOWS.get(flow_name)
+    if flow.unavailable():
+        pytest.skip(flow.unavailable())
+    loaded, strategy, _ = scored
+    subnet = heterogeneous_subnet(loaded.model, strategy.width, [(6, 48), (0, 24), (3, 24), REMOVED, (6, 48)])
+    model = extract_model(loaded.model, subnet)
+    dtype = "q8_0" if flow_name == "llama.cpp" else "float32"
+    for phase in ("prefill", "decode"):
+        prepared = flow.prepare(model, Setting(phase, 8, 1, dtype))
+        for _ in range(2):
+            prepared.run()
+            if prepared.reset:
+                prepared.reset()
+
+
+def test_pareto_rows_hold_both_spaces(world, scored):  # noqa: F811
+    from amoeba_search.search.report import pareto_rows
+    from amoeba_search.plot import HETERO_SERIES
+    from amoeba_search.search.study import pareto
+
+    loaded, strategy, root, _ = world
+    ctx = context(world)
+    ctx.strategy.blocks = score_blocks(loaded, strategy, scored[2], [24, 48], heads=[3, 6], mlp_only=False,
+                                       progress=False)
+    try:
+        rows = pareto_rows(ctx, pareto(ctx, 4, "nsga2", 0), baselines=False, heterogeneous=(0.05, 0.5, 0.9))
+    finally:
+        ctx.strategy.blocks = None
+    hetero = [r for r in rows if r["series"] == HETERO_SERIES]
+    assert len(hetero) == 2                                    # 5% is below the fastest subnet: no point
+    assert all(r["latency_ms"] <= ratio * ctx.full_model_ms() + 1e-9 for r, ratio in zip(hetero, (0.5, 0.9)))

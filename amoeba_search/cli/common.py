@@ -44,9 +44,10 @@ def store(profiles_dir: Path | None) -> ProfileStore:
     return ProfileStore(profiles_dir)
 
 
-def strategy_path(value: Path) -> Path:
-    """'default' is the strategy shipped for the embedded model (DP depths + FLAP widths)."""
-    return shipped_strategy() if str(value) == "default" else value
+def strategy_path(value: Path, blocks: bool = False) -> Path:
+    """'default' is the strategy shipped for the embedded model (DP depths + FLAP widths; with `blocks`, the copy
+    that also holds the block scores heterogeneous search needs)."""
+    return shipped_strategy(blocks=blocks) if str(value) == "default" else value
 
 
 def parse_list(text: str, kind: type, what: str) -> list:

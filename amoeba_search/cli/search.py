@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from .common import (DataDirOption, ModelOption, ProfilesOption, StrategyOption, ThreadsOption, check_output,
-                     check_range, console, example, new_app, setup, strategy_path)
+                     check_range, console, example, new_app, parse_list, setup, strategy_path)
 from ..errors import UserError
 from ..profiling.flows import FLOWS
 from ..search import DEFAULT_STORAGE
@@ -74,7 +74,7 @@ def search_options(command):
     return run
 
 
-def open_from(options: dict):
+def open_from(options: dict, blocks: bool = False):
     """The search of the shared options, validated before any model, profile or storage is opened."""
     from ..search.session import SearchRequest, open_search
     from ..search.storage import storage_file
@@ -89,7 +89,7 @@ def open_from(options: dict):
     FLOWS.get(values["flow"])
     PROXIES.get(values["proxy"])
     check_output(storage_file(values["storage"]))
-    values["strategy"] = strategy_path(values["strategy"])
+    values["strategy"] = strategy_path(values["strategy"], blocks)
     if not Path(values["strategy"]).is_file():
         raise UserError(f"strategy file {values['strategy']} not found: create one with `amoeba select`")
     with console.status("loading the model, profile and proxy data"):
@@ -147,7 +147,7 @@ def search_command(
         raise UserError(f"--block-metric {block_metric!r}: choose kl or loss_delta")
     check_output(out)
     check_output(extract_dir, directory=True)
-    ctx = open_from(search)
+    ctx = open_from(search, blocks=space == "heterogeneous")
     if space == "heterogeneous":
         from ..search.heterogeneous import heterogeneous_search
 
@@ -212,6 +212,11 @@ def pareto_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV of trials, front and baselines (default: "
                                                                  "search/pareto-DEVICE-FLOW-PHASE.csv)."),
     baselines: bool = typer.Option(True, help="Also evaluate drop-last-k, depth-only and width-only subnets."),
+    heterogeneous: Optional[str] = typer.Option(None, "--heterogeneous", help="Also the best heterogeneous subnet "
+                                                                             "(exact, from the strategy's block "
+                                                                             "scores) at these latency ratios, e.g. "
+                                                                             "0.4,0.5,0.6,0.7,0.8,0.9: both spaces' "
+                                                                             "fronts on one figure."),
 ) -> None:
     """Accuracy-latency Pareto front on a device/flow (multi-objective Optuna) + baselines -> CSV for `plot pareto`."""
     setup(search["threads"])
@@ -224,9 +229,12 @@ def pareto_command(
     make_sampler(sampler, seed, multi_objective=True)
     path = out or Path("search") / f"pareto-{search['device']}-{search['flow']}-{search['phase']}.csv"
     check_output(path)
-    ctx = open_from(search)
+    ratios = tuple(parse_list(heterogeneous, float, "--heterogeneous")) if heterogeneous else ()
+    for ratio in ratios:
+        check_range("--heterogeneous", ratio, 0, low_open=True)
+    ctx = open_from(search, blocks=bool(ratios))
     study = pareto(ctx, trials, sampler, seed, progress=True)
-    rows = pareto_rows(ctx, study, baselines, progress=True)
+    rows = pareto_rows(ctx, study, baselines, progress=True, heterogeneous=ratios)
     write_csv(path, rows)
     front = [r for r in rows if r["series"] == "search front"]
     console.print(f"{len(front)} subnets on the front from {trials} trials ({ctx.cache.evaluations} accuracy "

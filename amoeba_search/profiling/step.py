@@ -60,9 +60,11 @@ def step_inputs(model: PreTrainedModel, phase: str, tokens: int, batch: int,
     positions = torch.arange(start, start + new).expand(batch, new).to(device)
     if phase == "prefill":
         return ids, positions
+    from ..extract import per_layer_heads
+
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    shape = (batch, kv_heads, tokens, head_dim)
+    # Per layer: its own KV heads (a heterogeneous subnet), or the (B, 1, C, 1) position marker of an MLP-only layer.
+    shapes = [(batch, kv, tokens, head_dim) if kv else (batch, 1, tokens, 1) for kv in per_layer_heads(config)[1]]
     past = [torch.randn(shape, generator=generator).to(device=device, dtype=model.dtype)
-            for _ in range(2 * config.num_hidden_layers)]
+            for shape in shapes for _ in range(2)]
     return (ids, positions, *past)

@@ -22,6 +22,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from ..errors import UserError
 from ..profiling.predictor import setting_key
 from ..selection.blocks import REMOVED
+from ..selection.space import Candidate
 from ..selection.width import heterogeneous_subnet
 from ..subnet import Subnet
 
@@ -109,8 +110,8 @@ def brute_force(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, floa
 
 def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "kl", progress: bool = False) -> dict:
     """The best heterogeneous subnet for a search context (model, strategy with block scores, profile, proxy):
-    exact top-k under the budget, re-ranked by the proxy measured on each real subnet (cached in the study
-    storage like every other accuracy). Returns the record `best.json` holds."""
+    exact top-k under the budget and the rest of `candidate_pool`, re-ranked by the proxy measured on each real
+    subnet (cached in the study storage like every other accuracy). Returns the record `best.json` holds."""
     blocks = ctx.strategy.blocks
     if blocks is None:
         raise UserError("the strategy has no block scores, which --space heterogeneous needs: add them with "
@@ -120,6 +121,7 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
                         f"search with the same --{'no-' if not blocks.compensate else ''}compensate, or recompute them")
     dims, setting = ctx.dims, ctx.setting
     table = blocks.table(metric, dims.num_layers)
+    scores = [dict(layer) for layer in table]                   # every variant's score, for the uniform candidates
     # Layer 0 keeps its attention (neither removed nor MLP-only): llama.cpp reads the head size from the first
     # layer, and removing the first layer is ruinous anyway (every DP here keeps it).
     table[0] = {v: s for v, s in table[0].items() if v[0] > 0}
@@ -145,11 +147,11 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
         raise UserError(f"latency target {target_ms:.3f} ms is below the fastest heterogeneous subnet "
                         f"({fastest:.3f} ms: one layer at the narrowest profiled width on {ctx.lut.name}): raise it")
     ranked = []
-    for solution in solutions:
+    for origin, solution in candidate_pool(ctx, table, scores, block_ms, budget, target_ms, solutions):
         subnet = heterogeneous_subnet(ctx.loaded.model, ctx.strategy.width, solution.shapes, ctx.compensate)
         value = ctx.accuracy(f"{solution.key}{'' if ctx.compensate else '/nc'}", lambda s=subnet: s)
-        ranked.append((solution, subnet, value))
-    best, subnet, value = min(ranked, key=lambda r: r[2] if ctx.proxy.direction == "minimize" else -r[2])
+        ranked.append((origin, solution, subnet, value))
+    origin, best, subnet, value = min(ranked, key=lambda r: r[3] if ctx.proxy.direction == "minimize" else -r[3])
     predicted = ctx.predictor.predict_subnet_ms(setting, subnet, dims)
     return {"space": "heterogeneous", "subnet": subnet, "candidate": f"hetero-{len(subnet.layers)}L", "key": best.key,
             "shapes": [list(s) for s in best.shapes], "device": ctx.lut.meta["device"], "flow": ctx.lut.meta["flow"],
@@ -158,10 +160,39 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
             "target_ms": target_ms, "proxy": ctx.proxy.name, "proxy_settings": ctx.proxy.settings,
             "direction": ctx.proxy.direction, "proxy_value": value, "metric": metric,
             "adapters": None if ctx.loaded.adapters is None else ctx.loaded.adapters.describe(),
-            "block_score": best.score, "solver_seconds": round(seconds, 4), "top_k": len(solutions),
-            "candidates": [{"key": s.key, "block_score": s.score, "proxy_value": v,
+            "block_score": best.score, "origin": origin, "solver_seconds": round(seconds, 4),
+            "top_k": len(solutions),
+            "candidates": [{"origin": o, "key": s.key, "block_score": s.score, "proxy_value": v,
                             "predicted_ms": ctx.predictor.predict_subnet_ms(setting, sub, dims)}
-                           for s, sub, v in ranked]}
+                           for o, s, sub, v in ranked]}
+
+
+def candidate_pool(ctx, table: list[dict], scores: list[dict], block_ms: dict, budget_ms: float, target_ms: float,
+                   solutions: list[Solution]) -> list[tuple[str, Solution]]:
+    """What the proxy re-ranks. Replace-one-block scores add up badly over many changes (measured: the free
+    optimum's summed KL keeps falling as more layers are kept narrower, its real perplexity rises), so beside the
+    free exact top-k: for every depth of the strategy, the exact best per-layer widths with the DP's removal set
+    (which measured how removals interact), and the uniform subnets of the space at the deepest depth each width
+    affords (`scores`: unrestricted, as a uniform subnet may drop layer 0). The result is never worse on the proxy
+    than the uniform search's space allows."""
+    pool = [("exact", s) for s in solutions]
+    for depth in ctx.strategy.depths():
+        kept = set(ctx.strategy.layers_for(depth))
+        fixed = [{v: s for v, s in layer.items() if (v == REMOVED) == (i not in kept)} for i, layer in enumerate(table)]
+        pool += [(f"exact, DP layers of depth {depth}", s) for s in solve(fixed, block_ms, budget_ms, 1)]
+    for heads in ctx.space.heads:
+        for mlp in ctx.space.mlp:
+            feasible = [d for d in ctx.space.depths if ctx.latency_ms(Candidate(d, heads, mlp)) <= target_ms]
+            if feasible:
+                candidate = Candidate(max(feasible), heads, mlp)
+                shapes = tuple(shapes_of(ctx.subnet(candidate), len(table)))
+                score = sum(layer[v] for layer, v in zip(scores, shapes))
+                pool.append((f"uniform {candidate.key}",
+                             Solution(shapes, score, sum(block_ms[v] for v in shapes if v != REMOVED))))
+    unique: dict[tuple, tuple[str, Solution]] = {}
+    for origin, solution in pool:
+        unique.setdefault(solution.shapes, (origin, solution))
+    return list(unique.values())
 
 
 def shapes_of(subnet: Subnet, num_layers: int) -> list[Shape]:

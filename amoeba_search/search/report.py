@@ -100,8 +100,10 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
     return result
 
 
-def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True, progress: bool = False) -> list[dict]:
-    """Every trial, the non-dominated ones as the front, and baseline subnets, with what the plot needs."""
+def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True, progress: bool = False,
+                heterogeneous: tuple[float, ...] = ()) -> list[dict]:
+    """Every trial, the non-dominated ones as the front, baseline subnets, and (at each `heterogeneous` latency
+    ratio) the best heterogeneous subnet, with what the plot needs."""
     common = {"device": ctx.lut.meta["device"], "flow": ctx.lut.meta["flow"], "source": ctx.lut.meta["source"],
               "setting": ctx.setting.label(), "proxy": ctx.proxy.name, "proxy_unit": ctx.proxy.unit,
               "direction": ctx.proxy.direction, "full_model_ms": ctx.full_model_ms(),
@@ -119,7 +121,24 @@ def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True,
             rows.append({**row, "series": "search front"})
     if baselines:
         rows += baseline_rows(ctx, common, progress)
+    for ratio in tqdm(heterogeneous, desc="heterogeneous (exact)", unit="target", disable=not progress):
+        rows += heterogeneous_rows(ctx, common, ratio)
     return rows
+
+
+def heterogeneous_rows(ctx: SearchContext, common: dict, ratio: float, top_k: int = 4) -> list[dict]:
+    """The best heterogeneous subnet at `ratio` of the full model's predicted latency (none below the fastest)."""
+    from ..plot import HETERO_SERIES
+    from .heterogeneous import heterogeneous_search
+
+    try:
+        found = heterogeneous_search(ctx, ratio * ctx.full_model_ms(), top_k)
+    except UserError as exc:
+        if "below the fastest" in str(exc):
+            return []
+        raise
+    return [{**common, "series": HETERO_SERIES, "key": found["key"], "depth": len(found["subnet"].layers),
+             "heads": None, "mlp": None, "latency_ms": found["predicted_ms"], "value": found["proxy_value"]}]
 
 
 def proxy_detail(settings: dict) -> str:
