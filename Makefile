@@ -15,7 +15,10 @@ LLAMA_CPP_VERSION = $(subst llama-cpp-python==,,$(LLAMA_CPP_SPEC))
 CONVERTER ?= $(HOME)/.cache/amoeba_search/llama-cpp-convert-$(LLAMA_CPP_VERSION)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: setup demo test bench clean llama-cpp
+LLAMA_BENCH ?= $(HOME)/.cache/amoeba_search/llama-bench-$(LLAMA_CPP_VERSION)/llama-bench
+LLAMA_SRC := $(HOME)/.cache/amoeba_search/llama-cpp-src-$(LLAMA_CPP_VERSION)
+
+.PHONY: setup demo test bench clean llama-cpp llama-bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +46,15 @@ llama-cpp: setup  ## optional llama.cpp flow: build llama-cpp-python once (~6 mi
 		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/conversion \
 		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/gguf-py)
 	$(BIN)/pip install -q sentencepiece
+
+llama-bench: llama-cpp  ## llama.cpp's own llama-bench from the same release (static, ~6 min): `amoeba profile kit` here
+	@test -x $(LLAMA_BENCH) || (mkdir -p $(LLAMA_SRC) && tar -xzf $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz \
+		-C $(LLAMA_SRC) --strip-components=3 llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp && \
+		cmake -S $(LLAMA_SRC) -B $(LLAMA_SRC)/build $(LLAMA_CMAKE_ARGS) -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null && \
+		cmake --build $(LLAMA_SRC)/build --target llama-bench -j$$(nproc) >/dev/null && \
+		mkdir -p $(dir $(LLAMA_BENCH)) && cp $(LLAMA_SRC)/build/bin/llama-bench $(LLAMA_BENCH))
+	@echo "llama-bench: $(LLAMA_BENCH) (AMOEBA_LLAMA_BENCH=$(LLAMA_BENCH) runs its kit test)"
 
 demo: setup      ## full model vs two extracted subnets: size, latency, perplexity, ARC-easy accuracy
 	$(BIN)/amoeba demo --threads 2

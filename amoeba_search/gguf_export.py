@@ -129,9 +129,11 @@ def _placeholder_tokenizer(writer, vocab_size: int) -> None:
 
 
 def write_gguf(model: PreTrainedModel, out: str | os.PathLike, tokenizer_gguf: Path | None,
-               weight_type: str = "q4_1", name: str = "amoeba-subnet") -> Path:
+               weight_type: str = "q4_1", name: str = "amoeba-subnet", architecture: str | None = None) -> Path:
     """Write the model as GGUF: 1-D tensors in f32, matrices in `weight_type` (f32, f16, q8_0, q4_1; token
     embedding in q8_0 when quantising, as llama.cpp's own Q4_1 files do). Atomic: temp file, then rename.
+    architecture: llama.cpp's "llama" (uniform widths only) or "deci" (per-layer arrays); default: llama when
+    every layer has the same shape, else deci.
     tokenizer_gguf=None writes a placeholder vocabulary (timing only)."""
     import gguf
 
@@ -156,14 +158,18 @@ def write_gguf(model: PreTrainedModel, out: str | os.PathLike, tokenizer_gguf: P
     uniform = len(set(zip(heads, kv_heads, channels))) == 1
     # Per-layer widths: llama.cpp's `deci` architecture (Nemotron-51B's) reads head counts and FFN widths as
     # per-layer arrays and sizes each layer's tensors from them; tensor names and rope are llama's.
-    writer = gguf.GGUFWriter(str(tmp), "llama" if uniform else "deci")
+    architecture = architecture or ("llama" if uniform else "deci")
+    if architecture not in ("llama", "deci") or (architecture == "llama" and not uniform):
+        raise UserError(f"GGUF architecture {architecture!r}: llama (uniform widths) or deci (any widths)")
+    per_layer = architecture == "deci"
+    writer = gguf.GGUFWriter(str(tmp), architecture)
     writer.add_name(name)
     writer.add_context_length(gguf_context_length(config))
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(channels[0] if uniform else channels)
-    writer.add_head_count(heads[0] if uniform else heads)
-    writer.add_head_count_kv(kv_heads[0] if uniform else kv_heads)
+    writer.add_feed_forward_length(channels if per_layer else channels[0])
+    writer.add_head_count(heads if per_layer else heads[0])
+    writer.add_head_count_kv(kv_heads if per_layer else kv_heads[0])
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_rope_dimension_count(head_dim)

@@ -80,3 +80,27 @@ def test_shipped_adapters_load_for_the_embedded_model_and_strategy(smol, tmp_pat
     (broken / "adapters.safetensors").write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(UserError, match="unreadable or do not match"):
         load_adapters(smol, broken)
+
+
+def test_a_heterogeneous_subnet_of_the_embedded_model_runs_in_llama_cpp_like_the_view(smol, tmp_path):
+    """The shipped strategy's per-layer subnet (removed, narrowed, MLP-only layers, FLAP compensation) exported
+    as f32 GGUF (llama.cpp's deci architecture, the embedded tokenizer) computes the view's logits."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from amoeba_search.extract import extract
+    from amoeba_search.gguf_export import write_gguf
+    from amoeba_search.models import embedded_gguf
+    from amoeba_search.resources import shipped_strategy
+    from amoeba_search.selection.strategy import Strategy
+    from amoeba_search.selection.width import heterogeneous_subnet
+
+    shapes = [(9, 1536), (9, 1152), (0, 1536), (6, 768), (0, 0), (3, 384)] * 5
+    subnet = heterogeneous_subnet(smol.model, Strategy.load(shipped_strategy()).width, shapes)
+    ids = smol.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad(), subnet_view(smol.model, subnet) as view:
+        expected = view(input_ids=ids).logits[0]
+    checkpoint = load_model(str(extract(smol, subnet, tmp_path / "ckpt"))).model
+    path = write_gguf(checkpoint, tmp_path / "het.gguf", embedded_gguf(), "f32")
+    llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False, type_k=0, type_v=0)
+    llm.eval(ids[0].tolist())
+    got = torch.tensor(llm.scores[:ids.shape[1]])
+    assert (got - expected).abs().max().item() <= 1e-3

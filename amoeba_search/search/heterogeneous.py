@@ -3,8 +3,9 @@
 Predicted latency is base + sum of per-layer block latencies (lookup table, optionally scaled by the profile's
 correction), and replace-one-block scores are additive estimates of the damage, so the best subnet under a budget
 is a multiple-choice knapsack: pick one variant per layer (removed, or heads x MLP width) minimising the summed
-score subject to the latency sum. Solved exactly as a MILP (scipy / HiGHS, zero gap); the top-k solutions (no-good
-cuts) are then re-ranked by the accuracy proxy measured on the real subnet, since block scores interact."""
+score subject to the latency sum. Solved exactly as a MILP (scipy / HiGHS, zero gap). Block scores interact, so
+what is handed over is chosen by the accuracy proxy measured on real subnets, from a pool: the exact top-k (no-good
+cuts), the exact per-layer widths on the DP's removal set of every depth, and the uniform subnets at the budget."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def brute_force(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, floa
     return best
 
 
-def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "kl", progress: bool = False) -> dict:
+def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "kl") -> dict:
     """The best heterogeneous subnet for a search context (model, strategy with block scores, profile, proxy):
     exact top-k under the budget and the rest of `candidate_pool`, re-ranked by the proxy measured on each real
     subnet (cached in the study storage like every other accuracy). Returns the record `best.json` holds."""
