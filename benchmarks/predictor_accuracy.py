@@ -186,7 +186,7 @@ def main() -> None:
         lut = ProfileStore().load(args.device, flow)
         if lut.meta.get("model") != loaded.fingerprint:
             raise SystemExit(f"{lut.name} was profiled for another model")
-        widths = lut.widths(lut.settings()[0])
+        widths = [w for w in lut.widths(lut.settings()[0]) if w[0] > 0]      # uniform subnets keep attention
         subnets = {**random_subnets(dims, widths, args.n, args.seed), **shape_subnets(dims)}
         overrides = dict(item.split("=") for item in args.flow_passes.split(",") if item)
         passes[flow] = int(overrides.get(flow, args.passes))
