@@ -65,7 +65,7 @@ def gguf_tensors(model: PreTrainedModel) -> list[tuple[str, np.ndarray]]:
     """(GGUF name, float32 array in PyTorch layout) for every tensor llama.cpp needs."""
     import torch
 
-    from .extract import per_layer_heads
+    from .layered import per_layer_heads
 
     config = model.config
     heads, kv_heads, channels = per_layer_heads(config)
@@ -145,7 +145,7 @@ def write_gguf(model: PreTrainedModel, out: str | os.PathLike, tokenizer_gguf: P
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    from .extract import per_layer_heads
+    from .layered import per_layer_heads
 
     heads, kv_heads, channels = per_layer_heads(config)
     if not heads[0]:

@@ -134,7 +134,7 @@ def load_heterogeneous(path: Path, config, dtype: torch.dtype | str) -> tuple[Pr
     from_pretrained's loading info."""
     from safetensors.torch import load_file
 
-    from .extract import model_for_config
+    from .layered import model_for_config
 
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:

@@ -50,7 +50,7 @@ def lut_figure(lut: LookupTable) -> Figure:
         widths = lut.widths(setting)
         for heads in sorted({h for h, _ in widths}):
             channels = sorted(m for h, m in widths if h == heads)
-            panel.series.append(Series(f"{heads} heads", channels,
+            panel.series.append(Series(f"{heads} heads" if heads else "MLP-only (no attention)", channels,
                                        [lut.block_ms(setting, heads, m) for m in channels]))
         panels.append(panel)
     validation = lut.directory / "validation.csv"

@@ -28,7 +28,7 @@ def test_profile_predict_plot(tiny_dir, tmp_path):
     assert run.returncode == 0, run.stderr
     lut = LookupTable.load(root / "box" / "torch-eager")
     assert lut.meta["environment"]["torch_threads"] == 1
-    assert len(lut.table) == 2 * (1 + 4)                       # 2 phases x (base + 4 widths)
+    assert len(lut.table) == 2 * (1 + 4 + 2)          # 2 phases x (base + 4 widths + 2 MLP-only blocks)
     spec = tmp_path / "s.json"
     assert amoeba("subnet", "--model", tiny_dir, "--keep", "0-2", "--heads", "3", "--mlp", "24",
                   "--out", spec).returncode == 0
@@ -63,8 +63,8 @@ def test_lut_figure_data(tiny_dir, tmp_path):
     figure = lut_figure(lut)
     assert "roofline-estimate" in figure.title
     assert len(figure.panels) == 3                               # prefill, decode, predicted vs measured
-    assert [s.label for s in figure.panels[0].series] == ["3 heads", "6 heads"]
-    assert figure.panels[0].series[0].x == [24, 48]
+    assert [s.label for s in figure.panels[0].series] == ["MLP-only (no attention)", "3 heads", "6 heads"]
+    assert figure.panels[0].series[1].x == [24, 48]
     assert figure.panels[2].diagonal and len(figure.panels[2].series) == 1
 
 

@@ -60,7 +60,7 @@ def write_kit(loaded: LoadedModel, out: Path, device: str, settings: list[Settin
     from tqdm.auto import tqdm
 
     from ..gguf_export import write_gguf
-    from .profile import block_model, lead_width
+    from .timed_models import block_model, lead_width
 
     dtypes = {s.dtype for s in settings}
     if len(dtypes) != 1 or next(iter(dtypes)) not in GGUF_TYPES:

@@ -3,7 +3,6 @@ device through one flow; append each row as it is measured; fit the lookup table
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import itertools
 import time
@@ -12,13 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from ..artifacts import SCHEMA_VERSION
 from ..errors import UserError
-from ..extract import extract_model, per_layer_heads
+from ..layered import per_layer_heads
 from ..models import LoadedModel
-from ..subnet import ModelDims, Subnet
+from ..subnet import ModelDims
 from ..families.base import model_dims
 from .environment import default_device_slug, measurement_environment
 from .flows import FLOWS
@@ -27,6 +26,7 @@ from .harness import StopRule, measure, summarize
 from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting, check_compatible,
                   fit_lut, read_profile_meta)
 from .store import ProfileStore
+from .timed_models import base_model, block_model, lead_width
 
 DEFAULT_MLP_RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 QUICK_MLP_RATIOS = (0.25, 0.5, 0.75, 1.0)
@@ -55,39 +55,6 @@ class WidthGrid:
 
     def widths(self) -> list[tuple[int, int]]:
         return list(itertools.product(self.heads, self.mlp)) + ([(0, m) for m in self.mlp] if self.mlp_only else [])
-
-
-def base_model(model: PreTrainedModel) -> PreTrainedModel:
-    """The model with no decoder blocks (embedding, final norm, LM head): the per-call part of every subnet."""
-    config = copy.deepcopy(model.config)
-    config.num_hidden_layers = 0
-    if getattr(config, "layer_types", None):
-        config.layer_types = []
-    empty = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
-    state = {k: v for k, v in model.state_dict().items() if ".layers." not in k}
-    empty.load_state_dict(state, strict=False)
-    empty.tie_weights()
-    return empty.eval()
-
-
-def block_model(model: PreTrainedModel, layers: int, heads: int, mlp: int,
-                lead: tuple[int, int] | None = None) -> PreTrainedModel:
-    """A real extracted model of `layers` blocks (the first ones) at one uniform width. MLP-only blocks (heads 0)
-    follow one `lead` block (the grid's widest width): llama.cpp reads the head size from the first layer, and
-    the fit counts that block (`fit_lut`), so every flow times them the same way."""
-    dims = model_dims(model.config)
-    if heads:
-        return extract_model(model, Subnet.uniform(dims, range(layers), heads=heads, mlp=mlp))
-    if lead is None:
-        raise UserError("an MLP-only block row needs the lead block's width")
-    first = Subnet.uniform(dims, [0], heads=lead[0], mlp=lead[1])
-    return extract_model(model, Subnet(tuple(range(layers + 1)), first.heads + ((),) * layers,
-                                       first.mlp_channels + (tuple(range(mlp)),) * layers))
-
-
-def lead_width(widths) -> tuple[int, int]:
-    """The block an MLP-only row's model starts with: the widest (heads, MLP) with attention."""
-    return max((h, m) for h, m in widths if h > 0)
 
 
 def tensor_mib(model: PreTrainedModel, setting: Setting) -> tuple[float, float]:

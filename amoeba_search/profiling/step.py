@@ -60,7 +60,7 @@ def step_inputs(model: PreTrainedModel, phase: str, tokens: int, batch: int,
     positions = torch.arange(start, start + new).expand(batch, new).to(device)
     if phase == "prefill":
         return ids, positions
-    from ..extract import per_layer_heads
+    from ..layered import per_layer_heads
 
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     # Per layer: its own KV heads (a heterogeneous subnet), or the (B, 1, C, 1) position marker of an MLP-only layer.

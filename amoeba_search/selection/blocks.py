@@ -10,7 +10,6 @@ the full model), and results are appended to a JSONL log as they come, so an int
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -25,11 +24,9 @@ from ..subnet import ModelDims, Subnet
 from ..view import decoder_layers, subnet_view
 from ..families.base import family_of, model_dims
 from .calibration import Calibration, LayerRunner
-from .strategy import Strategy, WidthScores
+from .strategy import REMOVED, BlockScores, Strategy, WidthScores
 from .width import layer_choice
 
-REMOVED = (0, 0)               # the variant (heads, mlp) that drops the layer
-METRICS = ("kl", "loss_delta")
 
 
 def block_variants(dims: ModelDims, mlp_widths: Sequence[int], heads: Sequence[int] | None = None,
@@ -44,51 +41,6 @@ def block_variants(dims: ModelDims, mlp_widths: Sequence[int], heads: Sequence[i
     widths = sorted(set(mlp_widths))
     return [REMOVED] + ([(0, m) for m in widths] if mlp_only else []) + [
         (h, m) for h in (sorted(set(heads)) if heads else valid) for m in widths]
-
-
-@dataclass
-class BlockScores:
-    """rows: one {layer, heads, mlp, kl, loss_delta} per layer x variant (heads = mlp = 0: layer removed); kl in
-    nats per token, loss_delta in nats per token against the full model's `base_loss`."""
-
-    calibration: dict
-    base_loss: float
-    compensate: bool
-    variants: list[tuple[int, int]]
-    rows: list[dict]
-    seconds: float = 0.0
-    metric_note: str = field(default="kl: mean KL(full || replaced) per token; loss_delta: calibration NLL increase")
-
-    def to_dict(self) -> dict:
-        return {"calibration": self.calibration, "base_loss": self.base_loss, "compensate": self.compensate,
-                "variants": [list(v) for v in self.variants], "seconds": self.seconds, "metric": self.metric_note,
-                "rows": self.rows}
-
-    @classmethod
-    def from_dict(cls, payload, path) -> "BlockScores":
-        try:
-            scores = cls(dict(payload["calibration"]), float(payload["base_loss"]), bool(payload["compensate"]),
-                         [(int(h), int(m)) for h, m in payload["variants"]],
-                         [{"layer": int(r["layer"]), "heads": int(r["heads"]), "mlp": int(r["mlp"]),
-                           "kl": float(r["kl"]), "loss_delta": float(r["loss_delta"])} for r in payload["rows"]],
-                         float(payload.get("seconds", 0.0)))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UserError(f"{path} has an invalid block-score section ({type(exc).__name__} {exc}): recompute it "
-                            f"with `amoeba blocks --strategy {path} --out {path}`") from None
-        return scores
-
-    def table(self, metric: str, num_layers: int) -> list[dict[tuple[int, int], float]]:
-        """Per layer: variant -> score (lower is better); the full block scores 0 by definition."""
-        if metric not in METRICS:
-            raise UserError(f"block score metric {metric!r}: choose {', '.join(METRICS)}")
-        per_layer: list[dict[tuple[int, int], float]] = [{} for _ in range(num_layers)]
-        for row in self.rows:
-            per_layer[row["layer"]][(row["heads"], row["mlp"])] = row[metric]
-        missing = [(i, v) for i in range(num_layers) for v in self.variants if v not in per_layer[i]]
-        if missing:
-            raise UserError(f"the strategy's block scores lack layer {missing[0][0]} variant {missing[0][1]} "
-                            f"({len(missing)} missing): finish them with `amoeba blocks` (it resumes)")
-        return per_layer
 
 
 def _variant_subnet(model, width: WidthScores, dims: ModelDims, layer: int, heads: int, mlp: int,

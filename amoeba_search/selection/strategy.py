@@ -109,6 +109,55 @@ class WidthScores:
                                 f"{width}): recompute the strategy with `amoeba select` for this model")
 
 
+REMOVED = (0, 0)               # the block variant (heads, mlp) that drops the layer
+METRICS = ("kl", "loss_delta")
+
+
+@dataclass
+class BlockScores:
+    """rows: one {layer, heads, mlp, kl, loss_delta} per layer x variant (heads = mlp = 0: layer removed); kl in
+    nats per token, loss_delta in nats per token against the full model's `base_loss`."""
+
+    calibration: dict
+    base_loss: float
+    compensate: bool
+    variants: list[tuple[int, int]]
+    rows: list[dict]
+    seconds: float = 0.0
+    metric_note: str = field(default="kl: mean KL(full || replaced) per token; loss_delta: calibration NLL increase")
+
+    def to_dict(self) -> dict:
+        return {"calibration": self.calibration, "base_loss": self.base_loss, "compensate": self.compensate,
+                "variants": [list(v) for v in self.variants], "seconds": self.seconds, "metric": self.metric_note,
+                "rows": self.rows}
+
+    @classmethod
+    def from_dict(cls, payload, path) -> "BlockScores":
+        try:
+            scores = cls(dict(payload["calibration"]), float(payload["base_loss"]), bool(payload["compensate"]),
+                         [(int(h), int(m)) for h, m in payload["variants"]],
+                         [{"layer": int(r["layer"]), "heads": int(r["heads"]), "mlp": int(r["mlp"]),
+                           "kl": float(r["kl"]), "loss_delta": float(r["loss_delta"])} for r in payload["rows"]],
+                         float(payload.get("seconds", 0.0)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{path} has an invalid block-score section ({type(exc).__name__} {exc}): recompute it "
+                            f"with `amoeba blocks --strategy {path} --out {path}`") from None
+        return scores
+
+    def table(self, metric: str, num_layers: int) -> list[dict[tuple[int, int], float]]:
+        """Per layer: variant -> score (lower is better); the full block scores 0 by definition."""
+        if metric not in METRICS:
+            raise UserError(f"block score metric {metric!r}: choose {', '.join(METRICS)}")
+        per_layer: list[dict[tuple[int, int], float]] = [{} for _ in range(num_layers)]
+        for row in self.rows:
+            per_layer[row["layer"]][(row["heads"], row["mlp"])] = row[metric]
+        missing = [(i, v) for i in range(num_layers) for v in self.variants if v not in per_layer[i]]
+        if missing:
+            raise UserError(f"the strategy's block scores lack layer {missing[0][0]} variant {missing[0][1]} "
+                            f"({len(missing)} missing): finish them with `amoeba blocks` (it resumes)")
+        return per_layer
+
+
 @dataclass
 class Strategy:
     """What selection decided: kept layers for every depth, scored on a recorded calibration set, and the
@@ -119,7 +168,7 @@ class Strategy:
     depth: DepthSection
     width: WidthScores | None = None
     metadata: dict = field(default_factory=dict)
-    blocks: Any = None                   # selection.blocks.BlockScores: replace-one-block scores (heterogeneous search)
+    blocks: "BlockScores | None" = None  # replace-one-block scores (heterogeneous search; selection.blocks)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "kind": STRATEGY_KIND, "model": self.model,
@@ -142,8 +191,6 @@ class Strategy:
         for key, kind in (("model", dict), ("calibration", dict), ("depth", dict)):
             if not isinstance(payload.get(key), kind):
                 raise _invalid(path, f"'{key}' must be an object")
-        from .blocks import BlockScores
-
         width, blocks = payload.get("width"), payload.get("blocks")
         return cls(payload["model"], payload["calibration"], DepthSection.from_dict(payload["depth"], path),
                    None if width is None else WidthScores.from_dict(width, path), payload.get("metadata") or {},
