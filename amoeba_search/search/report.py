@@ -121,7 +121,8 @@ def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True,
             rows.append({**row, "series": "search front"})
     if baselines:
         rows += baseline_rows(ctx, common, progress)
-    for ratio in tqdm(heterogeneous, desc="heterogeneous (exact)", unit="target", disable=not progress):
+    for ratio in tqdm(heterogeneous, desc="heterogeneous (exact)", unit="target",
+                      disable=not progress or not heterogeneous):
         rows += heterogeneous_rows(ctx, common, ratio)
     return rows
 
