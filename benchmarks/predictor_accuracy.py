@@ -14,7 +14,10 @@ Resumable: measured rows are kept in results/<name>.partial.jsonl.
 Writes benchmarks/results/<name>.json (rows) and <name>.md; --results NAME (default predictor) keeps one file per
 device. The GPU results, benchmarks/results/predictor-nvidia-h100-80gb-hbm3.json/.md, come from
 `python benchmarks/predictor_accuracy.py --device nvidia-h100-80gb-hbm3 --flows cuda-eager,cuda-graphs
---results predictor-nvidia-h100-80gb-hbm3 --threads 8 --flow-passes cuda-eager=2` on a lent H100.
+--results predictor-nvidia-h100-80gb-hbm3 --threads 8 --flow-passes cuda-eager=2` on a lent H100. This project's
+2-core Intel Xeon VM's llama.cpp profile, benchmarks/results/predictor-intel-xeon.json/.md, comes from
+`python benchmarks/predictor_accuracy.py --device intel-xeon --flows llama.cpp --passes 2 --results
+predictor-intel-xeon`.
 """
 
 from __future__ import annotations

@@ -148,10 +148,9 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
         raise UserError(f"latency target {target_ms:.3f} ms is below the fastest heterogeneous subnet "
                         f"({fastest:.3f} ms: one layer at the narrowest profiled width on {ctx.lut.name}): raise it")
     ranked = []
-    for origin, solution in candidate_pool(ctx, table, scores, block_ms, budget, target_ms, solutions):
+    for origin, solution, key in candidate_pool(ctx, table, scores, block_ms, budget, target_ms, solutions):
         subnet = heterogeneous_subnet(ctx.loaded.model, ctx.strategy.width, solution.shapes, ctx.compensate)
-        value = ctx.accuracy(f"{solution.key}{'' if ctx.compensate else '/nc'}", lambda s=subnet: s)
-        ranked.append((origin, solution, subnet, value))
+        ranked.append((origin, solution, subnet, ctx.accuracy(key, lambda s=subnet: s)))
     origin, best, subnet, value = min(ranked, key=lambda r: r[3] if ctx.proxy.direction == "minimize" else -r[3])
     predicted = ctx.predictor.predict_subnet_ms(setting, subnet, dims)
     return {"space": "heterogeneous", "subnet": subnet, "candidate": f"hetero-{len(subnet.layers)}L", "key": best.key,
@@ -169,18 +168,19 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
 
 
 def candidate_pool(ctx, table: list[dict], scores: list[dict], block_ms: dict, budget_ms: float, target_ms: float,
-                   solutions: list[Solution]) -> list[tuple[str, Solution]]:
+                   solutions: list[Solution]) -> list[tuple[str, Solution, str]]:
     """What the proxy re-ranks. Replace-one-block scores add up badly over many changes (measured: the free
     optimum's summed KL keeps falling as more layers are kept narrower, its real perplexity rises), so beside the
     free exact top-k: for every depth of the strategy, the exact best per-layer widths with the DP's removal set
     (which measured how removals interact), and the uniform subnets of the space at the deepest depth each width
     affords (`scores`: unrestricted, as a uniform subnet may drop layer 0). The result is never worse on the proxy
-    than the uniform search's space allows."""
-    pool = [("exact", s) for s in solutions]
+    than the uniform search's space allows. Entries are (origin, solution, accuracy-cache key); a uniform subnet
+    keeps the uniform search's key, so its accuracy is measured once for both spaces."""
+    pool = [("exact", s, s.key) for s in solutions]
     for depth in ctx.strategy.depths():
         kept = set(ctx.strategy.layers_for(depth))
         fixed = [{v: s for v, s in layer.items() if (v == REMOVED) == (i not in kept)} for i, layer in enumerate(table)]
-        pool += [(f"exact, DP layers of depth {depth}", s) for s in solve(fixed, block_ms, budget_ms, 1)]
+        pool += [(f"exact, DP layers of depth {depth}", s, s.key) for s in solve(fixed, block_ms, budget_ms, 1)]
     for heads in ctx.space.heads:
         for mlp in ctx.space.mlp:
             feasible = [d for d in ctx.space.depths if ctx.latency_ms(Candidate(d, heads, mlp)) <= target_ms]
@@ -189,10 +189,10 @@ def candidate_pool(ctx, table: list[dict], scores: list[dict], block_ms: dict, b
                 shapes = tuple(shapes_of(ctx.subnet(candidate), len(table)))
                 score = sum(layer[v] for layer, v in zip(scores, shapes))
                 pool.append((f"uniform {candidate.key}",
-                             Solution(shapes, score, sum(block_ms[v] for v in shapes if v != REMOVED))))
-    unique: dict[tuple, tuple[str, Solution]] = {}
-    for origin, solution in pool:
-        unique.setdefault(solution.shapes, (origin, solution))
+                             Solution(shapes, score, sum(block_ms[v] for v in shapes if v != REMOVED)), candidate.key))
+    unique: dict[tuple, tuple[str, Solution, str]] = {}
+    for entry in pool:
+        unique.setdefault(entry[1].shapes, entry)
     return list(unique.values())
 
 
