@@ -36,8 +36,6 @@ def quiet_optuna() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            # Optuna 5 prefers trial.set_constraint; constraints_func still works there and in the 4.x we support
-            warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
             yield
     finally:
         optuna.logging.set_verbosity(verbosity)

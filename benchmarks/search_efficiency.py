@@ -33,7 +33,7 @@ from amoeba_search.plot import pareto_figure, render
 from amoeba_search.search.report import pareto_rows
 from amoeba_search.search.session import SearchRequest, open_search
 from amoeba_search.selection.space import Candidate
-from amoeba_search.search.study import SearchContext, completed, feasible_best, pareto, search, write_csv
+from amoeba_search.search.study import SearchContext, finished, feasible_best, pareto, search, write_csv
 from amoeba_search.resources import shipped_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def evaluations_to_optimum(ctx: SearchContext, target: float, optimum: float, sa
     def stop(study: optuna.Study, _trial) -> None:
         best = feasible_best(study, ctx.proxy)
         if best is not None and best.value <= optimum * (1 + TOLERANCE):
-            reached["evals"] = len({t.user_attrs["key"] for t in completed(study) if t.user_attrs["evaluated"]})
+            reached["evals"] = len({t.user_attrs["key"] for t in finished(study) if t.user_attrs["evaluated"]})
             study.stop()
 
     search(ctx, target, cap, sampler, seed, study_name=f"bench-{sampler}-{seed}-{target}-{prune}",
@@ -128,11 +128,11 @@ def main() -> None:
 
     # Pareto: NSGA-II front vs the exhaustive front, same latency/ppl reference point.
     study = pareto(ctx, args.pareto_trials, "nsga2", 0, study_name=f"bench-pareto-{args.pareto_trials}")
-    searched = [(t.values[0], t.values[1]) for t in completed(study)]
+    searched = [(t.values[0], t.values[1]) for t in finished(study)]
     every = [(table[c.key], ctx.latency_ms(c)) for c in candidates]
     reference = (max(p for p, _ in every) * 1.01, max(l for _, l in every) * 1.01)
     pareto_summary = {"trials": args.pareto_trials,
-                      "distinct_evaluated": len({t.user_attrs["key"] for t in completed(study)}),
+                      "distinct_evaluated": len({t.user_attrs["key"] for t in finished(study)}),
                       "hypervolume_search": hypervolume(searched, reference),
                       "hypervolume_exhaustive": hypervolume(every, reference), "reference": reference}
     pareto_summary["hypervolume_ratio"] = pareto_summary["hypervolume_search"] / pareto_summary["hypervolume_exhaustive"]

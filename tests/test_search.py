@@ -19,8 +19,8 @@ from amoeba_search.profiling.profile import WidthGrid
 from amoeba_search.profiling.roofline import DeviceSpec, estimate_profile
 from amoeba_search.search.report import pareto_rows
 from amoeba_search.search.session import SearchRequest, open_search
-from amoeba_search.search.study import (SearchContext, completed, feasible_best, pareto, search, search_study_name,
-                                        write_csv)
+from amoeba_search.search.study import (FINISHED, LATENCY_CONSTRAINT, SearchContext, feasible_best, finished, pareto,
+                                        search, search_study_name, write_csv)
 from amoeba_search.selection.space import Candidate
 from amoeba_search.selection.calibration import text_calibration
 from amoeba_search.selection.select import select_depth
@@ -73,8 +73,14 @@ def test_constraint_respected_and_infeasible_never_evaluated(world, tmp_path):
     study = search(ctx, target, 12, seed=1)
     best = feasible_best(study, ctx.proxy)
     assert best.user_attrs["latency_ms"] <= target
-    evaluated = {t.user_attrs["key"] for t in completed(study) if t.user_attrs["evaluated"]}
-    assert all(t.user_attrs["latency_ms"] <= target for t in completed(study) if t.user_attrs["evaluated"])
+    evaluated = {t.user_attrs["key"] for t in finished(study) if t.user_attrs["evaluated"]}
+    assert all(t.user_attrs["latency_ms"] <= target for t in finished(study) if t.user_attrs["evaluated"])
+    # rejected trials end PRUNED with a positive constraint and no objective value (nothing to swamp a plot)
+    rejected = [t for t in finished(study) if not t.user_attrs["evaluated"]]
+    assert rejected and all(t.state == optuna.trial.TrialState.PRUNED and t.value is None and
+                            t.constraints[LATENCY_CONSTRAINT] > 0 for t in rejected)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and t.constraints[LATENCY_CONSTRAINT] <= 0
+               for t in finished(study) if t.user_attrs["evaluated"])
     assert ctx.cache.evaluations == len(evaluated)             # one evaluation per distinct feasible subnet
     exhaustive = {c.key: ctx.candidate_accuracy(c) for c in ctx.space.candidates() if ctx.latency_ms(c) <= target}
     assert best.value >= min(exhaustive.values())
@@ -95,9 +101,9 @@ def test_resume_runs_only_missing_trials_without_reevaluation(world, tmp_path):
     search(ctx, target, 6, seed=0)
     again = context(world, storage=url)                          # a new process would start like this
     study = search(again, target, 10, seed=0)
-    assert len(completed(study)) == 10
-    new_keys = {t.user_attrs["key"] for t in completed(study)[6:] if t.user_attrs["evaluated"]}
-    old_keys = {t.user_attrs["key"] for t in completed(study)[:6] if t.user_attrs["evaluated"]}
+    assert len(finished(study)) == 10
+    new_keys = {t.user_attrs["key"] for t in finished(study)[6:] if t.user_attrs["evaluated"]}
+    old_keys = {t.user_attrs["key"] for t in finished(study)[:6] if t.user_attrs["evaluated"]}
     assert again.cache.evaluations == len(new_keys - old_keys)
     third = context(world, storage=url)
     search(third, target, 10, seed=0)
@@ -111,7 +117,7 @@ def test_accuracy_is_reused_across_devices(world, tmp_path):
         first.candidate_accuracy(c)
     other = context(world, device="toy2", storage=url)
     study = search(other, other.resolve_target(None, 0.7), 8, seed=3)
-    assert other.cache.evaluations == 0 and len(completed(study)) == 8
+    assert other.cache.evaluations == 0 and len(finished(study)) == 8
 
 
 def test_model_mismatch_is_refused(world, tmp_path):
@@ -158,8 +164,8 @@ def _check_shared_study(world, storage):
     assert len(summaries) == 1
     study = optuna.load_study(study_name=summaries[0].study_name, storage=open_storage(storage))
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    assert states.count(optuna.trial.TrialState.COMPLETE) >= 8       # both workers ran to the shared total
-    assert all(s == optuna.trial.TrialState.COMPLETE for s in states)  # no trial lost, failed or left running
+    assert sum(s in FINISHED for s in states) >= 8                  # both workers ran to the shared total
+    assert all(s in FINISHED for s in states)                       # no trial lost, failed or left running
     assert len({t.number for t in study.trials}) == len(study.trials)
 
 
@@ -264,10 +270,13 @@ def test_search_killed_mid_trial_resumes_without_loss(world, tmp_path):
         return [(t.number, t.state, t.user_attrs["key"], t.user_attrs["evaluated"]) for t in study.trials]
 
     assert history(resumed) == history(uninterrupted)
-    assert [t.value for t in resumed.trials] == pytest.approx([t.value for t in uninterrupted.trials], rel=1e-6)
+    def values(study):                       # rejected (pruned) trials have no value
+        return [float("nan") if t.value is None else t.value for t in study.trials]
+
+    assert values(resumed) == pytest.approx(values(uninterrupted), rel=1e-6, nan_ok=True)
     best, whole_best = feasible_best(resumed, resumed_ctx.proxy), feasible_best(uninterrupted, uninterrupted_ctx.proxy)
     assert best.user_attrs["key"] == whole_best.user_attrs["key"]
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in resumed.trials)
+    assert all(t.state in FINISHED for t in resumed.trials)
 
 
 def test_resumable_tpe_proposes_what_an_uninterrupted_sampler_would():

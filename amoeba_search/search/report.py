@@ -15,7 +15,7 @@ from ..profiling.environment import device_name
 from ..profiling.flows import FLOWS
 from ..subnet import Subnet
 from ..selection.space import Candidate
-from .study import SearchContext, completed, front
+from .study import SearchContext, finished, front
 
 
 def candidate_of(trial: optuna.trial.FrozenTrial) -> Candidate:
@@ -30,7 +30,7 @@ def best_record(ctx: SearchContext, study: optuna.Study, best: optuna.trial.Froz
             "predicted_ms": best.user_attrs["latency_ms"], "latency_corrected": ctx.predictor.is_corrected(ctx.setting),
             "target_ms": target_ms, "full_model_ms": ctx.full_model_ms(), "proxy": ctx.proxy.name,
             "proxy_settings": ctx.proxy.settings, "direction": ctx.proxy.direction, "proxy_value": best.value,
-            "trials": len(completed(study)), "accuracy_evaluations": ctx.cache.evaluations,
+            "trials": len(finished(study)), "accuracy_evaluations": ctx.cache.evaluations,
             "study": study.study_name, "storage": ctx.storage_url, "space_size": ctx.space.size,
             "adapters": None if ctx.loaded.adapters is None else ctx.loaded.adapters.describe()}
 
@@ -108,7 +108,7 @@ def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True,
               "setting": ctx.setting.label(), "proxy": ctx.proxy.name, "proxy_unit": ctx.proxy.unit,
               "direction": ctx.proxy.direction, "full_model_ms": ctx.full_model_ms(),
               "proxy_detail": proxy_detail(ctx.proxy.settings)}
-    trials = {t.user_attrs["key"]: t for t in completed(study)}          # one row per distinct subnet
+    trials = {t.user_attrs["key"]: t for t in finished(study)}          # one row per distinct subnet
     points = [(t.values[0], t.values[1]) for t in trials.values()]
     on_front = set(front(points, ctx.proxy.direction))
     rows = []

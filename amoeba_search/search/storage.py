@@ -4,18 +4,11 @@ device and flow that shares the storage shares the evaluations (accuracy does no
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import optuna
-# Optuna 4.9 renamed the stale-trial callback and its argument; use whichever this version has (4.x < 4.9 too).
-RETRY_CALLBACK = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
-    optuna.storages.RetryFailedTrialCallback
-RETRY_ARGUMENT = ("heartbeat_stale_trial_callback"
-                  if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
-                  else "failed_trial_callback")
 
 from ..errors import UserError
 
@@ -47,8 +40,9 @@ def open_storage(url: str):
                 # A worker on another machine that dies leaves its trial RUNNING: the heartbeat fails it after the
                 # grace period and the callback queues its parameters again (same-machine workers are recovered
                 # in place at once, see study.recover_stale_trials).
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120,
-                                                  **{RETRY_ARGUMENT: RETRY_CALLBACK(max_retry=3)})
+                                                  heartbeat_stale_trial_callback=retry)
             except ImportError as exc:
                 raise UserError(f"--storage {url}: the database driver is not installed (for PostgreSQL: "
                                 "pip install 'psycopg[binary]')") from exc

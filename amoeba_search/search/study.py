@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from .proxies.base import Proxy
 from ..selection.space import Candidate, SearchSpace, candidate_subnet
 from .storage import AccuracyCache, open_storage, storage_errors
 
-INFEASIBLE = 1e12            # objective value recorded for a trial rejected by latency (never evaluated)
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+LATENCY_CONSTRAINT = "latency_over_bound_ms"   # > 0: over the target (or pruned as dominated); TPE learns from it
 
 
 @dataclass
@@ -126,14 +128,16 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> Candidate:
                      trial.suggest_categorical("mlp", list(space.mlp)))
 
 
-def _latency_constraint(trial: optuna.trial.FrozenTrial) -> tuple[float]:
-    """> 0 for a trial over the target or pruned as dominated (its bound sits a hair under its latency)."""
-    bound = trial.user_attrs.get("constraint_ms", trial.user_attrs["target_ms"])
-    return (trial.user_attrs["latency_ms"] - bound,)
+def set_latency_constraint(trial: optuna.Trial, over_ms: float) -> None:
+    """The trial's constraint value (Optuna's `trial.set_constraint`; feasible when <= 0). A trial a dead worker
+    left behind may already carry it from before the crash: the same value, so the repeat is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*constraint value is ignored.*")
+        trial.set_constraint(LATENCY_CONSTRAINT, over_ms)
 
 
 class ResumableTPE(optuna.samplers.TPESampler):
-    """TPE whose random state before each trial depends only on (seed, number of completed trials), not on what
+    """TPE whose random state before each trial depends only on (seed, number of finished trials), not on what
     the process sampled before: a study resumed after a crash proposes exactly what the uninterrupted one would."""
 
     def __init__(self, seed: int | None, **kwargs) -> None:
@@ -142,17 +146,50 @@ class ResumableTPE(optuna.samplers.TPESampler):
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self._base_seed is not None:
-            state = (self._base_seed * 1_000_003 + len(completed(study))) % 2**32
+            state = (self._base_seed * 1_000_003 + len(finished(study))) % 2**32
             self._rng.rng.seed(state)                    # TPE's own draws
             self._random_sampler._rng.rng.seed(state)    # its startup / independent random sampler
         super().before_trial(study, trial)
 
 
+class FirstTrialsFixed(optuna.samplers.BaseSampler):
+    """Trial number i < len(first) takes the parameters first[i]; later trials go to `base`. This replaces
+    Optuna's trial queue for seeding a study: on SQLite two workers can pop the same queued (WAITING) trial (the
+    row lock SQLite lacks), run it twice and collide on finishing it (UpdateFinishedTrialError), while trial
+    numbers are unique."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler, first: list[dict]) -> None:
+        self.base, self.first = base, first
+
+    def _fixed(self, trial: optuna.trial.FrozenTrial) -> dict | None:
+        return self.first[trial.number] if trial.number < len(self.first) else None
+
+    def infer_relative_search_space(self, study, trial):
+        return {} if self._fixed(trial) is not None else self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return {} if self._fixed(trial) is not None else self.base.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        fixed = self._fixed(trial)
+        if fixed is not None:
+            return fixed[param_name]
+        return self.base.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+
+
 def make_sampler(name: str, seed: int | None, multi_objective: bool = False) -> optuna.samplers.BaseSampler:
     with quiet_optuna():
         if name == "tpe":
-            return ResumableTPE(seed, multivariate=True, n_startup_trials=5,
-                                constraints_func=None if multi_objective else _latency_constraint)
+            return ResumableTPE(seed, multivariate=True, n_startup_trials=5)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "nsga2":
@@ -160,8 +197,9 @@ def make_sampler(name: str, seed: int | None, multi_objective: bool = False) -> 
     raise UserError(f"--sampler {name!r}: choose tpe, random or nsga2 (multi-objective)")
 
 
-def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that ran to the end: evaluated (COMPLETE) or rejected by the latency constraint (PRUNED)."""
+    return study.get_trials(deepcopy=False, states=FINISHED)
 
 
 def worker_id() -> str:
@@ -191,12 +229,15 @@ def recover_stale_trials(study: optuna.Study, objective) -> int:
     stale = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if _dead_here(t)]
     for frozen in stale:
         trial = optuna.trial.Trial(study, frozen._trial_id)
-        study.tell(trial, objective(trial))
+        try:
+            study.tell(trial, objective(trial))
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     return len(stale)
 
 
 def feasible_best(study: optuna.Study, proxy: Proxy) -> optuna.trial.FrozenTrial | None:
-    feasible = [t for t in completed(study) if t.user_attrs.get("evaluated")]
+    feasible = [t for t in finished(study) if t.user_attrs.get("evaluated")]
     if not feasible:
         return None
     return min(feasible, key=lambda t: t.value) if proxy.direction == "minimize" else max(feasible,
@@ -241,14 +282,17 @@ def describe_study(ctx: SearchContext, study: optuna.Study, **extra) -> None:
 def search(ctx: SearchContext, target_ms: float, n_trials: int, sampler: str = "tpe", seed: int | None = 0,
            study_name: str | None = None, progress: bool = False, prune_dominated: bool = True,
            storage=None, stop=None) -> optuna.Study:
-    """Single-objective search for the best proxy under `latency <= target_ms`; resumes to n_trials in all.
-    Candidates over the target (or dominated, when pruning) get a positive constraint value and no evaluation;
-    with pruning, a new study first evaluates the boundary (the deepest feasible subnet of each width)."""
+    """Single-objective search for the best proxy under `latency <= target_ms`; resumes to n_trials finished
+    trials in all. Candidates over the target (or dominated, when pruning) get a positive constraint value, no
+    evaluation and no objective value: they end PRUNED, so optuna-dashboard's plots show only real accuracies.
+    With pruning, the first trials evaluate the boundary (the deepest feasible subnet of each width)."""
     name = study_name or search_study_name(ctx, target_ms, sampler, prune_dominated)
+    first = [{"depth": c.depth, "heads": c.heads, "mlp": c.mlp} for c in boundary(ctx, target_ms)[:n_trials]] \
+        if prune_dominated else []
     with storage_errors(ctx.storage_url), quiet_optuna():
         study = optuna.create_study(storage=ctx.storage if storage is None else storage, study_name=name,
-                                    direction=ctx.proxy.direction, sampler=make_sampler(sampler, seed),
-                                    load_if_exists=True)
+                                    direction=ctx.proxy.direction, load_if_exists=True,
+                                    sampler=FirstTrialsFixed(make_sampler(sampler, seed), first))
         study.set_metric_names([ctx.proxy.unit])
         describe_study(ctx, study, target_ms=target_ms)
 
@@ -264,17 +308,15 @@ def search(ctx: SearchContext, target_ms: float, n_trials: int, sampler: str = "
             trial.set_user_attr("target_ms", target_ms)
             trial.set_user_attr("constraint_ms", target_ms if not pruned else latency - 1e-6)
             trial.set_user_attr("evaluated", latency <= target_ms and not pruned)
+            set_latency_constraint(trial, latency - trial.user_attrs["constraint_ms"])
             if not trial.user_attrs["evaluated"]:       # rejected by the predictor: no accuracy evaluation
-                return INFEASIBLE if ctx.proxy.direction == "minimize" else -INFEASIBLE
+                raise optuna.TrialPruned()
             return ctx.candidate_accuracy(candidate)
 
         recover_stale_trials(study, objective)
-        remaining = n_trials - len(completed(study))
-        if remaining > 0 and prune_dominated and not study.trials:   # a new study starts on the boundary
-            for candidate in boundary(ctx, target_ms)[:n_trials]:
-                study.enqueue_trial({"depth": candidate.depth, "heads": candidate.heads, "mlp": candidate.mlp})
+        remaining = n_trials - len(finished(study))
         if remaining > 0:
-            callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,))]
+            callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)]
             study.optimize(objective, n_trials=remaining, show_progress_bar=progress,
                            callbacks=callbacks + ([stop] if stop else []))
     return study
@@ -299,7 +341,7 @@ def pareto(ctx: SearchContext, n_trials: int, sampler: str = "nsga2", seed: int 
             return ctx.candidate_accuracy(candidate), ctx.latency_ms(candidate)
 
         recover_stale_trials(study, objective)
-        remaining = n_trials - len(completed(study))
+        remaining = n_trials - len(finished(study))
         if remaining > 0:
             study.optimize(objective, n_trials=remaining, show_progress_bar=progress)
     return study
