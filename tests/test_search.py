@@ -329,3 +329,38 @@ def test_search_without_compensation_is_another_study(world, tmp_path):
     candidate = Candidate(3, 3, 24)
     assert plain.subnet(candidate).bias is not None and bare.subnet(candidate).bias is None
     assert bare.cache_name != plain.cache_name and bare.study_name("search") != plain.study_name("search")
+
+
+def test_pruned_search_starts_on_the_boundary(world, tmp_path):
+    """The first trials are the deepest feasible subnet of each width (nearest the target first), by trial number."""
+    from amoeba_search.search.study import boundary
+
+    ctx = context(world, storage=f"sqlite:///{tmp_path}/b.db")
+    target = ctx.resolve_target(None, 0.7)
+    study = search(ctx, target, 8, seed=0)
+    first = boundary(ctx, target)
+    assert first and all(t.user_attrs["key"] == c.key for t, c in zip(study.trials, first))
+
+
+RACE = """
+import sys, optuna
+from amoeba_search.search.study import FirstTrialsFixed
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+storage = optuna.storages.RDBStorage(sys.argv[1], engine_kwargs={"connect_args": {"timeout": 60}})
+study = optuna.create_study(storage=storage, study_name="s", load_if_exists=True, sampler=FirstTrialsFixed(
+    optuna.samplers.RandomSampler(0), [{"x": float(i)} for i in range(60)]))
+study.optimize(lambda t: t.suggest_float("x", 0, 100), n_trials=30)
+"""
+
+
+def test_fixed_first_trials_survive_two_sqlite_workers(tmp_path):
+    """Optuna's trial queue on SQLite let two workers pop one queued trial (measured: 'Cannot tell a COMPLETE
+    trial'); numbered first trials cannot collide."""
+    url = f"sqlite:///{tmp_path}/race.db"
+    optuna.create_study(storage=url, study_name="s")
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, url], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert len(trials) == 60 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(t.params["x"] == t.number for t in trials)
