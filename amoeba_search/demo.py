@@ -7,6 +7,7 @@ model's -> Pareto plot. Every artifact is a file under --out. The demo never tra
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 
 from rich.console import Console
@@ -18,7 +19,7 @@ from .errors import UserError
 from .extract import extract
 from .finetune.checkpoint import load_adapters
 from .models import LoadedModel, load_model
-from .plot import pareto_figure, render
+from .plot import pareto_figure, render, render_html
 from .profiling.environment import default_device_slug, device_name
 from .profiling.flows import FLOWS
 from .profiling.harness import StopRule
@@ -104,8 +105,10 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
         raise UserError(f"no subnet met {target:.2f} ms in {trials} trials")
     best_path = write_best(ctx, best_record(ctx, study, best, target), out / "best_subnet.json")
     candidate = Candidate(best.params["depth"], best.params["heads"], best.params["mlp"])
+    predicted = ctx.latency_ms(candidate)
     console.print(f"best: {candidate.depth} layers, {candidate.heads} heads, {candidate.mlp} MLP channels: predicted "
-                  f"{ctx.latency_ms(candidate):.2f} ms, calibration ppl {best.value:.2f} "
+                  f"{setting.describe(predicted, 2)}, "
+                  f"calibration ppl {best.value:.2f} "
                   f"({ctx.cache.evaluations} accuracy evaluations)")
     console.rule("4. extract and measure")
     subnet = ctx.subnet(candidate)
@@ -124,14 +127,17 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
     for name, loaded, view, predicted in measured:
         with console.status(f"{name}: decode latency, WikiText-2 test ppl, ARC-easy accuracy, greedy answers"):
             rows.append(measure_row(name, loaded, view, predicted, setting, root, questions, windows))
-    console.print(quality_table(rows, f"decode latency ({FLOW}, C=128) and held-out quality, measured on this machine"))
+    console.print(quality_table(rows, f"decode latency ({FLOW}, C=128) and held-out quality, measured on this machine",
+                                setting))
     print_samples(console, rows)
     console.rule("5. Pareto front")
     front_study = pareto(ctx, trials, progress=True)
     csv = write_csv(out / "pareto.csv", pareto_rows(ctx, front_study, progress=True))
-    figures = render(pareto_figure([csv], [target_ratio], marks=[(f"chosen {candidate.key}",
-                                                                 ctx.latency_ms(candidate), best.value)]),
-                     out / "pareto")
+    figure = pareto_figure([csv], [target_ratio], marks=[(f"chosen {candidate.key}", ctx.latency_ms(candidate),
+                                                          best.value)])
+    figures = render(figure, out / "pareto")
+    if importlib.util.find_spec("plotly") is not None:              # the [html] extra `make setup` installs
+        figures.append(render_html(figure, out / "pareto.html"))
     record = {"schema_version": SCHEMA_VERSION, "kind": "amoeba_search.demo", "model": full.fingerprint,
               "strategy": str(strategy_path), "profile": str(lut.directory), "target_ratio": target_ratio,
               "target_ms": target, "best": candidate.key, "adapters": None if adapters is None else str(adapters),
@@ -141,7 +147,7 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
     console.print("artifacts:\n" + "\n".join(f"  {label}: {path}" for label, path in (
         ("strategy", strategy_path), ("device profile", lut.directory), ("study storage", out / "studies.db"),
         ("best subnet", best_path), ("extracted checkpoint", checkpoint), ("pareto CSV", csv),
-        ("pareto plot", figures[0]), ("record", out / "demo.json"))))
+        *(("pareto plot", path) for path in figures if path.suffix != ".svg"), ("record", out / "demo.json"))))
     return record
 
 

@@ -1,8 +1,9 @@
 """Figures drawn from computed data only: first a small data object per figure (testable without drawing),
-then a matplotlib renderer that writes PNG and SVG."""
+then renderers: matplotlib for PNG and SVG, plotly for an interactive HTML page."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ class Series:
     y: list[float]
     style: str = "line"                       # line, points, faint (background points) or mark (one highlighted)
     notes: list[str] = field(default_factory=list)    # per-point annotations (e.g. the value of a clipped point)
+    labels: list[str] = field(default_factory=list)   # per-point names (subnet keys), shown on hover in HTML
 
 
 @dataclass
@@ -109,7 +111,9 @@ def pareto_figure(files: list[Path], target_ratios: list[float] = (),
         minimize = first["direction"] == "minimize"
         detail = first.get("proxy_detail", "")
         detail = "" if pd.isna(detail) or not detail else f" on {detail}"
-        panel = Panel(f"{first['device']} / {first['flow']}{kind}\n{first['setting']}", "predicted latency (ms)",
+        metric = first.get("metric", "latency")
+        metric = "latency" if pd.isna(metric) else metric
+        panel = Panel(f"{first['device']} / {first['flow']}{kind}\n{first['setting']}", f"predicted {metric} (ms)",
                       f"{first['proxy']}{detail} ({'lower' if minimize else 'higher'} is better)",
                       ylog=first["proxy"] == "ppl")
         for name in PARETO_ORDER:
@@ -117,7 +121,9 @@ def pareto_figure(files: list[Path], target_ratios: list[float] = (),
             if len(rows):
                 style = "faint" if name == "search trials" else "line" if name in ("search front", HETERO_SERIES) \
                     else "points"
-                panel.series.append(Series(name, rows["latency_ms"].tolist(), rows["value"].tolist(), style))
+                panel.series.append(Series(name, rows["latency_ms"].tolist(), rows["value"].tolist(), style,
+                                           labels=rows["key"].fillna("").astype(str).tolist()
+                                           if "key" in rows else []))
         full = frame[frame["latency_ms"] >= frame["full_model_ms"] - 1e-9]
         if len(full):
             panel.series.append(Series("full model", [float(first["full_model_ms"])], [float(full["value"].iloc[0])],
@@ -215,3 +221,53 @@ def render(figure: Figure, out_stem: Path) -> list[Path]:
         tmp.replace(path)
     plt.close(fig)
     return paths
+
+
+def plotly_modules():
+    """plotly's figure and subplot modules, or one line on how to install them (checked before any work)."""
+    try:
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+    except ImportError:
+        raise UserError("--html needs plotly: pip install 'amoeba-search[html]' (or pip install plotly)") from None
+    return go, make_subplots
+
+
+def render_html(figure: Figure, path: Path) -> Path:
+    """Draw a Figure as one self-contained interactive page (plotly.js inlined: it opens offline): zoom and pan,
+    and every point names its subnet and its real value on hover (clipped points sit on the edge as in the PNG)."""
+    go, make_subplots = plotly_modules()
+    columns = min(len(figure.panels), MAX_COLUMNS)
+    rows = -(-len(figure.panels) // columns)
+    page = make_subplots(rows=rows, cols=columns, subplot_titles=[p.title.replace("\n", "<br>") for p in figure.panels])
+    symbols = {"faint": ("markers", "circle", 5), "points": ("markers", "circle", 7), "line": ("lines+markers",
+                                                                                             "circle", 7),
+               "mark": ("markers", "star", 16)}
+    for index, panel in enumerate(figure.panels):
+        row, col = index // columns + 1, index % columns + 1
+        for series in panel.series:
+            mode, symbol, size = symbols[series.style]
+            real = [note or f"{y:.4g}" for y, note in zip(series.y, series.notes or [""] * len(series.y))]
+            names = series.labels or [series.label] * len(series.x)
+            page.add_trace(go.Scatter(
+                x=series.x, y=series.y, mode=mode, name=series.label, legendgroup=series.label,
+                showlegend=index == 0, marker={"symbol": symbol, "size": size,
+                                               **({"color": "lightgray"} if series.style == "faint" else {})},
+                text=[f"{series.label}<br>{name}<br>{panel.xlabel}: {x:.3f}<br>{panel.ylabel}: {value}"
+                      for name, x, value in zip(names, series.x, real)], hoverinfo="text"), row=row, col=col)
+        for label, x in panel.vlines:
+            page.add_vline(x=x, line_dash="dot", line_color="gray", annotation_text=label,
+                           annotation_textangle=-90, row=row, col=col)
+        page.update_xaxes(title_text=panel.xlabel, row=row, col=col)
+        yaxis = {"title_text": panel.ylabel, "type": "log" if panel.ylog else "linear"}
+        if panel.ylim:
+            low, high = panel.ylim
+            yaxis["range"] = [math.log10(low), math.log10(high)] if panel.ylog else [low, high]
+        page.update_yaxes(row=row, col=col, **yaxis)
+    page.update_layout(title_text=figure.title, height=480 * rows, width=max(700, 560 * columns),
+                       hovermode="closest")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    page.write_html(tmp, include_plotlyjs=True, full_html=True)
+    tmp.replace(path)
+    return path

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .evaluate import near_chance
 from .models import LoadedModel
+from .profiling.lut import Setting
 from .subnet import Subnet
 from .tasks import TASKS
 from .tasks.base import Task, evaluate_tasks
@@ -97,13 +98,14 @@ def metric_cells(name: str, result: dict) -> dict[str, str]:
             "what": f"acc %, {split}, {result['questions']} q, chance {result['chance_acc']:.0f}"}
 
 
-def quality_table(rows: list[dict], title: str) -> Table:
-    """Rows of {name, predicted_ms, measured_ms (+ p10/p90), tasks}: one line per model, one column per metric
-    (± stderr)."""
+def quality_table(rows: list[dict], title: str, setting: Setting) -> Table:
+    """Rows of {name, predicted_ms, measured_ms (+ p10/p90), tasks}: one line per model, latency in the setting's
+    serving terms (TTFT or TPOT ms, and pp or tg tokens/s: measured where measured, else marked predicted), one
+    column per metric (± stderr)."""
     table = Table(title=escape(title))
     tasks = list(rows[0]["tasks"])
     cells = [{name: metric_cells(name, r["tasks"][name]) for name in tasks} for r in rows]
-    columns = ["model", "predicted ms", "measured ms (p10-p90)"]
+    columns = ["model", f"predicted {setting.metric} ms", f"measured {setting.metric} ms (p10-p90)", setting.rate_name]
     for name in tasks:
         what = cells[0][name]["what"]
         columns += [f"{name}: {what}"] + (["acc_norm"] if cells[0][name]["norm"] else [])
@@ -112,7 +114,9 @@ def quality_table(rows: list[dict], title: str) -> Table:
     for r, cell in zip(rows, cells):
         values = [r["name"], "" if r["predicted_ms"] is None else f"{r['predicted_ms']:.2f}",
                   "" if r["measured_ms"] is None else f"{r['measured_ms']:.2f}" + (
-                      f" ({r['measured_p10_ms']:.1f}-{r['measured_p90_ms']:.1f})" if r.get("measured_p10_ms") else "")]
+                      f" ({r['measured_p10_ms']:.1f}-{r['measured_p90_ms']:.1f})" if r.get("measured_p10_ms") else ""),
+                  f"{setting.tokens_per_s(r['measured_ms']):.1f}" if r["measured_ms"] is not None else
+                  f"{setting.tokens_per_s(r['predicted_ms']):.1f} (predicted)" if r["predicted_ms"] is not None else ""]
         for name in tasks:
             values += [cell[name]["value"]] + ([cell[name]["norm"]] if cell[name]["norm"] else [])
         table.add_row(*map(escape, values))

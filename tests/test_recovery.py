@@ -18,7 +18,8 @@ from amoeba_search.finetune.checkpoint import export_adapters, load_adapters, sa
 from amoeba_search.finetune.corpus import CorpusSettings, generate_corpus
 from amoeba_search.finetune.smol import AdapterConfig, SMoLAdapters
 from amoeba_search.models import load_model
-from amoeba_search.quality import chance_warnings, greedy_samples, quality
+from amoeba_search.profiling.lut import Setting
+from amoeba_search.quality import chance_warnings, greedy_samples, quality, quality_table
 from amoeba_search.selection.space import Candidate, SearchSpace, candidate_subnet
 from amoeba_search.subnet import ModelDims
 from tests.test_finetune import world  # noqa: F401  (the shared tiny model + strategy fixture)
@@ -81,6 +82,14 @@ def test_quality_record_names_what_it_scored(world, tiny_data):  # noqa: F811
     assert {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "chance_acc"} <= set(arc)
     assert len(record["generation"]) == 3 and all(isinstance(s["text"], str) for s in record["generation"])
     assert isinstance(record["warnings"], list)
+    row = {"name": "full", "predicted_ms": 20.0, "measured_ms": 25.0, "measured_p10_ms": 24.0,
+           "measured_p90_ms": 27.0, "tasks": record["tasks"]}
+    view_row = {**row, "name": "view", "measured_ms": None, "measured_p10_ms": None}
+    table = quality_table([row, view_row], "t", Setting("decode", 128, 1, "float32"))
+    headers = [c.header for c in table.columns]
+    assert headers[1:4] == ["predicted TPOT ms", "measured TPOT ms (p10-p90)", "tg tok/s"]
+    assert list(table.columns[3].cells) == ["40.0", "50.0 (predicted)"]      # measured where measured
+    assert Setting("prefill", 128, 2, "float32").tokens_per_s(100.0) == pytest.approx(2560.0)   # pp: 2 x 128 / 0.1 s
 
 
 def test_exported_bf16_adapters_load_and_merge_like_the_checkpoint(world, tmp_path):  # noqa: F811

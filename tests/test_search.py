@@ -13,7 +13,7 @@ import pytest
 
 from amoeba_search.data import read_text
 from amoeba_search.errors import UserError
-from amoeba_search.plot import pareto_figure, render
+from amoeba_search.plot import pareto_figure, render, render_html
 from amoeba_search.profiling.lut import Setting
 from amoeba_search.profiling.profile import WidthGrid
 from amoeba_search.profiling.roofline import DeviceSpec, estimate_profile
@@ -204,6 +204,12 @@ def test_pareto_rows_and_plot(world, tmp_path):
     assert all(low <= r["value"] <= high for r in front_rows)
     paths = render(figure, tmp_path / "fig")
     assert all(p.stat().st_size > 1000 for p in paths)
+    assert panel.xlabel == "predicted TPOT (ms)"
+    assert all(r["tokens_per_s"] == pytest.approx(1e3 / r["latency_ms"]) for r in rows)    # decode, batch 1
+    front_series = panel.series[1]
+    assert front_series.labels == [r["key"] for r in front_rows]         # HTML hover names each subnet
+    page = render_html(figure, tmp_path / "fig.html").read_text()
+    assert front_rows[0]["key"] in page and "plotly" in page
 
 
 def test_search_cli_writes_best_subnet(world, tmp_path):

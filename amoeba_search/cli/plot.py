@@ -38,15 +38,17 @@ def plot_lut(
 
 
 @app.command("pareto", epilog=example("amoeba plot pareto search/pareto-amd-epyc-torch-eager-decode.csv "
-                                      "--targets 0.5,0.65,0.8 --out search/pareto"))
+                                      "--targets 0.5,0.65,0.8 --out search/pareto --html"))
 def plot_pareto(
     files: list[Path] = typer.Argument(..., help="Pareto CSVs from `amoeba pareto` (one panel each)."),
     out: Path = typer.Option(Path("search/pareto"), "--out", "-o", help="Output stem (.png and .svg)."),
     targets: Optional[str] = typer.Option(None, help="Latency targets to mark, as ratios of the full model, e.g. "
                                                      "0.5,0.65,0.8."),
+    html: bool = typer.Option(False, "--html", help="Also OUT.html: interactive (zoom, subnet names on hover), "
+                                                    "self-contained; needs plotly (the [html] extra)."),
 ) -> None:
     """Pareto fronts (accuracy proxy vs latency) with baselines, one panel per device/flow."""
-    from ..plot import pareto_figure, render
+    from ..plot import pareto_figure, plotly_modules, render, render_html
 
     ratios = parse_list(targets, float, "--targets") if targets else []
     if any(not 0 < r < float("inf") for r in ratios):
@@ -55,5 +57,8 @@ def plot_pareto(
     if missing:
         raise UserError(f"Pareto CSV not found: {', '.join(missing)}; make one with `amoeba pareto`")
     check_output(out)
-    paths = render(pareto_figure(files, ratios), out)
+    if html:
+        plotly_modules()
+    figure = pareto_figure(files, ratios)
+    paths = render(figure, out) + ([render_html(figure, out.with_suffix(".html"))] if html else [])
     console.print("wrote " + ", ".join(map(str, paths)))

@@ -188,10 +188,12 @@ def predict(
     spec = Subnet.from_dict(payload, dims)
     predictor = Predictor(lut, use_correction=correction)
     table = Table(title=escape(f"{spec.summary(dims)} on {lut.name} ({lut.meta['source']})"))
-    for column in ("setting", "predicted ms", "corrected"):
+    for column in ("setting", "predicted", "ms", "tokens/s", "corrected"):
         table.add_column(column)
     for setting in lut.settings():
-        table.add_row(setting.label(), f"{predictor.predict_subnet_ms(setting, spec, dims):.2f}",
+        latency_ms = predictor.predict_subnet_ms(setting, spec, dims)
+        table.add_row(setting.label(), setting.metric, f"{latency_ms:.2f}",
+                      f"{setting.tokens_per_s(latency_ms):.1f} {setting.rate_name.split()[0]}",
                       str(predictor.is_corrected(setting)))
     console.print(table)
 

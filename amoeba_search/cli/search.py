@@ -157,7 +157,7 @@ def search_command(
         subnet = record.pop("subnet")
         write_best(ctx, record, out, subnet)
         console.print(f"best: {record['candidate']} ({subnet.summary(ctx.dims)}) predicted "
-                      f"{record['predicted_ms']:.3f} ms (target {target:.3f}), {ctx.proxy.name} "
+                      f"{ctx.setting.describe(record['predicted_ms'])} (target {target:.3f} ms), {ctx.proxy.name} "
                       f"{record['proxy_value']:.3f}; exact top-{record['top_k']} in {record['solver_seconds']:.3f} s; "
                       f"wrote {out}")
         _report_extract(ctx, out, extract_dir, search, strict)
@@ -176,7 +176,8 @@ def search_command(
         raise UserError(f"no feasible subnet found in {trials} trials: raise --trials or the target")
     record = best_record(ctx, study, best, target)
     write_best(ctx, record, out)
-    console.print(f"best: {record['candidate']} predicted {record['predicted_ms']:.3f} ms (target {target:.3f}), "
+    console.print(f"best: {record['candidate']} predicted {ctx.setting.describe(record['predicted_ms'])} "
+                  f"(target {target:.3f} ms), "
                   f"{ctx.proxy.name} {record['proxy_value']:.3f}; {record['trials']} trials, "
                   f"{record['accuracy_evaluations']} accuracy evaluations this run; wrote {out}")
     _report_extract(ctx, out, extract_dir, search, strict)
@@ -193,7 +194,7 @@ def _report_extract(ctx, out: Path, extract_dir: Path | None, search: dict, stri
             result = verify(ctx, out, extract_dir, search["data_dir"], strict=strict)
         for line in result["load_warnings"]:
             console.print(f"[yellow]warning:[/] {escape(line)}")
-        console.print(quality_table(result["rows"], "the extracted subnet beside the full model"))
+        console.print(quality_table(result["rows"], "the extracted subnet beside the full model", ctx.setting))
         print_samples(console, result["rows"])
         console.print(result["summary"])
     else:

@@ -47,6 +47,25 @@ class Setting:
         what = "P" if self.phase == "prefill" else "C"
         return f"{self.phase} {what}={self.tokens} batch={self.batch} {self.dtype}"
 
+    @property
+    def metric(self) -> str:
+        """What one measurement is, in serving terms: time to first token (prefill of P tokens) or time per
+        output token (one decoded token after C cached ones)."""
+        return "TTFT" if self.phase == "prefill" else "TPOT"
+
+    @property
+    def rate_name(self) -> str:
+        """llama-bench's names for the throughput: pp (prompt processing) and tg (text generation)."""
+        return "pp tok/s" if self.phase == "prefill" else "tg tok/s"
+
+    def tokens_per_s(self, latency_ms: float) -> float:
+        """Throughput of one measurement: batch x P prompt tokens per TTFT, or batch tokens per TPOT."""
+        return (self.batch * (self.tokens if self.phase == "prefill" else 1)) / (latency_ms / 1e3)
+
+    def describe(self, latency_ms: float, digits: int = 3) -> str:
+        """'TPOT 12.345 ms (81.0 tg tok/s)'."""
+        return f"{self.metric} {latency_ms:.{digits}f} ms ({self.tokens_per_s(latency_ms):.1f} {self.rate_name})"
+
 
 class MeasurementLog:
     """measurements.csv: each row appended and fsynced as soon as it is measured, so a killed run loses at most

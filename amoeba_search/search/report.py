@@ -27,7 +27,8 @@ def best_record(ctx: SearchContext, study: optuna.Study, best: optuna.trial.Froz
     return {"candidate": candidate.key, "depth": candidate.depth, "heads": candidate.heads, "mlp": candidate.mlp,
             "layers": ctx.strategy.layers_for(candidate.depth), "device": ctx.lut.meta["device"],
             "flow": ctx.lut.meta["flow"], "profile_source": ctx.lut.meta["source"], "setting": ctx.setting.label(),
-            "predicted_ms": best.user_attrs["latency_ms"], "latency_corrected": ctx.predictor.is_corrected(ctx.setting),
+            "predicted_ms": best.user_attrs["latency_ms"], "metric": ctx.setting.metric,
+            "predicted_tokens_per_s": ctx.setting.tokens_per_s(best.user_attrs["latency_ms"]), "latency_corrected": ctx.predictor.is_corrected(ctx.setting),
             "target_ms": target_ms, "full_model_ms": ctx.full_model_ms(), "proxy": ctx.proxy.name,
             "proxy_settings": ctx.proxy.settings, "direction": ctx.proxy.direction, "proxy_value": best.value,
             "trials": len(finished(study)), "accuracy_evaluations": ctx.cache.evaluations,
@@ -92,10 +93,12 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
     if measure:
         result["measured_ms"], result["full_measured_ms"] = small["measured_ms"], rows[0]["measured_ms"]
         result["error_pct"] = 100 * (small["predicted_ms"] - small["measured_ms"]) / small["measured_ms"]
-        latency = (f"predicted {small['predicted_ms']:.2f} ms, measured {small['measured_ms']:.2f} ms "
-                   f"({result['error_pct']:+.1f}%; full model measured {rows[0]['measured_ms']:.2f} ms)")
+        result["measured_tokens_per_s"] = ctx.setting.tokens_per_s(small["measured_ms"])
+        latency = (f"predicted {small['predicted_ms']:.2f} ms, measured {ctx.setting.describe(small['measured_ms'], 2)}"
+                   f" ({result['error_pct']:+.1f}%; full model measured {rows[0]['measured_ms']:.2f} ms)")
     else:
-        latency = f"predicted {small['predicted_ms']:.2f} ms (profile is not this machine's: not measured here)"
+        latency = (f"predicted {ctx.setting.describe(small['predicted_ms'], 2)} (profile is not this machine's: not "
+                   "measured here)")
     result["summary"] = f"extracted {record['candidate']} to {extract_dir}: {latency}"
     return result
 
@@ -105,7 +108,8 @@ def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True,
     """Every trial, the non-dominated ones as the front, baseline subnets, and (at each `heterogeneous` latency
     ratio) the best heterogeneous subnet, with what the plot needs."""
     common = {"device": ctx.lut.meta["device"], "flow": ctx.lut.meta["flow"], "source": ctx.lut.meta["source"],
-              "setting": ctx.setting.label(), "proxy": ctx.proxy.name, "proxy_unit": ctx.proxy.unit,
+              "setting": ctx.setting.label(), "metric": ctx.setting.metric, "proxy": ctx.proxy.name,
+              "proxy_unit": ctx.proxy.unit,
               "direction": ctx.proxy.direction, "full_model_ms": ctx.full_model_ms(),
               "proxy_detail": proxy_detail(ctx.proxy.settings)}
     trials = {t.user_attrs["key"]: t for t in finished(study)}          # one row per distinct subnet
@@ -124,7 +128,7 @@ def pareto_rows(ctx: SearchContext, study: optuna.Study, baselines: bool = True,
     for ratio in tqdm(heterogeneous, desc="heterogeneous (exact)", unit="target",
                       disable=not progress or not heterogeneous):
         rows += heterogeneous_rows(ctx, common, ratio)
-    return rows
+    return [{**row, "tokens_per_s": ctx.setting.tokens_per_s(row["latency_ms"])} for row in rows]
 
 
 def heterogeneous_rows(ctx: SearchContext, common: dict, ratio: float, top_k: int = 4) -> list[dict]:
