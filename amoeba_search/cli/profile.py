@@ -188,7 +188,7 @@ def predict(
     spec = Subnet.from_dict(payload, dims)
     predictor = Predictor(lut, use_correction=correction)
     table = Table(title=escape(f"{spec.summary(dims)} on {lut.name} ({lut.meta['source']})"))
-    for column in ("setting", "predicted", "ms", "tokens/s", "corrected"):
+    for column in ("setting", "metric", "predicted ms", "tokens/s", "corrected"):
         table.add_column(column)
     for setting in lut.settings():
         latency_ms = predictor.predict_subnet_ms(setting, spec, dims)
