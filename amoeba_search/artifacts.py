@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -66,11 +67,13 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     try:
         yield tmp
         # Everything inside gets the modes a plain write would have: some writers (safetensors through
-        # save_pretrained, mkdtemp itself) create 0600/0700 files that another user could not read.
+        # save_pretrained, mkdtemp itself) create 0600/0700 files that another user could not read. A script made
+        # executable inside (a kit's run.sh) stays executable.
         file_mode, dir_mode = umask_mode(), umask_mode(directory=True)
         for item in [tmp, *tmp.rglob("*")]:
             if not item.is_symlink():
-                os.chmod(item, dir_mode if item.is_dir() else file_mode)
+                executable = not item.is_dir() and item.stat().st_mode & stat.S_IXUSR
+                os.chmod(item, dir_mode if item.is_dir() or executable else file_mode)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -46,6 +46,12 @@ class LoadedModel:
     def fingerprint(self) -> dict[str, str]:
         return fingerprint(self.name, self.model.config)
 
+    @property
+    def dtype_name(self) -> str:
+        """The weights' dtype ('float32', 'bfloat16'): not part of the fingerprint (the same network), but part
+        of every measured score's identity (a bf16 model scores slightly differently)."""
+        return str(self.model.dtype).removeprefix("torch.")
+
     def view(self, subnet: Subnet | None) -> ContextManager[PreTrainedModel]:
         """The model run as `subnet` (None: the whole model), with the attached adapters if there are any: the one
         way evaluation and search see a subnet."""
@@ -121,10 +127,10 @@ def _tied_keys(model: PreTrainedModel) -> set[str]:
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def torch_dtype(name: str) -> torch.dtype | str:
+def torch_dtype(name: str, option: str = "--dtype") -> torch.dtype | str:
     """'auto' (the checkpoint's own dtype) or a torch dtype by name; anything else is one clear line."""
     if name not in DTYPES:
-        raise UserError(f"--dtype {name!r}: choose {', '.join(DTYPES)}")
+        raise UserError(f"{option} {name!r}: choose {', '.join(DTYPES)}")
     return name if name == "auto" else getattr(torch, name)
 
 

@@ -48,6 +48,10 @@ def test_subnet_extract_evaluate_pipeline(tiny_dir, tiny_data, tmp_path):
     (["extract", "--model", "{tiny}", "--subnet", "{out_of_range}", "--out", "{tmp}/x"], "layer 7 out of range 0..4"),
     (["subnet", "--model", "{tiny}", "--heads", "5", "--out", "{tmp}/s.json"], "allowed: [2, 3, 4, 6]"),
     (["subnet", "--model", "{tmp}", "--out", "{tmp}/s.json"], "has no config.json"),
+    (["search", "--device", "amd-epyc", "--flow", "torch-eager", "--model-dtype", "int8",
+      "--target-ratio", "0.6"], "--model-dtype 'int8'"),
+    (["select", "--model", "{tiny}", "--dtype", "fp8", "--out", "{tmp}/x"], "--dtype 'fp8': choose auto"),
+    (["finetune", "--model", "{tiny}", "--dtype", "half", "--out", "{tmp}/x"], "--dtype 'half': choose auto"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message, tiny_dir, tiny_data, tmp_path):
     bad = tmp_path / "bad.json"

@@ -4,6 +4,7 @@ readers and mismatch errors, and the CLI round trip (finetune -> evaluate -> ext
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -168,6 +169,22 @@ def test_resume_refuses_different_settings(world, tmp_path):
     trainer(world, tmp_path / "run", steps=2).train()
     with pytest.raises(UserError, match=r"different training settings \(lr, steps\)"):
         trainer(world, tmp_path / "run", steps=4, lr=5e-3)
+
+
+def test_bf16_weights_train_fp32_adapters_and_do_not_resume_an_fp32_run(world, tmp_path):
+    """`amoeba finetune --dtype bfloat16`: the frozen model at half the memory, the adapters trained in fp32; a run
+    made on other weights is refused on resume (its losses, hence its schedule of states, differ)."""
+    loaded, strategy, root, data = world
+    bf16 = load_model(str(loaded.path), "bfloat16")
+    config = TrainConfig(steps=2, batch_size=2, seq_len=32, lr=1e-2, checkpoint_every=2)
+    run = Trainer(bf16, strategy, root / "strategy.json", data, tmp_path / "bf16", config, ADAPTER, progress=False)
+    run.train()
+    assert bf16.model.dtype == torch.bfloat16 and run.record["weights_dtype"] == "bfloat16"
+    assert all(p.dtype == torch.float32 for p in run.adapters.parameters())
+    assert all(math.isfinite(v) for h in run.record["history"] for v in h["losses"])
+    trainer(world, tmp_path / "fp32", steps=2).train()
+    with pytest.raises(UserError, match="run on float32 weights, this one loads bfloat16"):
+        Trainer(bf16, strategy, root / "strategy.json", data, tmp_path / "fp32", config, ADAPTER, progress=False)
 
 
 def test_balancing_rescales_to_the_reference():

@@ -10,6 +10,7 @@ import json
 
 import optuna
 import pytest
+import torch
 
 from amoeba_search.data import read_text
 from amoeba_search.errors import UserError
@@ -335,6 +336,23 @@ def test_search_without_compensation_is_another_study(world, tmp_path):
     candidate = Candidate(3, 3, 24)
     assert plain.subnet(candidate).bias is not None and bare.subnet(candidate).bias is None
     assert bare.cache_name != plain.cache_name and bare.study_name("search") != plain.study_name("search")
+
+
+def test_search_loads_the_model_in_the_dtype_asked_and_keeps_its_scores_apart(world, tmp_path):
+    """--model-dtype bfloat16 halves the model's memory; its accuracies are cached and studied apart from fp32's
+    (the same network, scored slightly differently)."""
+    loaded, _, root, data = world
+    request = dict(strategy=str(root / "strategy.json"), device="toy", flow="roofline", proxy_samples=2,
+                   storage=f"sqlite:///{tmp_path}/d.db", profiles_dir=str(root / "profiles"), data_dir=str(data),
+                   min_depth=2, model=str(loaded.path))
+    fp32 = open_search(SearchRequest(**request))
+    bf16 = open_search(SearchRequest(**request, model_dtype="bfloat16"))
+    assert fp32.loaded.model.dtype == torch.float32 and bf16.loaded.model.dtype == torch.bfloat16
+    assert bf16.cache_name == fp32.cache_name + "/bfloat16"
+    assert bf16.study_name("search") != fp32.study_name("search")
+    candidate = Candidate(3, 3, 24)
+    assert bf16.candidate_accuracy(candidate) != fp32.candidate_accuracy(candidate)
+    assert abs(bf16.candidate_accuracy(candidate) / fp32.candidate_accuracy(candidate) - 1) < 0.1
 
 
 def test_pruned_search_starts_on_the_boundary(world, tmp_path):

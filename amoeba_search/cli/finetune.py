@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from .common import (DataDirOption, ModelOption, StrategyOption, ThreadsOption, check_output, check_range, console,
-                     example, load, new_app, setup, strategy_path)
+from .common import (DataDirOption, DtypeOption, ModelOption, StrategyOption, ThreadsOption, check_output,
+                     check_range, console, example, load, new_app, setup, strategy_path)
 from ..errors import UserError
 from ..finetune.corpus import CorpusSettings
 
@@ -64,6 +64,7 @@ def finetune(
                                                                         "with AVX512-BF16/AMX)."),
     seed: int = typer.Option(0, help="Seeds subnet sampling, data windows and router noise (per step)."),
     model: str = ModelOption,
+    dtype: str = DtypeOption,
     data_dir: Optional[Path] = DataDirOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
@@ -98,7 +99,7 @@ def finetune(
     instructions = instruction_file(root) if corpus_path is not None else None
     path = strategy_path(strategy)
     strategy_obj = Strategy.load(path)
-    loaded = load(model)
+    loaded = load(model, dtype=dtype)
     if corpus_path is not None:
         from ..finetune.corpus import generate_corpus
 

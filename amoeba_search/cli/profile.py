@@ -115,12 +115,14 @@ def profile(
 
 
 @profile_app.command("import", epilog=example("amoeba profile import --flow tensorrt-llm --device orin results.csv",
-                                              "amoeba profile import --flow llama.cpp --device orin kit/results.jsonl"))
+                                              "amoeba profile import --flow llama.cpp --device orin kit/results.jsonl",
+                                              "amoeba profile import --flow torch-eager --device a5000 kit/results"))
 def import_(
     results: Path = typer.Argument(..., help="CSV: phase,tokens,batch,dtype,layers,heads,mlp,median_ms[,p10_ms,"
                                              "p90_ms]; one row per timed model (see README). Or llama-bench "
                                              "JSONL/JSON written by a kit's run.sh (`amoeba profile kit`), with "
-                                             "its kit.json beside it."),
+                                             "its kit.json beside it. Or an optimum-benchmark kit's results/ "
+                                             "directory (benchmark.json files; kit.json above it)."),
     flow: str = typer.Option(..., "--flow", "-f", help=f"Flow the results were measured with: {FLOWS.choices()}."),
     device: str = typer.Option(..., "--device", "-d", help="Name of the device they were measured on."),
     model: str = ModelOption,
@@ -133,8 +135,8 @@ def import_(
 
     setup(None)
     FLOWS.get(flow)
-    if not results.is_file():
-        raise UserError(f"results file {results} not found")
+    if not results.exists():
+        raise UserError(f"results {results} not found")
     if not device.strip() or "/" in device or device in (".", ".."):
         raise UserError(f"--device {device!r}: give a plain name (it becomes a directory under the profile root)")
     profiles = store(profiles_dir)
@@ -202,39 +204,52 @@ def predict(
     "amoeba profile kit --flow llama.cpp --device orin --out orin-kit --threads 6",
     "scp -r orin-kit orin: && ssh orin 'LLAMA_BENCH=~/llama.cpp/build/bin/llama-bench orin-kit/run.sh'",
     "scp orin:orin-kit/results.jsonl orin-kit/ && amoeba profile import --flow llama.cpp --device orin "
-    "orin-kit/results.jsonl"))
+    "orin-kit/results.jsonl",
+    "amoeba profile kit --flow torch-eager --device a5000 --backend-device cuda --dtype bfloat16 --out a5000-kit",
+    "ssh a5000 'pip install optimum-benchmark && a5000-kit/run.sh'  # then copy a5000-kit/results back and:",
+    "amoeba profile import --flow torch-eager --device a5000 a5000-kit/results"))
 def kit(
-    out: Path = typer.Option(..., "--out", "-o", help="Kit directory to write (GGUF models, kit.json, run.sh)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Kit directory to write (models, kit.json, run.sh)."),
     device: str = typer.Option(..., "--device", "-d", help="Name of the device the kit is for (the profile name)."),
-    flow: str = typer.Option("llama.cpp", "--flow", "-f", help="Only llama.cpp (llama-bench) has a kit."),
+    flow: str = typer.Option("llama.cpp", "--flow", "-f", help="llama.cpp (a llama-bench kit of GGUF models), "
+                                                                "torch-eager or torch-compile (an optimum-benchmark "
+                                                                "kit of model configs)."),
     model: str = ModelOption,
-    phases: str = typer.Option("prefill,decode", help="Comma list: prefill (-p P -n 0), decode (-p 0 -n 1 -d C)."),
+    phases: str = typer.Option("prefill,decode", help="Comma list: prefill (TTFT of P tokens), decode (TPOT after "
+                                                      "C cached tokens)."),
     prefill_tokens: int = typer.Option(128, "--prefill-tokens", "-P", help="Prompt length P for prefill."),
     context: int = typer.Option(128, "--context", "-C", help="Cached tokens C before the decoded token."),
-    dtype: str = typer.Option("q4_1", help="GGUF weights: float32, float16, q8_0 or q4_1."),
+    dtype: Optional[str] = typer.Option(None, help="llama.cpp GGUF weights: float32, float16, q8_0 or q4_1 "
+                                                   "(default); optimum-benchmark: float32 (default), bfloat16 or "
+                                                   "float16."),
     heads: Optional[str] = typer.Option(None, help="Head counts, e.g. 3,6,9 (default: every GQA-valid one)."),
     mlp_widths: Optional[str] = typer.Option(None, "--mlp-widths", help="MLP width ratios (default: 0.25..1 in "
                                                                         "eighths)."),
     mlp_only_layers: bool = typer.Option(True, "--mlp-only-layers/--no-mlp-only-layers",
-                                         help="Also time attention-free (MLP-only) blocks."),
+                                         help="Also time attention-free (MLP-only) blocks (llama.cpp only)."),
     layers_per_row: int = typer.Option(8, "--layers-per-row", help="Blocks in each timed model."),
     passes: int = typer.Option(2, help="Times run.sh goes over all models (their median is imported)."),
-    repetitions: int = typer.Option(10, help="llama-bench -r per test."),
-    threads: int = typer.Option(4, help="llama-bench -t default written into run.sh (THREADS=... overrides)."),
+    repetitions: int = typer.Option(10, help="llama-bench -r / optimum-benchmark iterations per test."),
+    threads: int = typer.Option(4, help="Threads written into run.sh (THREADS=... overrides)."),
+    backend_device: str = typer.Option("cpu", "--backend-device", help="optimum-benchmark: cpu or cuda."),
     overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
 ) -> None:
-    """Write what profiling a device without amoeba_search needs: the GGUF set, a manifest and a llama-bench script;
-    its results.jsonl imports with `amoeba profile import`."""
+    """Write what profiling a device without amoeba_search needs: the models, a manifest and a script for the
+    field's own tool (llama-bench, optimum-benchmark); its results import with `amoeba profile import`."""
     setup(None)
     from ..artifacts import atomic_directory
-    from ..profiling.llama_bench import write_kit
+    from ..profiling import llama_bench, optimum_benchmark
     from ..profiling.lut import Setting
     from ..profiling.profile import DEFAULT_MLP_RATIOS, WidthGrid
     from ..families.base import model_dims
 
-    if flow != "llama.cpp":
-        raise UserError(f"--flow {flow!r}: only llama.cpp has a kit (llama-bench); import other tools' results "
-                        "with `amoeba profile import`")
+    tools = {"llama.cpp": llama_bench, "torch-eager": optimum_benchmark, "torch-compile": optimum_benchmark}
+    if flow not in tools:
+        raise UserError(f"--flow {flow!r}: kits exist for {', '.join(tools)}; import other tools' results with "
+                        "`amoeba profile import`")
+    if backend_device not in ("cpu", "cuda"):
+        raise UserError(f"--backend-device {backend_device!r}: choose cpu or cuda")
+    dtype = dtype or ("q4_1" if flow == "llama.cpp" else "float32")
     phase_list = parse_list(phases, str, "--phases")
     if not phase_list or any(p not in ("prefill", "decode") for p in phase_list):
         raise UserError(f"--phases {phases!r}: use prefill, decode or both")
@@ -253,9 +268,21 @@ def kit(
     loaded = load(model)
     dims = model_dims(loaded.model.config)
     grid = WidthGrid.for_model(dims, ratios, tuple(parse_list(heads, int, "--heads")) if heads else None,
-                               mlp_only_layers)
+                               mlp_only_layers and flow == "llama.cpp")
+    most = dims.num_layers - (1 if any(h == 0 for h, _ in grid.widths()) else 0)   # MLP-only rows add a lead block
+    if layers_per_row > most:
+        raise UserError(f"--layers-per-row {layers_per_row}: the model has {dims.num_layers} layers; give at most "
+                        f"{most}")
+    if flow != "llama.cpp":
+        with atomic_directory(out, overwrite=overwrite) as tmp:
+            optimum_benchmark.write_kit(loaded, tmp, device, flow, settings, grid, layers_per_row, passes,
+                                        repetitions, threads, backend_device)
+        console.print(f"wrote {out} ({len(grid.widths()) + 1} model configs, kit.json, run.sh): copy it to {device}, "
+                      f"run `{out}/run.sh` there (optimum-benchmark installed), bring back {out}/results and import "
+                      f"it with `amoeba profile import --flow {flow} --device {device} {out}/results`")
+        return
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        write_kit(loaded, tmp, device, settings, grid, layers_per_row, passes, repetitions, threads)
+        llama_bench.write_kit(loaded, tmp, device, settings, grid, layers_per_row, passes, repetitions, threads)
     console.print(f"wrote {out} ({len(grid.widths()) + 1} GGUF models, kit.json, run.sh): copy it to {device}, run "
                   f"`LLAMA_BENCH=/path/to/llama-bench {out}/run.sh` there, bring back {out}/results.jsonl and import "
                   f"it with `amoeba profile import --flow llama.cpp --device {device} {out}/results.jsonl`")

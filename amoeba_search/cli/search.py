@@ -40,6 +40,9 @@ SHARED_OPTIONS: list[tuple[str, object, object]] = [
     ("dtype", Optional[str], typer.Option(None, help="The profile setting's dtype when it has several.")),
     ("batch", int, typer.Option(1, help="The profile setting's batch.")),
     ("model", str, ModelOption),
+    ("model_dtype", str, typer.Option("auto", "--model-dtype", help="Load the model in auto (the checkpoint's own "
+                                                                     "dtype), float32, bfloat16 or float16 (--dtype "
+                                                                     "is the profile setting's).")),
     ("min_depth", Optional[int], typer.Option(None, "--min-depth", help="Fewest layers a subnet keeps (default: "
                                                                         "half the model).")),
     ("min_heads", Optional[int], typer.Option(None, "--min-heads", help="Fewest query heads per layer (default: one "
@@ -79,7 +82,10 @@ def open_from(options: dict, blocks: bool = False):
     from ..search.session import SearchRequest, open_search
     from ..search.storage import storage_file
 
+    from ..models import torch_dtype
+
     values = dict(options)
+    torch_dtype(values["model_dtype"], "--model-dtype")
     check_range("--proxy-samples", values["proxy_samples"], 1)
     check_range("--min-mlp-ratio", values["min_mlp_ratio"], 0, 1, low_open=True)
     check_range("--min-depth", values["min_depth"], 1)

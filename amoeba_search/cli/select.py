@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import (DataDirOption, ModelOption, StrategyOption, ThreadsOption, check_output, check_range, console,
-                     example, load, new_app, parse_list, setup, strategy_path)
+from .common import (DataDirOption, DtypeOption, ModelOption, StrategyOption, ThreadsOption, check_output,
+                     check_range, console, example, load, new_app, parse_list, setup, strategy_path)
 from ..errors import UserError
 from ..profiling.profile import DEFAULT_MLP_RATIOS
 from ..selection import DEPTH_SELECTORS, WIDTH_SCORERS
@@ -40,6 +40,7 @@ def select(
     width_method: str = typer.Option("flap", "--width-method", help=f"Head/channel importance: "
                                                                     f"{WIDTH_SCORERS.choices()}, or none."),
     cache: Optional[Path] = typer.Option(None, help="DP state cache (default: OUT.cache.jsonl); reruns resume from it."),
+    dtype: str = DtypeOption,
     data_dir: Optional[Path] = DataDirOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
@@ -61,7 +62,7 @@ def select(
     check_output(cache_path)
     root = data_root(data_dir) if calib_file is None or metric == "mmlu" else None
     text_path = calib_file or root / "wikitext2" / "valid.txt"
-    loaded = load(model)
+    loaded = load(model, dtype=dtype)
     text = text_calibration(loaded.tokenizer, read_text(Path(text_path)), samples, seq_len, seed, name=str(text_path))
     calibration = text if metric == "ppl" else multiple_choice_calibration(
         loaded.tokenizer, read_mmlu(root / "mmlu" / "zero_shot_val.jsonl"), mmlu_samples, seed,
@@ -105,6 +106,7 @@ def blocks(
     mlp_only_layers: bool = typer.Option(True, "--mlp-only-layers/--no-mlp-only-layers",
                                          help="Also offer attention-free (MLP-only) layers at every MLP width."),
     log: Optional[Path] = typer.Option(None, help="Result log (default: OUT.blocks.jsonl); reruns resume from it."),
+    dtype: str = DtypeOption,
     data_dir: Optional[Path] = DataDirOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
@@ -129,7 +131,7 @@ def blocks(
     source = strategy_path(strategy)
     chosen = Strategy.load(source)
     text_path = calib_file or data_root(data_dir) / "wikitext2" / "valid.txt"
-    loaded = load(model)
+    loaded = load(model, dtype=dtype)
     chosen.check_model(loaded.fingerprint)
     dims = ModelDims.from_config(loaded.model.config)
     widths = sorted({mlp_channel_count(dims, r) for r in ratios})

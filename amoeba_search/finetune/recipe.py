@@ -118,7 +118,7 @@ class Trainer:
         self.record = {"model": loaded.fingerprint,
                        "strategy": {"path": str(strategy_path), "fingerprint": strategy.fingerprint},
                        "space": self.space.to_dict(), "adapter": adapter_config.to_dict(),
-                       "training": dataclasses.asdict(config),
+                       "training": dataclasses.asdict(config), "weights_dtype": loaded.dtype_name,
                        "data": {"files": list(data), "tokens": len(self.tokens)},
                        "step": 0, "seconds": 0.0, "history": []}
         self.setup()
@@ -167,6 +167,9 @@ class Trainer:
             if saved[field] != self.record[field]:
                 raise UserError(f"{self.out_dir} holds a run with a different {field}: pass a new --out, or the "
                                 "same settings to resume it")
+        if saved.get("weights_dtype", "float32") != self.record["weights_dtype"]:
+            raise UserError(f"{self.out_dir} holds a run on {saved.get('weights_dtype', 'float32')} weights, this one "
+                            f"loads {self.record['weights_dtype']}: pass the same --dtype to resume it, or a new --out")
         ignore = {"checkpoint_every"}        # the schedule depends on --steps, so a resumed run keeps them too
         if {k: v for k, v in saved["training"].items() if k not in ignore} != \
                 {k: v for k, v in self.record["training"].items() if k not in ignore}:

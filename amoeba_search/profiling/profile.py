@@ -233,13 +233,17 @@ def import_profile(loaded: LoadedModel, csv_path: Path, store: ProfileStore, dev
     the table fitted in memory first, then the whole profile is written at once. An existing profile is extended
     (same model and flow; rows for the same model replaced) only when the merged rows fit too."""
     from .llama_bench import read_llama_bench
+    from .optimum_benchmark import read_optimum_benchmark
 
     flow = FLOWS.get(flow_name)
     dims = model_dims(loaded.model.config)
-    if not csv_path.is_file():
+    if csv_path.is_dir():                                        # an optimum-benchmark kit's results/
+        new = read_optimum_benchmark(csv_path, loaded.fingerprint, flow_name)
+    elif not csv_path.is_file():
         raise UserError(f"results file {csv_path} not found")
-    new = read_llama_bench(csv_path, loaded.fingerprint) if csv_path.suffix in (".jsonl", ".json") \
-        else read_import_csv(csv_path, dims)
+    else:
+        new = read_llama_bench(csv_path, loaded.fingerprint) if csv_path.suffix in (".jsonl", ".json") \
+            else read_import_csv(csv_path, dims)
     new["pass"] = 0
     for column in ("p10_ms", "p90_ms"):
         new[column] = new[column].fillna(new["median_ms"]) if column in new else new["median_ms"]

@@ -46,6 +46,7 @@ class SearchRequest:
     compensate: bool = True
     threads: int | None = None
     adapters: str | None = None
+    model_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():       # Paths from the CLI become strings (picklable, JSON-able)
@@ -63,7 +64,7 @@ def open_search(request: SearchRequest, loaded: LoadedModel | None = None) -> Se
     setting = lut.setting(request.phase, request.tokens, request.batch, request.dtype)
     proxy_factory = PROXIES.get(request.proxy)
     if loaded is None:
-        loaded = load_model_and_adapters(request.model, request.adapters)
+        loaded = load_model_and_adapters(request.model, request.adapters, request.model_dtype)
     dims = model_dims(loaded.model.config)
     space = profiled_space(strategy, dims, lut, setting, request.min_depth, request.min_heads,
                            request.min_mlp_ratio, request.max_mlp_options)

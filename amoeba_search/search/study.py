@@ -70,11 +70,12 @@ class SearchContext:
 
     @property
     def variant_suffix(self) -> str:
-        """Fine-tuned accuracy (and uncompensated subnets) are other objectives: their studies and caches are
-        named apart."""
+        """Fine-tuned accuracy, uncompensated subnets and weights in another dtype than float32 are other
+        objectives: their studies and caches are named apart."""
         adapters = self.loaded.adapters
+        dtype = self.loaded.dtype_name
         return (f"/adapters-{adapters.fingerprint}" if adapters is not None else "") + (
-            "" if self.compensate else "/no-compensation")
+            "" if self.compensate else "/no-compensation") + ("" if dtype == "float32" else f"/{dtype}")
 
     @property
     def cache_name(self) -> str:

@@ -98,7 +98,7 @@ def score_blocks(loaded: LoadedModel, strategy: Strategy, calibration: Calibrati
     full = (dims.num_heads, dims.intermediate_size)
     # Rows are keyed by (layer, variant), so a rerun offering more variants reuses every row already computed.
     header = {"model": loaded.fingerprint, "strategy": strategy.fingerprint, "calibration": calibration.source,
-              "compensate": compensate}
+              "compensate": compensate, "dtype": loaded.dtype_name}
     log = ResultLog(log_path, header, "block-score log", "delete it or pass another --log") if log_path else None
     done = {(r["layer"], r["heads"], r["mlp"]): r for r in (log.rows if log else [])
             if {"layer", "heads", "mlp", "kl", "loss_delta"} <= set(r)}

@@ -58,7 +58,8 @@ def select_depth(loaded: LoadedModel, calibration: Calibration, method: str = "d
     if method == "dp":
         kwargs = {"cache_path": cache_path,
                   "cache_header": {"model": loaded.fingerprint, "calibration": calibration.source,
-                                   "metric": "calibration_loss", "protected": sorted(protected)}}
+                                   "metric": "calibration_loss", "protected": sorted(protected),
+                                   "dtype": loaded.dtype_name}}
     table = selector(runner, max_removed, protected, progress=progress, **kwargs)
     rows = [DepthRow(m, num_layers - m, tuple(table.kept[m]), table.score.get(m)) for m in sorted(table.kept)]
     metric = ("calibration_loss: mean next-token NLL" if calibration.source.get("metric", "ppl") == "ppl"
@@ -70,4 +71,4 @@ def select_depth(loaded: LoadedModel, calibration: Calibration, method: str = "d
     if width is not None:
         width.calibration = (width_calibration or calibration).source
     return Strategy(model=loaded.fingerprint, calibration=calibration.source, depth=depth, width=width,
-                    metadata={"environment": environment()})
+                    metadata={"environment": environment(), "dtype": loaded.dtype_name})
