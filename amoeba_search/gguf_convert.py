@@ -18,14 +18,13 @@ from .errors import UserError
 CONVERTER_ENV = "AMOEBA_LLAMA_CPP_CONVERTER"
 LLAMA_CPP_VERSION = "0.3.36"
 # Families whose converted GGUF gave transformers' logits in llama.cpp (tests/test_families.py: tiny random
-# models with norms and biases randomised, f32, <= 1e-3).
-CONVERTED_FAMILIES = ("llama", "qwen3", "olmo2")
+# models with norms and biases randomised, f32, <= 1e-3), within the limits `refusal` names.
+CONVERTED_FAMILIES = ("llama", "qwen2", "qwen3", "olmo2")
 # Why the others are not converted (measured with llama.cpp 0.3.36's converter and runtime).
 NOT_CONVERTED = {
     "mistral": "llama.cpp's llama architecture has no sliding window (its converter drops it; logits differ beyond "
                "the window): amoeba's own writer caps the context at the window instead",
     "gemma3_text": "llama.cpp's gemma3 gave logits up to 3.2 away from transformers' on a tiny Gemma 3 subnet",
-    "qwen2": "not verified here (its converter needs the model's own tokenizer files to detect the pre-tokenizer)",
     "gemma2": "not verified here (its converter needs the model's SentencePiece tokenizer.model)",
     "phi3": "not verified here (its converter needs the model's SentencePiece tokenizer.model)",
 }
@@ -42,14 +41,28 @@ def converter() -> Path:
     return path
 
 
-def check_convertible(config) -> None:
-    """Refuse before any work a family whose conversion is not known to be exact."""
+def refusal(config, heads_pruned: bool) -> str | None:
+    """Why llama.cpp's converter would not give this subnet of a `config` model exactly; None when it does."""
     from .families.base import family_of
 
-    family = family_of(config)
-    if family.model_type not in CONVERTED_FAMILIES:
-        reason = NOT_CONVERTED.get(family.model_type, "not verified")
-        raise UserError(f"GGUF for {family.model_type} is not written: {reason}; use the extracted HF checkpoint")
+    model_type = family_of(config).model_type
+    if model_type not in CONVERTED_FAMILIES:
+        return NOT_CONVERTED.get(model_type, "not verified")
+    if model_type == "qwen2" and getattr(config, "use_sliding_window", False):
+        return ("llama.cpp's qwen2 has no sliding window (logits 5.6 away from transformers' beyond the window on a "
+                "tiny windowed Qwen2 subnet)")
+    if model_type == "qwen2" and heads_pruned:
+        return ("llama.cpp's qwen2 fixes q_proj/o_proj at hidden x hidden and refuses a subnet with fewer heads: keep "
+                "every head (--min-heads = the model's head count)")
+    return None
+
+
+def check_convertible(config, heads_pruned: bool) -> None:
+    """Refuse before any work a subnet whose conversion is not known to be exact."""
+    reason = refusal(config, heads_pruned)
+    if reason is not None:
+        raise UserError(f"GGUF for this {config.model_type} subnet is not written: {reason}; use the extracted HF "
+                        "checkpoint")
     converter()
 
 

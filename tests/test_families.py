@@ -6,6 +6,8 @@ adapters equal the adapted view. What a family cannot do exactly is refused with
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -50,9 +52,10 @@ def tiny_family_model(model_type: str, seed: int = 0):
     return tiny_family_model_with_vocab(model_type, SIZES["vocab_size"], seed)
 
 
-def tiny_family_model_with_vocab(model_type: str, vocab_size: int, seed: int = 0):
+def tiny_family_model_with_vocab(model_type: str, vocab_size: int, seed: int = 0, overrides: dict | None = None):
     torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, **{**SIZES, "vocab_size": vocab_size}, **EXTRA[model_type])
+    config = AutoConfig.for_model(model_type, **{**SIZES, "vocab_size": vocab_size, **EXTRA[model_type],
+                                                 **(overrides or {})})
     config._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
@@ -258,33 +261,62 @@ def test_a_bf16_checkpoint_stays_bf16_through_loading_and_extraction(tmp_path):
         load_model(str(bf16), "int8")
 
 
-@pytest.mark.embedded
-@pytest.mark.parametrize("model_type", FAMILY_NAMES)
-def test_llama_cpps_converter_writes_the_families_it_is_trusted_with(model_type, tmp_path):
-    """llama.cpp's own converter on an extracted subnet (with a real BPE tokenizer: the embedded model's): the
-    families it is trusted with give transformers' logits in llama.cpp (f32, <= 1e-3); the rest are refused."""
-    from transformers import AutoTokenizer
+def converter_vocabulary(name: str) -> Path:
+    """A vocabulary GGUF from llama.cpp's test models (`make llama-cpp` puts it beside the converter)."""
+    from amoeba_search.gguf_convert import converter
 
-    from amoeba_search.gguf_convert import CONVERTED_FAMILIES, check_convertible, convert, converter
-    from amoeba_search.models import default_checkpoint_dir
-
-    model = tiny_family_model_with_vocab(model_type, 49152)
-    if model_type not in CONVERTED_FAMILIES:
-        with pytest.raises(UserError, match="is not written"):
-            check_convertible(model.config)
-        return
     try:
-        converter()
+        path = converter().parent / "models" / name
     except UserError:
         pytest.skip("llama.cpp's converter is not installed (make llama-cpp)")
-    llama_cpp = pytest.importorskip("llama_cpp")
-    small = extract_model(model, subnets(model)["mixed"])
-    small.save_pretrained(tmp_path / "ckpt")
-    AutoTokenizer.from_pretrained(default_checkpoint_dir()).save_pretrained(tmp_path / "ckpt")
-    path = convert(tmp_path / "ckpt", tmp_path / "m.gguf", "f32")
-    llm = llama_cpp.Llama(str(path), n_ctx=32, n_threads=1, logits_all=True, verbose=False, type_k=0, type_v=0)
-    ids = [5, 17, 60, 3, 42, 7, 11, 9, 100, 200, 300, 400]
-    llm.eval(ids)
-    with torch.no_grad():
-        expected = small(torch.tensor([ids])).logits[0]
-    assert torch.allclose(torch.tensor(llm.scores[: len(ids)]), expected, atol=1e-3)
+    if not path.is_file():
+        pytest.skip(f"{path} missing: run `make llama-cpp`")
+    return path
+
+
+# Qwen2 as Qwen2.5 ships it (no sliding window) besides the windowed tiny config.
+CONVERTER_CASES = [(name, {}) for name in FAMILY_NAMES] + [("qwen2", {"use_sliding_window": False})]
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("model_type, overrides", CONVERTER_CASES,
+                         ids=[f"{t}{'-' + '-'.join(o) if o else ''}" for t, o in CONVERTER_CASES])
+def test_llama_cpps_converter_writes_the_subnets_it_is_trusted_with(model_type, overrides, tmp_path):
+    """llama.cpp's own converter on extracted subnets (with a real BPE tokenizer: the embedded model's): what it is
+    trusted with gives transformers' logits in llama.cpp (f32, <= 1e-3, past the sliding windows); the rest is
+    refused with the reason (Qwen2: windowed, or fewer heads)."""
+    from transformers import AutoTokenizer
+
+    from amoeba_search.gguf_convert import check_convertible, convert, converter, refusal
+    from amoeba_search.models import default_checkpoint_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(default_checkpoint_dir())
+    if model_type == "qwen2":          # its converter accepts Qwen2's own pre-tokenizer only: llama.cpp's copy of it
+        vocabulary = converter_vocabulary("ggml-vocab-qwen2.gguf")
+        tokenizer = AutoTokenizer.from_pretrained(vocabulary.parent, gguf_file=vocabulary.name)
+    model = tiny_family_model_with_vocab(model_type, len(tokenizer), overrides=overrides)
+    ids = [5, 17, 60, 3, 42, 7, 11, 9, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 11, 12, 13, 14, 15, 16]
+    for shape in ("depth", "mlp", "mixed"):
+        subnet = subnets(model)[shape]
+        pruned = any(len(h) < model.config.num_attention_heads for h in subnet.heads)
+        if refusal(model.config, pruned) is not None:
+            with pytest.raises(UserError, match="is not written"):
+                check_convertible(model.config, pruned)
+            continue
+        try:
+            converter()
+        except UserError:
+            pytest.skip("llama.cpp's converter is not installed (make llama-cpp)")
+        llama_cpp = pytest.importorskip("llama_cpp")
+        try:
+            small = extract_model(model, subnet)
+        except UserError:                         # OLMo-2 keeps every head (test_extracted_checkpoint_equals_the_view)
+            continue
+        small.save_pretrained(tmp_path / shape)
+        tokenizer.save_pretrained(tmp_path / shape)
+        path = convert(tmp_path / shape, tmp_path / f"{shape}.gguf", "f32")
+        llm = llama_cpp.Llama(str(path), n_ctx=32, n_threads=1, logits_all=True, verbose=False, type_k=0, type_v=0)
+        llm.eval(ids)
+        with torch.no_grad():
+            expected = small(torch.tensor([ids])).logits[0]
+        assert torch.allclose(torch.tensor(llm.scores[: len(ids)]), expected, atol=1e-3), shape

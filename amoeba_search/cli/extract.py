@@ -47,7 +47,7 @@ def extract(
     loaded = load(model, adapters, dtype)
     dims = ModelDims.from_config(loaded.model.config)
     spec = Subnet.load(subnet_file, dims, loaded.fingerprint)
-    plan = gguf_plan(loaded, spec.uniform_shape(dims) is not None) if gguf is not None else None  # refusals first
+    plan = gguf_plan(loaded, spec, dims) if gguf is not None else None  # refusals first
     with console.status("extracting"):
         path = extract_checkpoint(loaded, spec, out, overwrite=overwrite)
     if plan is not None:
@@ -68,7 +68,7 @@ def extract(
                   + (" or llama.cpp (model.gguf)" if gguf else ""))
 
 
-def gguf_plan(loaded, uniform: bool = True) -> tuple[str, Path | None]:
+def gguf_plan(loaded, spec, dims) -> tuple[str, Path | None]:
     """Who writes the GGUF: amoeba's writer for the embedded model's llama-architecture subnets (its tokenizer is
     copied from the embedded GGUF; per-layer widths as llama.cpp's `deci` architecture), else llama.cpp's own
     converter for the families checked exact with it (uniform widths only); any other case is refused here,
@@ -80,9 +80,9 @@ def gguf_plan(loaded, uniform: bool = True) -> tuple[str, Path | None]:
     if loaded.name == DEFAULT_MODEL and gguf_vocab_size(embedded_gguf()) == loaded.model.config.vocab_size:
         check_gguf(loaded.model.config)
         return "amoeba", embedded_gguf()
-    if not uniform:
+    if spec.uniform_shape(dims) is None:
         raise UserError("GGUF of a subnet with per-layer widths is written for the embedded model's llama "
                         "architecture only (llama.cpp's converter reads uniform configs): use the extracted HF "
                         "checkpoint (amoeba_search.models.load_model loads it)")
-    check_convertible(loaded.model.config)
+    check_convertible(loaded.model.config, any(len(heads) < dims.num_heads for heads in spec.heads))
     return "llama.cpp convert_hf_to_gguf", None
