@@ -6,6 +6,7 @@ adapters equal the adapted view. What a family cannot do exactly is refused with
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,45 @@ def test_a_bf16_checkpoint_stays_bf16_through_loading_and_extraction(tmp_path):
     assert size(out) < 0.6 * size(source)
     with pytest.raises(UserError, match="--dtype 'int8'"):
         load_model(str(bf16), "int8")
+
+
+RSS_PROBE = """
+import json, re, sys
+import torch, transformers  # noqa: F401  (imported before the baseline)
+from amoeba_search.models import load_model
+
+def peak_mib():   # this process's own high-water mark (ru_maxrss would carry a forking parent's across exec)
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
+
+before = peak_mib()
+loaded = load_model(sys.argv[1], sys.argv[2])
+print(json.dumps({"delta_mib": peak_mib() - before, "dtype": str(loaded.model.dtype)}))
+"""
+
+
+def test_loading_memory_is_the_checkpoint_size_in_its_dtype(tmp_path):
+    """Peak resident memory of `load_model` on a 48M-parameter bf16 checkpoint (93 MiB): no more than its size in
+    its own dtype (auto), about twice that when fp32 is asked for (the probe can tell the two apart)."""
+    import subprocess
+    import sys
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import byte_tokenizer
+
+    config = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=2048, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=False)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    byte_tokenizer().save_pretrained(tmp_path / "bf16")
+    size_mib = sum(p.stat().st_size for p in (tmp_path / "bf16").glob("*.safetensors")) / 2**20
+    peak = {}
+    for dtype in ("auto", "float32"):
+        run = subprocess.run([sys.executable, "-c", RSS_PROBE, str(tmp_path / "bf16"), dtype], capture_output=True,
+                             text=True, check=True)
+        peak[dtype] = json.loads(run.stdout.strip().splitlines()[-1])
+    assert peak["auto"]["dtype"] == "torch.bfloat16" and peak["float32"]["dtype"] == "torch.float32"
+    assert peak["auto"]["delta_mib"] <= 1.2 * size_mib, (peak, size_mib)
+    assert peak["float32"]["delta_mib"] >= 1.6 * size_mib, (peak, size_mib)
 
 
 def converter_vocabulary(name: str) -> Path:
