@@ -45,9 +45,10 @@ llama-cpp: setup  ## optional llama.cpp flow: build llama-cpp-python once (~6 mi
 		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/convert_hf_to_gguf.py \
 		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/conversion \
 		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/gguf-py)
-	@# Qwen2's vocabulary from llama.cpp's test models: the converter test's tokenizer for Qwen2 subnets.
-	@test -f $(CONVERTER)/models/ggml-vocab-qwen2.gguf || tar -xzf $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz \
-		-C $(CONVERTER) --strip-components=3 llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf
+	@# Qwen2's and Phi-3's vocabularies from llama.cpp's test models: the converter test's tokenizers.
+	@test -f $(CONVERTER)/models/ggml-vocab-phi-3.gguf || tar -xzf $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz \
+		-C $(CONVERTER) --strip-components=3 llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf \
+		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/models/ggml-vocab-phi-3.gguf
 	$(BIN)/pip install -q sentencepiece
 
 llama-bench: llama-cpp  ## llama.cpp's own llama-bench from the same release (static, ~6 min): `amoeba profile kit` here

@@ -19,15 +19,27 @@ CONVERTER_ENV = "AMOEBA_LLAMA_CPP_CONVERTER"
 LLAMA_CPP_VERSION = "0.3.36"
 # Families whose converted GGUF gave transformers' logits in llama.cpp (tests/test_families.py: tiny random
 # models with norms and biases randomised, f32, <= 1e-3), within the limits `refusal` names.
-CONVERTED_FAMILIES = ("llama", "qwen2", "qwen3", "olmo2")
+CONVERTED_FAMILIES = ("llama", "qwen2", "qwen3", "phi3", "olmo2")
 # Why the others are not converted (measured with llama.cpp 0.3.36's converter and runtime).
 NOT_CONVERTED = {
     "mistral": "llama.cpp's llama architecture has no sliding window (its converter drops it; logits differ beyond "
                "the window): amoeba's own writer caps the context at the window instead",
     "gemma3_text": "llama.cpp's gemma3 gave logits up to 3.2 away from transformers' on a tiny Gemma 3 subnet",
-    "gemma2": "not verified here (its converter needs the model's SentencePiece tokenizer.model)",
-    "phi3": "not verified here (its converter needs the model's SentencePiece tokenizer.model)",
+    "gemma2": "llama.cpp's gemma2 gave logits 6.6 away from transformers' within the window on a tiny Gemma 2 "
+              "subnet",
 }
+# Architectures whose llama.cpp form sizes q_proj (and o_proj) as hidden x hidden: they cannot hold fewer heads.
+FIXED_Q_WIDTH = ("qwen2", "phi3")
+
+
+def _window(config) -> int | None:
+    """The sliding window a Qwen2 / Phi-3 config really applies (None: none, or one longer than its context)."""
+    if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
+        return None
+    window = getattr(config, "sliding_window", None)
+    return window if window and window < config.max_position_embeddings else None
+
+
 OUTTYPES = {"f32": "f32", "f16": "f16", "q8_0": "q8_0", "q4_1": "f16"}   # q4_1: f16 then llama.cpp's quantizer
 
 
@@ -48,11 +60,11 @@ def refusal(config, heads_pruned: bool) -> str | None:
     model_type = family_of(config).model_type
     if model_type not in CONVERTED_FAMILIES:
         return NOT_CONVERTED.get(model_type, "not verified")
-    if model_type == "qwen2" and getattr(config, "use_sliding_window", False):
-        return ("llama.cpp's qwen2 has no sliding window (logits 5.6 away from transformers' beyond the window on a "
-                "tiny windowed Qwen2 subnet)")
-    if model_type == "qwen2" and heads_pruned:
-        return ("llama.cpp's qwen2 fixes q_proj/o_proj at hidden x hidden and refuses a subnet with fewer heads: keep "
+    if model_type in FIXED_Q_WIDTH and _window(config) is not None:
+        return (f"llama.cpp's {model_type} applies no sliding window of {_window(config)} (logits 5-8 away from "
+                "transformers' beyond the window on tiny windowed subnets)")
+    if model_type in FIXED_Q_WIDTH and heads_pruned:
+        return (f"llama.cpp's {model_type} fixes q_proj at hidden x hidden and refuses a subnet with fewer heads: keep "
                 "every head (--min-heads = the model's head count)")
     return None
 

@@ -7,6 +7,7 @@ adapters equal the adapted view. What a family cannot do exactly is refused with
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -314,8 +315,35 @@ def converter_vocabulary(name: str) -> Path:
     return path
 
 
-# Qwen2 as Qwen2.5 ships it (no sliding window) besides the windowed tiny config.
-CONVERTER_CASES = [(name, {}) for name in FAMILY_NAMES] + [("qwen2", {"use_sliding_window": False})]
+def sentencepiece_model(vocabulary: Path, out: Path, pieces: int = 32000) -> Path:
+    """A SentencePiece tokenizer.model holding a SentencePiece vocabulary GGUF's first `pieces` tokens and scores
+    (what Phi-3's converter reads; the GGUF's own token types are llama.cpp test quirks, so: <unk>, two controls,
+    byte pieces, normal pieces)."""
+    from gguf import GGUFReader
+    from sentencepiece import sentencepiece_model_pb2 as sp
+
+    fields = GGUFReader(str(vocabulary)).fields
+    tokens, scores, kinds = (fields[f"tokenizer.ggml.{k}"] for k in ("tokens", "scores", "token_type"))
+    piece_type = sp.ModelProto.SentencePiece
+    proto = sp.ModelProto()
+    proto.trainer_spec.model_type, proto.trainer_spec.vocab_size = sp.TrainerSpec.BPE, pieces
+    proto.trainer_spec.byte_fallback = True
+    proto.normalizer_spec.name, proto.normalizer_spec.add_dummy_prefix = "identity", True
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    for i in range(pieces):
+        piece = proto.pieces.add()
+        piece.piece = bytes(tokens.parts[tokens.data[i]]).decode("utf-8")
+        piece.score = float(scores.parts[scores.data[i]][0])
+        piece.type = (piece_type.UNKNOWN if i == 0 else piece_type.CONTROL if i < 3 else piece_type.BYTE
+                      if int(kinds.parts[kinds.data[i]][0]) == 6 else piece_type.NORMAL)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.model").write_bytes(proto.SerializeToString())
+    return out / "tokenizer.model"
+
+
+# Qwen2 as Qwen2.5 ships it (no sliding window) besides the windowed tiny config; Phi-3 with a window.
+CONVERTER_CASES = [(name, {}) for name in FAMILY_NAMES] + [("qwen2", {"use_sliding_window": False}),
+                                                           ("phi3", {"sliding_window": 8})]
 
 
 @pytest.mark.embedded
@@ -324,7 +352,7 @@ CONVERTER_CASES = [(name, {}) for name in FAMILY_NAMES] + [("qwen2", {"use_slidi
 def test_llama_cpps_converter_writes_the_subnets_it_is_trusted_with(model_type, overrides, tmp_path):
     """llama.cpp's own converter on extracted subnets (with a real BPE tokenizer: the embedded model's): what it is
     trusted with gives transformers' logits in llama.cpp (f32, <= 1e-3, past the sliding windows); the rest is
-    refused with the reason (Qwen2: windowed, or fewer heads)."""
+    refused with the reason (Qwen2 and Phi-3: windowed, or fewer heads)."""
     from transformers import AutoTokenizer
 
     from amoeba_search.gguf_convert import check_convertible, convert, converter, refusal
@@ -334,8 +362,13 @@ def test_llama_cpps_converter_writes_the_subnets_it_is_trusted_with(model_type, 
     if model_type == "qwen2":          # its converter accepts Qwen2's own pre-tokenizer only: llama.cpp's copy of it
         vocabulary = converter_vocabulary("ggml-vocab-qwen2.gguf")
         tokenizer = AutoTokenizer.from_pretrained(vocabulary.parent, gguf_file=vocabulary.name)
-    model = tiny_family_model_with_vocab(model_type, len(tokenizer), overrides=overrides)
+    spm = None
+    if model_type == "phi3":           # its converter reads a SentencePiece tokenizer.model: Llama 2's, as Phi-3's
+        spm = sentencepiece_model(converter_vocabulary("ggml-vocab-phi-3.gguf"), tmp_path / "spm")
+    vocab_size = 32064 if spm else len(tokenizer)                  # Phi-3's 32000 pieces + its 64 added tokens
+    model = tiny_family_model_with_vocab(model_type, vocab_size, overrides=overrides)
     ids = [5, 17, 60, 3, 42, 7, 11, 9, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 11, 12, 13, 14, 15, 16]
+    converted = 0
     for shape in ("depth", "mlp", "mixed"):
         subnet = subnets(model)[shape]
         pruned = any(len(h) < model.config.num_attention_heads for h in subnet.heads)
@@ -353,10 +386,15 @@ def test_llama_cpps_converter_writes_the_subnets_it_is_trusted_with(model_type, 
         except UserError:                         # OLMo-2 keeps every head (test_extracted_checkpoint_equals_the_view)
             continue
         small.save_pretrained(tmp_path / shape)
-        tokenizer.save_pretrained(tmp_path / shape)
+        if spm:
+            shutil.copy(spm, tmp_path / shape / "tokenizer.model")
+        else:
+            tokenizer.save_pretrained(tmp_path / shape)
         path = convert(tmp_path / shape, tmp_path / f"{shape}.gguf", "f32")
         llm = llama_cpp.Llama(str(path), n_ctx=32, n_threads=1, logits_all=True, verbose=False, type_k=0, type_v=0)
         llm.eval(ids)
         with torch.no_grad():
             expected = small(torch.tensor([ids])).logits[0]
         assert torch.allclose(torch.tensor(llm.scores[: len(ids)]), expected, atol=1e-3), shape
+        converted += 1
+    assert converted >= 2 or refusal(model.config, False) is not None       # depth and MLP width at least
