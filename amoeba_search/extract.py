@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from .layered import LAYER_SHAPES_KEY, layer_config, model_for_config
 from .view import decoder_layers, kept_units, mlp_module
 
 SUBNET_FILE = "amoeba_subnet.json"
+# A SentencePiece model: transformers 5 saves tokenizer.json only, llama.cpp's Gemma 2 / Phi-3 converters read it.
+SOURCE_TOKENIZER_FILES = ("tokenizer.model",)
 _LAYER_KEY = re.compile(r"^(?P<prefix>.*\blayers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 
 
@@ -149,6 +152,9 @@ def extract(loaded: LoadedModel, subnet: Subnet, out_dir: str | Path, overwrite:
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         small.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
+        for name in SOURCE_TOKENIZER_FILES:          # what save_pretrained does not rewrite but converters read
+            if (Path(loaded.path) / name).is_file() and not (tmp / name).exists():
+                shutil.copy2(Path(loaded.path) / name, tmp / name)
         provenance = subnet.to_dict(loaded.fingerprint)
         provenance["source_model_path"] = str(loaded.path)
         provenance["adapters_merged"] = None if loaded.adapters is None else loaded.adapters.describe()

@@ -8,7 +8,9 @@ Only families whose converted subnets were checked against transformers' logits 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,17 +21,23 @@ CONVERTER_ENV = "AMOEBA_LLAMA_CPP_CONVERTER"
 LLAMA_CPP_VERSION = "0.3.36"
 # Families whose converted GGUF gave transformers' logits in llama.cpp (tests/test_families.py: tiny random
 # models with norms and biases randomised, f32, <= 1e-3), within the limits `refusal` names.
-CONVERTED_FAMILIES = ("llama", "qwen2", "qwen3", "phi3", "olmo2")
+CONVERTED_FAMILIES = ("llama", "qwen2", "qwen3", "phi3", "olmo2", "gemma2", "gemma3_text")
 # Why the others are not converted (measured with llama.cpp 0.3.36's converter and runtime).
 NOT_CONVERTED = {
     "mistral": "llama.cpp's llama architecture has no sliding window (its converter drops it; logits differ beyond "
                "the window): amoeba's own writer caps the context at the window instead",
-    "gemma3_text": "llama.cpp's gemma3 gave logits up to 3.2 away from transformers' on a tiny Gemma 3 subnet",
-    "gemma2": "llama.cpp's gemma2 gave logits 6.6 away from transformers' within the window on a tiny Gemma 2 "
-              "subnet",
 }
-# Architectures whose llama.cpp form sizes q_proj (and o_proj) as hidden x hidden: they cannot hold fewer heads.
-FIXED_Q_WIDTH = ("qwen2", "phi3")
+# Architectures whose llama.cpp graph applies no sliding window.
+WINDOWLESS = ("qwen2", "phi3")
+# Architectures whose llama.cpp graph sizes q_proj (and o_proj) as hidden x hidden: they cannot hold fewer heads.
+FIXED_Q_WIDTH = ("phi3",)
+# Qwen2 is Llama with q/k/v biases: a subnet with fewer heads than its own llama.cpp graph holds (q fixed at
+# hidden x hidden) is converted as llama, whose graph sizes q by heads x head_dim and loads those biases.
+AS_LLAMA = ("qwen2",)
+# Gemma's llama.cpp graphs (src/models/gemma2.cpp, gemma3.cpp): the output layer is the token embedding, no
+# attention bias, and the query scale 1/sqrt(head_dim) except at the 27B model's layer count, where it is
+# 1/sqrt(hidden / heads); transformers scales by query_pre_attn_scalar**-0.5.
+GEMMA_ARCHS = {"gemma2": ("gemma2", 46), "gemma3_text": ("gemma3", 62)}
 
 
 def _window(config) -> int | None:
@@ -38,6 +46,59 @@ def _window(config) -> int | None:
         return None
     window = getattr(config, "sliding_window", None)
     return window if window and window < config.max_position_embeddings else None
+
+
+def _gemma_refusal(config, small) -> str | None:
+    """What llama.cpp's gemma2 / gemma3 graph cannot hold of the subnet config `small` of a `config` model."""
+    arch, layers_27b = GEMMA_ARCHS[config.model_type]
+    if not small.tie_word_embeddings:
+        return f"llama.cpp's {arch} uses the token embedding as its output layer: an untied lm_head cannot be held"
+    if getattr(small, "attention_bias", False):
+        source = ("the model's own" if getattr(config, "attention_bias", False) else
+                  "FLAP's bias compensation on o_proj: make the subnet with `--no-compensate`")
+        return f"llama.cpp's {arch} has no attention biases ({source})"
+    scale_dim = (small.hidden_size // small.num_attention_heads if small.num_hidden_layers == layers_27b
+                 else small.head_dim)
+    if abs(scale_dim - small.query_pre_attn_scalar) > 1e-6 * scale_dim:
+        return (f"llama.cpp's {arch} scales queries by 1/sqrt({scale_dim}) in a {small.num_hidden_layers}-layer "
+                f"model, transformers by 1/sqrt(query_pre_attn_scalar = {small.query_pre_attn_scalar})")
+    if arch == "gemma2" and "sliding_attention" not in (getattr(small, "layer_types", None) or ["sliding_attention"]):
+        return "llama.cpp's gemma2 needs a sliding-window layer and this subnet keeps full-attention layers only"
+    softcap = getattr(small, "attn_logit_softcapping", None)
+    if arch == "gemma2" and (softcap is None or getattr(small, "final_logit_softcapping", None) is None):
+        return "llama.cpp's gemma2 always softcaps attention and final logits; this config leaves one uncapped"
+    if arch == "gemma3" and softcap is not None:
+        return "llama.cpp's gemma3 applies no attention-logit softcapping"
+    if arch == "gemma3" and _rope(small, "sliding_attention").get("rope_type", "default") != "default":
+        return "llama.cpp's gemma3 applies no rope scaling on sliding-window layers"
+    return None
+
+
+def _rope(config, layer_type: str) -> dict:
+    """The rope parameters of one layer type (transformers 5 keeps one dict per type, or one for all)."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    return rope.get(layer_type, rope)
+
+
+def layer_metadata(config) -> dict[str, tuple | None]:
+    """GGUF keys the converter leaves out for a subnet with sliding / full layers (`config.layer_types`, remapped
+    when layers are dropped): the per-layer pattern, which llama.cpp reads as a bool array in place of its fixed
+    period (2 for Gemma 2, 6 for Gemma 3), and Gemma 3's sliding-layer rope base; a Gemma 3 subnet of full layers
+    only loses its window (llama.cpp asserts a windowed model has a sliding layer). key -> (value, GGUF type), or
+    None to remove the key."""
+    from gguf import GGUFValueType
+
+    if config.model_type not in GEMMA_ARCHS or not getattr(config, "layer_types", None):
+        return {}
+    arch = GEMMA_ARCHS[config.model_type][0]
+    pattern = [kind == "sliding_attention" for kind in config.layer_types]
+    if not any(pattern):
+        return {f"{arch}.attention.sliding_window": None}
+    keys = {f"{arch}.attention.sliding_window_pattern": (pattern, GGUFValueType.ARRAY)}
+    if arch == "gemma3":
+        theta = float(_rope(config, "sliding_attention").get("rope_theta", 10000.0))
+        keys[f"{arch}.rope.freq_base_swa"] = (theta, GGUFValueType.FLOAT32)
+    return keys
 
 
 OUTTYPES = {"f32": "f32", "f16": "f16", "q8_0": "q8_0", "q4_1": "f16"}   # q4_1: f16 then llama.cpp's quantizer
@@ -53,25 +114,28 @@ def converter() -> Path:
     return path
 
 
-def refusal(config, heads_pruned: bool) -> str | None:
-    """Why llama.cpp's converter would not give this subnet of a `config` model exactly; None when it does."""
+def refusal(config, small) -> str | None:
+    """Why llama.cpp's converter would not give exactly the subnet whose config is `small` (extract.subnet_config)
+    of a `config` model; None when it does."""
     from .families.base import family_of
 
     model_type = family_of(config).model_type
     if model_type not in CONVERTED_FAMILIES:
         return NOT_CONVERTED.get(model_type, "not verified")
-    if model_type in FIXED_Q_WIDTH and _window(config) is not None:
+    if model_type in GEMMA_ARCHS:
+        return _gemma_refusal(config, small)
+    if model_type in WINDOWLESS and _window(config) is not None:
         return (f"llama.cpp's {model_type} applies no sliding window of {_window(config)} (logits 5-8 away from "
                 "transformers' beyond the window on tiny windowed subnets)")
-    if model_type in FIXED_Q_WIDTH and heads_pruned:
+    if model_type in FIXED_Q_WIDTH and small.num_attention_heads < config.num_attention_heads:
         return (f"llama.cpp's {model_type} fixes q_proj at hidden x hidden and refuses a subnet with fewer heads: keep "
                 "every head (--min-heads = the model's head count)")
     return None
 
 
-def check_convertible(config, heads_pruned: bool) -> None:
-    """Refuse before any work a subnet whose conversion is not known to be exact."""
-    reason = refusal(config, heads_pruned)
+def check_convertible(config, small) -> None:
+    """Refuse before any work a subnet (config `small`) whose conversion is not known to be exact."""
+    reason = refusal(config, small)
     if reason is not None:
         raise UserError(f"GGUF for this {config.model_type} subnet is not written: {reason}; use the extracted HF "
                         "checkpoint")
@@ -80,23 +144,62 @@ def check_convertible(config, heads_pruned: bool) -> None:
 
 def convert(checkpoint: Path, out: Path, weight_type: str) -> Path:
     """checkpoint dir -> GGUF at `out` (atomic), weights in f32 / f16 / q8_0 / q4_1."""
+    from transformers import AutoConfig
+
     if weight_type not in OUTTYPES:
         raise UserError(f"GGUF weight type {weight_type!r}: choose from {', '.join(OUTTYPES)}")
     tmp = out.with_name(f".{out.name}.tmp")
-    command = [sys.executable, str(converter()), str(checkpoint), "--outfile", str(tmp),
+    edited = out.with_name(f".{out.name}.meta.tmp")
+    stage = out.with_name(f".{out.name}.llama")
+    config = AutoConfig.from_pretrained(checkpoint)
+    source = checkpoint
+    if config.model_type in AS_LLAMA and config.num_attention_heads * config.head_dim != config.hidden_size:
+        source = _staged_as_llama(checkpoint, stage)
+    command = [sys.executable, str(converter()), str(source), "--outfile", str(tmp),
                "--outtype", OUTTYPES[weight_type]]
     try:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             lines = [line for line in result.stderr.splitlines() if line.strip()]
             raise UserError(f"llama.cpp's converter failed on {checkpoint}: {lines[-1] if lines else 'no output'}")
+        extra = layer_metadata(config)
+        if extra:
+            add_metadata(tmp, edited, extra)
+            os.replace(edited, tmp)
         if weight_type == "q4_1":
             quantize(tmp, out)
         else:
             os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+        edited.unlink(missing_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _staged_as_llama(checkpoint: Path, stage: Path) -> Path:
+    """The checkpoint's files (linked) with a config naming the llama architecture, for the converter."""
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    for item in checkpoint.iterdir():
+        if item.name != "config.json":
+            (stage / item.name).symlink_to(item.resolve())
+    values = json.loads((checkpoint / "config.json").read_text())
+    values.update(architectures=["LlamaForCausalLM"], model_type="llama")
+    (stage / "config.json").write_text(json.dumps(values, indent=2))
+    return stage
+
+
+def add_metadata(source: Path, out: Path, keys: dict[str, tuple | None]) -> None:
+    """Copy a GGUF with keys added, replaced or (None) removed (gguf-py's own gguf_new_metadata copier)."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    reader = gguf.GGUFReader(source, "r")
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    details = {key: MetadataDetails(entry[1], entry[0]) for key, entry in keys.items() if entry is not None}
+    removed = [key for key, entry in keys.items() if entry is None]
+    copy_with_new_metadata(reader, gguf.GGUFWriter(out, arch=arch, endianess=reader.endianess), details, removed)
 
 
 def quantize(source: Path, out: Path) -> None:

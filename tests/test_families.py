@@ -341,20 +341,57 @@ def sentencepiece_model(vocabulary: Path, out: Path, pieces: int = 32000) -> Pat
     return out / "tokenizer.model"
 
 
-# Qwen2 as Qwen2.5 ships it (no sliding window) besides the windowed tiny config; Phi-3 with a window.
-CONVERTER_CASES = [(name, {}) for name in FAMILY_NAMES] + [("qwen2", {"use_sliding_window": False}),
-                                                           ("phi3", {"sliding_window": 8})]
+def tokenizer_fields(path: Path) -> dict:
+    """A GGUF's tokenizer.* metadata."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    return {name: field.contents() for name, field in fields.items() if name.startswith("tokenizer.")}
+
+
+class GgmlCpuGelu(torch.nn.Module):
+    """ggml's CPU GELU (ggml-cpu/vec.h, GGML_GELU_FP16): the input rounded to fp16 looks up an fp16 table of the
+    tanh GELU; exact 0 / x beyond -10 / 10."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.act = act
+
+    def forward(self, x):
+        table = self.act(x.half().float()).half().float()
+        return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, table))
+
+
+def with_ggml_cpu_gelu(model) -> bool:
+    """Swap a GELU model's MLP activations for ggml's CPU table (True), so llama.cpp's logits can be compared
+    with the network it really computes; a SiLU model is left alone (False)."""
+    activation = getattr(model.config, "hidden_activation", None) or model.config.hidden_act
+    if "gelu" not in activation:
+        return False
+    for module in list(model.modules()):
+        if hasattr(module, "act_fn") and not isinstance(module.act_fn, GgmlCpuGelu):
+            module.act_fn = GgmlCpuGelu(module.act_fn)
+    return True
+
+
+# Qwen2 as Qwen2.5 ships it (no sliding window) besides the windowed tiny config; Phi-3 with a window; Gemma as
+# released (tied embeddings: llama.cpp's Gemma output layer is the token embedding) besides the untied tiny config.
+CONVERTER_CASES = ([(name, {}) for name in FAMILY_NAMES] + [("qwen2", {"use_sliding_window": False}),
+                                                            ("phi3", {"sliding_window": 8})]
+                   + [(name, {"tie_word_embeddings": True}) for name in ("gemma2", "gemma3_text")])
 
 
 @pytest.mark.embedded
 @pytest.mark.parametrize("model_type, overrides", CONVERTER_CASES,
                          ids=[f"{t}{'-' + '-'.join(o) if o else ''}" for t, o in CONVERTER_CASES])
 def test_llama_cpps_converter_writes_the_subnets_it_is_trusted_with(model_type, overrides, tmp_path):
-    """llama.cpp's own converter on extracted subnets (with a real BPE tokenizer: the embedded model's): what it is
-    trusted with gives transformers' logits in llama.cpp (f32, <= 1e-3, past the sliding windows); the rest is
-    refused with the reason (Qwen2 and Phi-3: windowed, or fewer heads)."""
+    """llama.cpp's own converter on extracted subnets (with a real tokenizer: the embedded model's BPE, or
+    SentencePiece where the family's converter reads only that): what it is trusted with gives transformers' logits
+    in llama.cpp (f32, <= 1e-3, past the sliding windows, Gemma's remapped sliding/full layers included); the rest
+    is refused with the reason (Qwen2 and Phi-3: windowed, or fewer heads; Gemma: untied, or compensated)."""
     from transformers import AutoTokenizer
 
+    from amoeba_search.extract import subnet_config
     from amoeba_search.gguf_convert import check_convertible, convert, converter, refusal
     from amoeba_search.models import default_checkpoint_dir
 
@@ -363,18 +400,25 @@ def test_llama_cpps_converter_writes_the_subnets_it_is_trusted_with(model_type, 
         vocabulary = converter_vocabulary("ggml-vocab-qwen2.gguf")
         tokenizer = AutoTokenizer.from_pretrained(vocabulary.parent, gguf_file=vocabulary.name)
     spm = None
-    if model_type == "phi3":           # its converter reads a SentencePiece tokenizer.model: Llama 2's, as Phi-3's
+    if model_type in ("phi3", "gemma2"):   # their converters read a SentencePiece tokenizer.model: Llama 2's
         spm = sentencepiece_model(converter_vocabulary("ggml-vocab-phi-3.gguf"), tmp_path / "spm")
-    vocab_size = 32064 if spm else len(tokenizer)                  # Phi-3's 32000 pieces + its 64 added tokens
+    vocab_size = len(tokenizer)
+    if spm:                                # Phi-3's 32000 pieces + its 64 added tokens; Gemma 2's pieces only
+        vocab_size = 32064 if model_type == "phi3" else 32000
     model = tiny_family_model_with_vocab(model_type, vocab_size, overrides=overrides)
     ids = [5, 17, 60, 3, 42, 7, 11, 9, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 11, 12, 13, 14, 15, 16]
-    converted = 0
-    for shape in ("depth", "mlp", "mixed"):
-        subnet = subnets(model)[shape]
-        pruned = any(len(h) < model.config.num_attention_heads for h in subnet.heads)
-        if refusal(model.config, pruned) is not None:
+    converted, vocabularies = 0, []
+    for shape in ("depth", "mlp", "mixed", "compensated"):
+        subnet = subnets(model)["depth" if shape == "compensated" else shape]
+        if shape == "compensated":
+            subnet = compensated(model, subnet)
+        try:
+            small = subnet_config(model.config, subnet)
+        except UserError:                        # a bias the family cannot hold: refused at extraction already
+            continue
+        if refusal(model.config, small) is not None:
             with pytest.raises(UserError, match="is not written"):
-                check_convertible(model.config, pruned)
+                check_convertible(model.config, small)
             continue
         try:
             converter()
@@ -382,10 +426,10 @@ def test_llama_cpps_converter_writes_the_subnets_it_is_trusted_with(model_type, 
             pytest.skip("llama.cpp's converter is not installed (make llama-cpp)")
         llama_cpp = pytest.importorskip("llama_cpp")
         try:
-            small = extract_model(model, subnet)
+            extracted = extract_model(model, subnet)
         except UserError:                         # OLMo-2 keeps every head (test_extracted_checkpoint_equals_the_view)
             continue
-        small.save_pretrained(tmp_path / shape)
+        extracted.save_pretrained(tmp_path / shape)
         if spm:
             shutil.copy(spm, tmp_path / shape / "tokenizer.model")
         else:
@@ -393,8 +437,30 @@ def test_llama_cpps_converter_writes_the_subnets_it_is_trusted_with(model_type, 
         path = convert(tmp_path / shape, tmp_path / f"{shape}.gguf", "f32")
         llm = llama_cpp.Llama(str(path), n_ctx=32, n_threads=1, logits_all=True, verbose=False, type_k=0, type_v=0)
         llm.eval(ids)
+        got = torch.tensor(llm.scores[: len(ids)])
         with torch.no_grad():
-            expected = small(torch.tensor([ids])).logits[0]
-        assert torch.allclose(torch.tensor(llm.scores[: len(ids)]), expected, atol=1e-3), shape
+            expected = extracted(torch.tensor([ids])).logits[0]
+            if with_ggml_cpu_gelu(extracted):       # Gemma: llama.cpp's CPU GELU is a table (2e-3 from exact)
+                assert (got - expected).abs().max() <= 5e-3, shape
+                expected = extracted(torch.tensor([ids])).logits[0]
+        assert torch.allclose(got, expected, atol=1e-3), shape
+        vocabularies.append(tokenizer_fields(path))     # the same tokenizer whichever graph holds the subnet
         converted += 1
-    assert converted >= 2 or refusal(model.config, False) is not None       # depth and MLP width at least
+    assert all(vocabulary == vocabularies[0] for vocabulary in vocabularies)
+    full = subnet_config(model.config, Subnet.uniform(ModelDims.from_config(model.config), range(4)))
+    assert converted >= 2 or refusal(model.config, full) is not None       # depth and MLP width at least
+
+
+def test_extraction_keeps_the_sentencepiece_model_converters_read(tmp_path):
+    """transformers 5 saves tokenizer.json only; llama.cpp's Gemma 2 and Phi-3 converters read tokenizer.model,
+    so extraction copies it from the source checkpoint."""
+    from amoeba_search.extract import extract
+    from amoeba_search.models import load_model
+
+    spm = sentencepiece_model(converter_vocabulary("ggml-vocab-phi-3.gguf"), tmp_path / "spm")
+    model = tiny_family_model_with_vocab("gemma2", 32000, overrides={"tie_word_embeddings": True})
+    model.save_pretrained(tmp_path / "full")
+    shutil.copy(spm, tmp_path / "full" / "tokenizer.model")
+    loaded = load_model(str(tmp_path / "full"))
+    out = extract(loaded, subnets(model)["depth"], tmp_path / "small")
+    assert (out / "tokenizer.model").read_bytes() == spm.read_bytes()

@@ -73,6 +73,7 @@ def gguf_plan(loaded, spec, dims) -> tuple[str, Path | None]:
     copied from the embedded GGUF; per-layer widths as llama.cpp's `deci` architecture), else llama.cpp's own
     converter for the families checked exact with it (uniform widths only); any other case is refused here,
     before extraction."""
+    from ..extract import subnet_config
     from ..gguf_convert import check_convertible
     from ..gguf_export import check_gguf, gguf_vocab_size
     from ..models import DEFAULT_MODEL, embedded_gguf
@@ -84,5 +85,5 @@ def gguf_plan(loaded, spec, dims) -> tuple[str, Path | None]:
         raise UserError("GGUF of a subnet with per-layer widths is written for the embedded model's llama "
                         "architecture only (llama.cpp's converter reads uniform configs): use the extracted HF "
                         "checkpoint (amoeba_search.models.load_model loads it)")
-    check_convertible(loaded.model.config, any(len(heads) < dims.num_heads for heads in spec.heads))
+    check_convertible(loaded.model.config, subnet_config(loaded.model.config, spec))
     return "llama.cpp convert_hf_to_gguf", None
