@@ -21,12 +21,7 @@ CONVERTER_ENV = "AMOEBA_LLAMA_CPP_CONVERTER"
 LLAMA_CPP_VERSION = "0.3.36"
 # Families whose converted GGUF gave transformers' logits in llama.cpp (tests/test_families.py: tiny random
 # models with norms and biases randomised, f32, <= 1e-3), within the limits `refusal` names.
-CONVERTED_FAMILIES = ("llama", "qwen2", "qwen3", "phi3", "olmo2", "gemma2", "gemma3_text")
-# Why the others are not converted (measured with llama.cpp 0.3.36's converter and runtime).
-NOT_CONVERTED = {
-    "mistral": "llama.cpp's llama architecture has no sliding window (its converter drops it; logits differ beyond "
-               "the window): amoeba's own writer caps the context at the window instead",
-}
+CONVERTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma2", "gemma3_text")
 # Architectures whose llama.cpp graph applies no sliding window.
 WINDOWLESS = ("qwen2", "phi3")
 # Architectures whose llama.cpp graph sizes q_proj (and o_proj) as hidden x hidden: they cannot hold fewer heads.
@@ -80,14 +75,21 @@ def _rope(config, layer_type: str) -> dict:
     return rope.get(layer_type, rope)
 
 
-def layer_metadata(config) -> dict[str, tuple | None]:
-    """GGUF keys the converter leaves out for a subnet with sliding / full layers (`config.layer_types`, remapped
-    when layers are dropped): the per-layer pattern, which llama.cpp reads as a bool array in place of its fixed
-    period (2 for Gemma 2, 6 for Gemma 3), and Gemma 3's sliding-layer rope base; a Gemma 3 subnet of full layers
-    only loses its window (llama.cpp asserts a windowed model has a sliding layer). key -> (value, GGUF type), or
-    None to remove the key."""
+def extra_metadata(config) -> dict[str, tuple | None]:
+    """GGUF keys the converter leaves out or gets wrong for a subnet (config `config`), key -> (value, GGUF type),
+    or None to remove the key.
+
+    Gemma (`config.layer_types`, remapped when layers are dropped): the per-layer sliding/full pattern, which
+    llama.cpp reads as a bool array in place of its fixed period (2 for Gemma 2, 6 for Gemma 3), and Gemma 3's
+    sliding-layer rope base; a Gemma 3 subnet of full layers only loses its window (llama.cpp asserts a windowed
+    model has a sliding layer). Mistral: llama.cpp's llama graph has no sliding window, so the context is capped
+    at the window, as amoeba's own writer does."""
     from gguf import GGUFValueType
 
+    from .gguf_export import gguf_context_length
+
+    if config.model_type == "mistral" and gguf_context_length(config) < config.max_position_embeddings:
+        return {"llama.context_length": (gguf_context_length(config), GGUFValueType.UINT32)}
     if config.model_type not in GEMMA_ARCHS or not getattr(config, "layer_types", None):
         return {}
     arch = GEMMA_ARCHS[config.model_type][0]
@@ -121,7 +123,7 @@ def refusal(config, small) -> str | None:
 
     model_type = family_of(config).model_type
     if model_type not in CONVERTED_FAMILIES:
-        return NOT_CONVERTED.get(model_type, "not verified")
+        return "not verified against llama.cpp"
     if model_type in GEMMA_ARCHS:
         return _gemma_refusal(config, small)
     if model_type in WINDOWLESS and _window(config) is not None:
@@ -162,7 +164,7 @@ def convert(checkpoint: Path, out: Path, weight_type: str) -> Path:
         if result.returncode != 0:
             lines = [line for line in result.stderr.splitlines() if line.strip()]
             raise UserError(f"llama.cpp's converter failed on {checkpoint}: {lines[-1] if lines else 'no output'}")
-        extra = layer_metadata(config)
+        extra = extra_metadata(config)
         if extra:
             add_metadata(tmp, edited, extra)
             os.replace(edited, tmp)

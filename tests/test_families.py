@@ -341,6 +341,14 @@ def sentencepiece_model(vocabulary: Path, out: Path, pieces: int = 32000) -> Pat
     return out / "tokenizer.model"
 
 
+def context_length(path: Path) -> int:
+    """The context length a GGUF declares."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    return int(fields[f"{fields['general.architecture'].contents()}.context_length"].contents())
+
+
 def tokenizer_fields(path: Path) -> dict:
     """A GGUF's tokenizer.* metadata."""
     from gguf import GGUFReader
@@ -374,10 +382,12 @@ def with_ggml_cpu_gelu(model) -> bool:
     return True
 
 
-# Qwen2 as Qwen2.5 ships it (no sliding window) besides the windowed tiny config; Phi-3 with a window; Gemma as
-# released (tied embeddings: llama.cpp's Gemma output layer is the token embedding) besides the untied tiny config.
+# Qwen2 as Qwen2.5 ships it (no sliding window) besides the windowed tiny config; Phi-3 with a window; Mistral
+# without one (v0.2 on) besides the windowed tiny config (v0.1: context capped at the window); Gemma as released
+# (tied embeddings: llama.cpp's Gemma output layer is the token embedding) besides the untied tiny config.
 CONVERTER_CASES = ([(name, {}) for name in FAMILY_NAMES] + [("qwen2", {"use_sliding_window": False}),
-                                                            ("phi3", {"sliding_window": 8})]
+                                                            ("phi3", {"sliding_window": 8}),
+                                                            ("mistral", {"sliding_window": None})]
                    + [(name, {"tie_word_embeddings": True}) for name in ("gemma2", "gemma3_text")])
 
 
@@ -435,14 +445,17 @@ def test_llama_cpps_converter_writes_the_subnets_it_is_trusted_with(model_type, 
         else:
             tokenizer.save_pretrained(tmp_path / shape)
         path = convert(tmp_path / shape, tmp_path / f"{shape}.gguf", "f32")
+        context = context_length(path)           # a windowed Mistral: capped at its window
+        assert context == (8 if getattr(model.config, "sliding_window", None) and model_type == "mistral" else 128)
         llm = llama_cpp.Llama(str(path), n_ctx=32, n_threads=1, logits_all=True, verbose=False, type_k=0, type_v=0)
-        llm.eval(ids)
-        got = torch.tensor(llm.scores[: len(ids)])
+        tokens = ids[:context]
+        llm.eval(tokens)
+        got = torch.tensor(llm.scores[: len(tokens)])
         with torch.no_grad():
-            expected = extracted(torch.tensor([ids])).logits[0]
+            expected = extracted(torch.tensor([tokens])).logits[0]
             if with_ggml_cpu_gelu(extracted):       # Gemma: llama.cpp's CPU GELU is a table (2e-3 from exact)
                 assert (got - expected).abs().max() <= 5e-3, shape
-                expected = extracted(torch.tensor([ids])).logits[0]
+                expected = extracted(torch.tensor([tokens])).logits[0]
         assert torch.allclose(got, expected, atol=1e-3), shape
         vocabularies.append(tokenizer_fields(path))     # the same tokenizer whichever graph holds the subnet
         converted += 1
