@@ -22,8 +22,8 @@ LLAMA_CPP_VERSION = "0.3.36"
 # Families whose converted GGUF gave transformers' logits in llama.cpp (tests/test_families.py: tiny random
 # models with norms and biases randomised, f32, <= 1e-3), within the limits `refusal` names.
 CONVERTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma2", "gemma3_text")
-# Architectures whose llama.cpp graph applies no sliding window.
-WINDOWLESS = ("qwen2", "phi3")
+# Families whose llama.cpp graph applies no sliding window: the GGUF's context is capped at the window.
+WINDOWLESS = ("mistral", "qwen2", "phi3")
 # Architectures whose llama.cpp graph sizes q_proj (and o_proj) as hidden x hidden: they cannot hold fewer heads.
 FIXED_Q_WIDTH = ("phi3",)
 # Qwen2 is Llama with q/k/v biases: a subnet with fewer heads than its own llama.cpp graph holds (q fixed at
@@ -35,8 +35,9 @@ AS_LLAMA = ("qwen2",)
 GEMMA_ARCHS = {"gemma2": ("gemma2", 46), "gemma3_text": ("gemma3", 62)}
 
 
-def _window(config) -> int | None:
-    """The sliding window a Qwen2 / Phi-3 config really applies (None: none, or one longer than its context)."""
+def effective_window(config) -> int | None:
+    """The sliding window a Mistral / Qwen2 / Phi-3 config really applies (None: none, or one not shorter than its
+    context)."""
     if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
         return None
     window = getattr(config, "sliding_window", None)
@@ -76,30 +77,29 @@ def _rope(config, layer_type: str) -> dict:
 
 
 def extra_metadata(config) -> dict[str, tuple | None]:
-    """GGUF keys the converter leaves out or gets wrong for a subnet (config `config`), key -> (value, GGUF type),
-    or None to remove the key.
+    """GGUF keys the converter leaves out or gets wrong for a subnet (config `config`), key ("{arch}" for the
+    file's architecture) -> (value, GGUF type), or None to remove the key.
 
-    Gemma (`config.layer_types`, remapped when layers are dropped): the per-layer sliding/full pattern, which
-    llama.cpp reads as a bool array in place of its fixed period (2 for Gemma 2, 6 for Gemma 3), and Gemma 3's
-    sliding-layer rope base; a Gemma 3 subnet of full layers only loses its window (llama.cpp asserts a windowed
-    model has a sliding layer). Mistral: llama.cpp's llama graph has no sliding window, so the context is capped
-    at the window, as amoeba's own writer does."""
+    Mistral, Qwen2, Phi-3: llama.cpp's graphs apply no sliding window (logits 5-8 away beyond the window on tiny
+    windowed subnets), so the context is capped at the window, within which a window changes nothing (as
+    amoeba's own writer does). Gemma (`config.layer_types`, remapped when layers are dropped): the per-layer
+    sliding/full pattern, which llama.cpp reads as a bool array in place of its fixed period (2 for Gemma 2, 6 for
+    Gemma 3), and Gemma 3's sliding-layer rope base; a Gemma 3 subnet of full layers only loses its window
+    (llama.cpp asserts a windowed model has a sliding layer)."""
     from gguf import GGUFValueType
 
-    from .gguf_export import gguf_context_length
-
-    if config.model_type == "mistral" and gguf_context_length(config) < config.max_position_embeddings:
-        return {"llama.context_length": (gguf_context_length(config), GGUFValueType.UINT32)}
+    if config.model_type in WINDOWLESS:
+        window = effective_window(config)
+        return {} if window is None else {"{arch}.context_length": (window, GGUFValueType.UINT32)}
     if config.model_type not in GEMMA_ARCHS or not getattr(config, "layer_types", None):
         return {}
-    arch = GEMMA_ARCHS[config.model_type][0]
     pattern = [kind == "sliding_attention" for kind in config.layer_types]
     if not any(pattern):
-        return {f"{arch}.attention.sliding_window": None}
-    keys = {f"{arch}.attention.sliding_window_pattern": (pattern, GGUFValueType.ARRAY)}
-    if arch == "gemma3":
+        return {"{arch}.attention.sliding_window": None}
+    keys = {"{arch}.attention.sliding_window_pattern": (pattern, GGUFValueType.ARRAY)}
+    if config.model_type == "gemma3_text":
         theta = float(_rope(config, "sliding_attention").get("rope_theta", 10000.0))
-        keys[f"{arch}.rope.freq_base_swa"] = (theta, GGUFValueType.FLOAT32)
+        keys["{arch}.rope.freq_base_swa"] = (theta, GGUFValueType.FLOAT32)
     return keys
 
 
@@ -126,9 +126,6 @@ def refusal(config, small) -> str | None:
         return "not verified against llama.cpp"
     if model_type in GEMMA_ARCHS:
         return _gemma_refusal(config, small)
-    if model_type in WINDOWLESS and _window(config) is not None:
-        return (f"llama.cpp's {model_type} applies no sliding window of {_window(config)} (logits 5-8 away from "
-                "transformers' beyond the window on tiny windowed subnets)")
     if model_type in FIXED_Q_WIDTH and small.num_attention_heads < config.num_attention_heads:
         return (f"llama.cpp's {model_type} fixes q_proj at hidden x hidden and refuses a subnet with fewer heads: keep "
                 "every head (--min-heads = the model's head count)")
@@ -193,12 +190,14 @@ def _staged_as_llama(checkpoint: Path, stage: Path) -> Path:
 
 
 def add_metadata(source: Path, out: Path, keys: dict[str, tuple | None]) -> None:
-    """Copy a GGUF with keys added, replaced or (None) removed (gguf-py's own gguf_new_metadata copier)."""
+    """Copy a GGUF with keys ("{arch}" filled in) added, replaced or (None) removed (gguf-py's own
+    gguf_new_metadata copier)."""
     import gguf
     from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
     reader = gguf.GGUFReader(source, "r")
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    keys = {key.format(arch=arch): entry for key, entry in keys.items()}
     details = {key: MetadataDetails(entry[1], entry[0]) for key, entry in keys.items() if entry is not None}
     removed = [key for key, entry in keys.items() if entry is None]
     copy_with_new_metadata(reader, gguf.GGUFWriter(out, arch=arch, endianess=reader.endianess), details, removed)

@@ -383,7 +383,7 @@ def with_ggml_cpu_gelu(model) -> bool:
 
 
 # Qwen2 as Qwen2.5 ships it (no sliding window) besides the windowed tiny config; Phi-3 with a window; Mistral
-# without one (v0.2 on) besides the windowed tiny config (v0.1: context capped at the window); Gemma as released
+# without one (v0.2 on) besides the windowed tiny config (windowed: context capped at the window); Gemma as released
 # (tied embeddings: llama.cpp's Gemma output layer is the token embedding) besides the untied tiny config.
 CONVERTER_CASES = ([(name, {}) for name in FAMILY_NAMES] + [("qwen2", {"use_sliding_window": False}),
                                                             ("phi3", {"sliding_window": 8}),
@@ -397,12 +397,14 @@ CONVERTER_CASES = ([(name, {}) for name in FAMILY_NAMES] + [("qwen2", {"use_slid
 def test_llama_cpps_converter_writes_the_subnets_it_is_trusted_with(model_type, overrides, tmp_path):
     """llama.cpp's own converter on extracted subnets (with a real tokenizer: the embedded model's BPE, or
     SentencePiece where the family's converter reads only that): what it is trusted with gives transformers' logits
-    in llama.cpp (f32, <= 1e-3, past the sliding windows, Gemma's remapped sliding/full layers included); the rest
-    is refused with the reason (Qwen2 and Phi-3: windowed, or fewer heads; Gemma: untied, or compensated)."""
+    in llama.cpp (f32, <= 1e-3, past Gemma's windows with its remapped sliding/full layers; within the context a
+    windowless llama.cpp graph is capped at); the rest is refused with the reason (Phi-3 with fewer heads; Gemma:
+    untied, or compensated)."""
     from transformers import AutoTokenizer
 
     from amoeba_search.extract import subnet_config
-    from amoeba_search.gguf_convert import check_convertible, convert, converter, refusal
+    from amoeba_search.gguf_convert import (WINDOWLESS, check_convertible, convert, converter, effective_window,
+                                            refusal)
     from amoeba_search.models import default_checkpoint_dir
 
     tokenizer = AutoTokenizer.from_pretrained(default_checkpoint_dir())
@@ -445,8 +447,9 @@ def test_llama_cpps_converter_writes_the_subnets_it_is_trusted_with(model_type, 
         else:
             tokenizer.save_pretrained(tmp_path / shape)
         path = convert(tmp_path / shape, tmp_path / f"{shape}.gguf", "f32")
-        context = context_length(path)           # a windowed Mistral: capped at its window
-        assert context == (8 if getattr(model.config, "sliding_window", None) and model_type == "mistral" else 128)
+        context = context_length(path)           # windowed Mistral / Qwen2 / Phi-3: capped at the window
+        capped = effective_window(model.config) if model_type in WINDOWLESS else None
+        assert context == (capped or model.config.max_position_embeddings)
         llm = llama_cpp.Llama(str(path), n_ctx=32, n_threads=1, logits_all=True, verbose=False, type_k=0, type_v=0)
         tokens = ids[:context]
         llm.eval(tokens)
