@@ -206,15 +206,20 @@ def add_metadata(source: Path, out: Path, keys: dict[str, tuple | None]) -> None
 def quantize(source: Path, out: Path) -> None:
     """llama.cpp's own quantizer (through llama-cpp-python) from an f16 GGUF to Q4_1."""
     import ctypes
+    import logging
 
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_1
     tmp = out.with_name(f".{out.name}.q.tmp")
+    log = logging.getLogger("llama-cpp-python")       # llama-cpp-python's log: its per-tensor lines, errors kept
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
         if llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
             raise UserError(f"llama.cpp could not quantize {source} to q4_1")
         os.replace(tmp, out)
     finally:
+        log.setLevel(level)
         tmp.unlink(missing_ok=True)
