@@ -84,6 +84,9 @@ def finetune(
     check_range("--lr", lr, 0, low_open=True)
     check_range("--alpha", alpha, 0, low_open=True)
     check_output(out, directory=True)
+    from ..models import torch_dtype
+
+    torch_dtype(dtype)                         # before the data lookup: option values first
     config = TrainConfig(steps=steps, subnets_per_step=subnets_per_step, batch_size=batch_size, seq_len=seq_len,
                          lr=lr, balance=balance, teacher=teacher, schedule=schedule, warmup_pct=warmup_pct,
                          max_grad_norm=max_grad_norm, seed=seed, checkpoint_every=checkpoint_every,

@@ -57,6 +57,9 @@ def select(
         raise UserError("--keep-first/--keep-last must be >= 0, --samples/--mmlu-samples >= 1, --seq-len >= 2")
     if width_method != "none":
         WIDTH_SCORERS.get(width_method)
+    from ..models import torch_dtype
+
+    torch_dtype(dtype)                         # before the data lookup: option values first
     cache_path = cache or out.with_name(out.name + ".cache.jsonl")
     check_output(out)
     check_output(cache_path)
