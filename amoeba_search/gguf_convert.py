@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .gguf_export import effective_window
 
 CONVERTER_ENV = "AMOEBA_LLAMA_CPP_CONVERTER"
 LLAMA_CPP_VERSION = "0.3.36"
@@ -33,15 +34,6 @@ AS_LLAMA = ("qwen2",)
 # attention bias, and the query scale 1/sqrt(head_dim) except at the 27B model's layer count, where it is
 # 1/sqrt(hidden / heads); transformers scales by query_pre_attn_scalar**-0.5.
 GEMMA_ARCHS = {"gemma2": ("gemma2", 46), "gemma3_text": ("gemma3", 62)}
-
-
-def effective_window(config) -> int | None:
-    """The sliding window a Mistral / Qwen2 / Phi-3 config really applies (None: none, or one not shorter than its
-    context)."""
-    if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
-        return None
-    window = getattr(config, "sliding_window", None)
-    return window if window and window < config.max_position_embeddings else None
 
 
 def _gemma_refusal(config, small) -> str | None:

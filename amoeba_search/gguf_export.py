@@ -48,11 +48,19 @@ def check_gguf(config) -> None:
                         f"run unscaled rope, other logits): {fix}")
 
 
+def effective_window(config) -> int | None:
+    """The sliding window a Mistral / Qwen2 / Phi-3 config really applies (None: none, or one not shorter than its
+    context)."""
+    if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
+        return None
+    window = getattr(config, "sliding_window", None)
+    return window if window and window < config.max_position_embeddings else None
+
+
 def gguf_context_length(config) -> int:
     """The longest context llama.cpp may run the model at and compute what transformers computes: a llama-arch
     GGUF has no sliding window, so a model with one (Mistral) is capped at its window."""
-    window = getattr(config, "sliding_window", None)
-    return min(config.max_position_embeddings, window) if window else config.max_position_embeddings
+    return effective_window(config) or config.max_position_embeddings
 
 
 def permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
