@@ -36,7 +36,7 @@ from amoeba_search.extract import extract_model
 from amoeba_search.models import load_model
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.harness import StopRule
-from amoeba_search.profiling.lut import LookupTable
+from amoeba_search.profiling.lut import ESTIMATORS, LookupTable
 from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key, subnet_widths
 from amoeba_search.profiling.profile import WidthGrid, build_profile, measure_model
 from amoeba_search.profiling.store import ProfileStore
@@ -53,6 +53,25 @@ def random_subnets(dims: ModelDims, widths: list[tuple[int, int]], n: int, seed:
         heads, mlp = rng.choice(widths)
         layers = sorted(rng.sample(range(dims.num_layers), depth))
         subnets[f"r{i:02d}"] = Subnet.uniform(dims, layers, heads=heads, mlp=mlp)
+    return subnets
+
+
+def random_heterogeneous_subnets(dims: ModelDims, widths: list[tuple[int, int]], n: int,
+                                 seed: int) -> dict[str, Subnet]:
+    """Per-layer shapes as `search --space heterogeneous` hands them over: each layer removed (5-40%) or at its own
+    (heads, MLP) from the table, MLP-only (heads 0) included; the first kept layer keeps attention (llama.cpp
+    reads the head size from it). Which heads/channels are kept does not change latency."""
+    rng = random.Random(seed)
+    attention = [w for w in widths if w[0] > 0]
+    subnets = {}
+    for i in range(n):
+        removal = rng.uniform(0.05, 0.4)
+        layers = [j for j in range(dims.num_layers) if rng.random() >= removal] or [0]
+        shapes = [rng.choice(attention)] + [rng.choice(widths) for _ in layers[1:]]
+        parts = [Subnet.uniform(dims, [layer], heads=h or dims.num_heads, mlp=m) for layer, (h, m) in
+                 zip(layers, shapes)]
+        subnets[f"h{i:02d}"] = Subnet(tuple(layers), tuple(p.heads[0] if h else () for p, (h, _) in zip(parts, shapes)),
+                                      tuple(p.mlp_channels[0] for p in parts))
     return subnets
 
 
@@ -78,9 +97,10 @@ def load_partial(partial: Path) -> dict[tuple, dict]:
 
 
 def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet], rule: StopRule, passes: int,
-                done: dict, partial: Path, before_pass=None) -> list[dict]:
-    """Time every subnet in `passes` round-robin passes (as the profiler does); a subnet's latency is the median
-    of its passes' medians. `before_pass(p)` runs first in each pass (the interleaved profile's rows)."""
+                done: dict, partial: Path, before_pass=None, estimator: str = "median") -> list[dict]:
+    """Time every subnet in `passes` round-robin passes (as the profiler does); a subnet's passes are combined
+    by the profile's estimator (lut.ESTIMATORS), as its rows were. `before_pass(p)` runs first in each pass (the
+    interleaved profile's rows)."""
     for pass_index in range(passes):
         if before_pass is not None:
             before_pass(pass_index)
@@ -91,6 +111,7 @@ def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet],
                 measured = measure_model(FLOWS.get(flow), model, setting, rule)
                 row = {"flow": flow, "subnet": name, "setting": setting_key(setting), "pass": pass_index,
                        "phase": setting.phase, "layers": len(subnet.layers), "widths": subnet_widths(subnet)[0],
+                       "layer_widths": subnet_widths(subnet),
                        "measured_ms": measured["median_ms"], "p10_ms": measured["p10_ms"],
                        "p90_ms": measured["p90_ms"], "wall_s": measured["wall_s"]}
                 with open(partial, "a") as handle:
@@ -102,14 +123,16 @@ def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet],
     for name in subnets:
         for setting in lut.settings():
             runs = [done[(flow, name, setting_key(setting), p)] for p in range(passes)]
-            combined.append({**runs[0], "measured_ms": statistics.median(r["measured_ms"] for r in runs),
+            latency = (min(r["p10_ms"] for r in runs) if estimator == "quiet"
+                       else statistics.median(r["measured_ms"] for r in runs))
+            combined.append({**runs[0], "measured_ms": latency,
                              "pass_spread_pct": 100 * (max(r["measured_ms"] for r in runs) - min(
                                  r["measured_ms"] for r in runs)) / statistics.median(r["measured_ms"] for r in runs),
                              "wall_s": sum(r["wall_s"] for r in runs)})
     return combined
 
 
-def interleaved_profile(loaded, lut: LookupTable, fresh: bool):
+def interleaved_profile(loaded, lut: LookupTable, fresh: bool, estimator: str):
     """Re-measure the profile's rows pass by pass, each pass right before the same validation pass, so a slow
     drift of a shared machine moves the table and the subnets it is checked against alike."""
     design = lut.meta["design"]
@@ -120,7 +143,7 @@ def interleaved_profile(loaded, lut: LookupTable, fresh: bool):
         print(f"{lut.meta['flow']:14s} pass {pass_index}: profile rows", flush=True)
         build_profile(loaded, lut.directory, lut.meta["device"], lut.meta["flow"], lut.settings(), grid,
                       design["layers_per_row"], rule, passes=pass_index + 1,
-                      overwrite=fresh and pass_index == 0, progress=False)
+                      overwrite=fresh and pass_index == 0, progress=False, estimator=estimator)
     return before_pass
 
 
@@ -131,22 +154,30 @@ def score(errors_pct: list[float]) -> dict:
             "within_10_pct": 100 * sum(a <= 10 for a in absolute) / len(absolute)}
 
 
-def evaluate_flow(lut: LookupTable, rows: list[dict]) -> tuple[list[dict], dict, list[dict]]:
+def evaluate_flow(lut: LookupTable, rows: list[dict], space: str = "uniform",
+                  fitted: dict | None = None) -> tuple[list[dict], dict, list[dict]]:
     """Composed and (if needed) cross-validated corrected errors per phase; returns result rows, the corrections
-    fitted on all subnets, and per-subnet records."""
+    fitted on all subnets, and per-subnet records. `fitted` (the uniform subnets' corrections): scored as they
+    are on these held-out subnets instead of fitting new ones (heterogeneous subnets)."""
     predictor = Predictor(lut, use_correction=False)
     results, corrections, records = [], {}, []
     for setting in lut.settings():
         group = [r for r in rows if r["setting"] == setting_key(setting)]
-        parts = [predictor.parts_ms(setting, [tuple(r["widths"])] * r["layers"]) for r in group]
+        parts = [predictor.parts_ms(setting, [tuple(w) for w in r.get("layer_widths") or
+                                              [r["widths"]] * r["layers"]]) for r in group]
         measured = [r["measured_ms"] for r in group]
         composed = [base + blocks for base, blocks in parts]
         errors = [100 * (p - m) / m for p, m in zip(composed, measured)]
-        common = {"device": lut.meta["device"], "flow": lut.meta["flow"], "phase": setting.phase,
+        common = {"device": lut.meta["device"], "flow": lut.meta["flow"], "space": space, "phase": setting.phase,
                   "tokens": setting.tokens, "dtype": setting.dtype, "n_subnets": len(group)}
         results.append({**common, **score(errors), "corrected": False})
         corrected = [None] * len(group)
-        if score(errors)["mape_pct"] > TARGET_MAPE:
+        if fitted is not None:
+            if setting_key(setting) in fitted:
+                corrected = [fitted[setting_key(setting)].apply(*part) for part in parts]
+                results.append({**common, **score([100 * (c - m) / m for c, m in zip(corrected, measured)]),
+                                "corrected": True})
+        elif score(errors)["mape_pct"] > TARGET_MAPE:
             folds = [list(range(0, len(group), 2)), list(range(1, len(group), 2))]
             for fit_on, test_on in (folds, folds[::-1]):
                 fit = Correction.fit([parts[i][0] for i in fit_on], [parts[i][1] for i in fit_on],
@@ -158,8 +189,9 @@ def evaluate_flow(lut: LookupTable, rows: list[dict]) -> tuple[list[dict], dict,
             if score(cv_errors)["mape_pct"] < score(errors)["mape_pct"]:    # keep it only where it helps
                 corrections[setting_key(setting)] = Correction.fit([p[0] for p in parts], [p[1] for p in parts],
                                                                    measured)
-        records += [{"subnet": r["subnet"], "phase": setting.phase, "tokens": setting.tokens, "layers": r["layers"],
-                     "heads": r["widths"][0], "mlp": r["widths"][1], "measured_ms": m, "composed_ms": c,
+        records += [{"subnet": r["subnet"], "space": space, "phase": setting.phase, "tokens": setting.tokens,
+                     "layers": r["layers"], "heads": r["widths"][0] if space == "uniform" else "",
+                     "mlp": r["widths"][1] if space == "uniform" else "", "measured_ms": m, "composed_ms": c,
                      "corrected_cv_ms": k} for r, m, c, k in zip(group, measured, composed, corrected)]
     return results, corrections, records
 
@@ -172,11 +204,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--passes", type=int, default=3, help="round-robin passes per subnet (median of medians)")
     parser.add_argument("--flow-passes", default="", help="per-flow override, e.g. onnxruntime=2 (slow exports)")
+    parser.add_argument("--hetero", type=int, default=20,
+                        help="random heterogeneous subnets per flow (per-layer widths, MLP-only layers), timed in "
+                             "the same passes and scored with the uniform subnets' predictor (0: none)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", default="predictor", help="results file stem under benchmarks/results/")
     parser.add_argument("--interleave-profile", action="store_true",
                         help="re-measure each flow's profile pass by pass, interleaved with the validation passes "
                              "(a fresh profile when the partial file has no rows of the flow; else both resume)")
+    parser.add_argument("--estimator", choices=sorted(ESTIMATORS), default=None,
+                        help="how a model's passes become one latency, for the profile (with --interleave-profile) "
+                             "and the subnets alike; default: the profile's own")
     args = parser.parse_args()
     command = setup(args.threads)
     out_json, partial = RESULTS / f"{args.results}.json", RESULTS / f"{args.results}.partial.jsonl"
@@ -190,16 +228,25 @@ def main() -> None:
         if lut.meta.get("model") != loaded.fingerprint:
             raise SystemExit(f"{lut.name} was profiled for another model")
         widths = [w for w in lut.widths(lut.settings()[0]) if w[0] > 0]      # uniform subnets keep attention
-        subnets = {**random_subnets(dims, widths, args.n, args.seed), **shape_subnets(dims)}
+        subnets = {**random_subnets(dims, widths, args.n, args.seed), **shape_subnets(dims),
+                   **random_heterogeneous_subnets(dims, lut.widths(lut.settings()[0]), args.hetero, args.seed)}
         overrides = dict(item.split("=") for item in args.flow_passes.split(",") if item)
         passes[flow] = int(overrides.get(flow, args.passes))
+        estimator = args.estimator or lut.meta["design"].get("estimator", "median")
+        if estimator != lut.meta["design"].get("estimator", "median") and not args.interleave_profile:
+            raise SystemExit(f"--estimator {estimator}: {lut.name} was fitted with another; add --interleave-profile")
         before_pass = None
         if args.interleave_profile:
-            before_pass = interleaved_profile(loaded, lut, fresh=not any(key[0] == flow for key in done))
-        rows = measure_all(loaded, flow, lut, subnets, StopRule(), passes[flow], done, partial, before_pass)
+            before_pass = interleaved_profile(loaded, lut, not any(key[0] == flow for key in done), estimator)
+        rows = measure_all(loaded, flow, lut, subnets, StopRule(), passes[flow], done, partial, before_pass,
+                           estimator)
         lut = LookupTable.load(lut.directory)                   # the interleaved profile's final fit
         random_rows = [r for r in rows if r["subnet"].startswith("r")]
         results, corrections, records = evaluate_flow(lut, random_rows)
+        hetero_rows = [r for r in rows if r["subnet"].startswith("h")]
+        if hetero_rows:
+            hetero_results, _, hetero_records = evaluate_flow(lut, hetero_rows, "heterogeneous", corrections)
+            results, records = results + hetero_results, records + hetero_records
         out_rows += results
         if corrections:
             save_corrections(lut.directory, corrections, fitted_on=args.n)
@@ -207,6 +254,7 @@ def main() -> None:
             (lut.directory / "correction.json").unlink(missing_ok=True)
         pd.DataFrame(records).to_csv(lut.directory / "validation.csv", index=False, float_format="%.4f")
         details[flow] = {"pass_spread_pct_median": statistics.median(r["pass_spread_pct"] for r in random_rows),
+                         "estimator": estimator,
                          "profile_interleaved": args.interleave_profile, "command": command}
         by = {(r["subnet"], r["phase"]): r["measured_ms"] for r in rows}
         for setting in lut.settings():
@@ -222,6 +270,7 @@ def main() -> None:
     payload = {**existing, "rows": others("rows") + out_rows, "shapes": others("shapes") + shapes,
                "flow_costs": {**existing.get("flow_costs", {}), **details}, "command": command,
                "subnets": {"random": args.n, "seed": args.seed, "depth": "10..30", "width": "uniform, from the grid",
+                           "heterogeneous": args.hetero,
                            "passes": {**existing.get("subnets", {}).get("passes", {}), **passes}},
                "shape_params": {"depth50": "15 layers x full width", "width50": "30 layers x 6/9 heads x 50% MLP"},
                "environment": environment()}
@@ -240,21 +289,29 @@ def write_markdown(payload: dict, path: Path) -> str:
              f"{payload['subnets']['random']} random extracted subnets per flow (depth 10..30, random layers, uniform "
              "width from the table's grid), each timed end to end in round-robin passes ("
              + ", ".join(f"{f}: {n}" for f, n in payload["subnets"]["passes"].items())
-             + "; median of the passes' medians; each pass: stop "
+             + "; passes combined by the estimator below; each pass: stop "
              "rule ±2% at 95% or 10 s), as the profiler times its rows. "
              "Composed = base + Σ block from the lookup table. Corrected = two-term least-squares correction, "
              "2-fold cross-validated (never scored on the subnets it was fitted on); only fitted when composed "
-             "MAPE > 5%.", "",
-             "| device | flow | dtype | phase | tokens | n | predictor | MAPE % | max err % | within ±5% | within ±10% |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "MAPE > 5%."
+             + (f" Heterogeneous: {payload['subnets']['heterogeneous']} random subnets per flow with a shape per layer "
+                "(each layer removed with a random 5-40% chance, else at its own (heads, MLP) from the table, MLP-only "
+                "included), timed in the same passes and scored with the predictor fitted on the uniform ones."
+                if payload["subnets"].get("heterogeneous") else ""), "",
+             "| device | flow | space | dtype | phase | tokens | n | predictor | MAPE % | max err % | within ±5% | "
+             "within ±10% |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
-        lines.append(f"| {r['device']} | {r['flow']} | {r['dtype']} | {r['phase']} | {r['tokens']} | "
+        lines.append(f"| {r['device']} | {r['flow']} | {r.get('space', 'uniform')} | {r['dtype']} | {r['phase']} | "
+                     f"{r['tokens']} | "
                      f"{r['n_subnets']} | "
                      f"{'corrected (CV)' if r['corrected'] else 'composed'} | {r['mape_pct']:.2f} | "
                      f"{r['max_err_pct']:.2f} | {r['within_5_pct']:.0f}% | {r['within_10_pct']:.0f}% |")
     lines += ["", "Median spread between a subnet's passes ((max - min) / median), the measurement noise the "
               "predictor is scored against: " + ", ".join(f"{flow} {d['pass_spread_pct_median']:.1f}%"
                                                            for flow, d in payload["flow_costs"].items()) + ".",
+              "", "Passes combined by (lut.ESTIMATORS; the profile and its subnets alike): " + ", ".join(
+                  f"{flow} {d.get('estimator', 'median')}" for flow, d in payload["flow_costs"].items()) + ".",
               "", "Profiles re-measured pass by pass, interleaved with the validation passes (same time window, "
               "so machine drift cancels): " + (", ".join(f for f, d in payload["flow_costs"].items()
                                                       if d.get("profile_interleaved")) or "none") + "; the others "

@@ -45,6 +45,7 @@ def flows(profiles_dir: Optional[Path] = ProfilesOption) -> None:
 @profile_app.callback(invoke_without_command=True, epilog=example(
     "amoeba profile --flow torch-eager --threads 2",
     "amoeba profile --flow onnxruntime --quick",
+    "amoeba profile --flow llama.cpp --dtype q4_1 --phases decode --passes 5 --estimator quiet",
     "amoeba profile --flow roofline --device a5000 --dtype float16",
     "amoeba profile import --flow tensorrt-llm --device orin results.csv"))
 def profile(
@@ -66,8 +67,11 @@ def profile(
                                                                         "(default: 0.25..1 in eighths)."),
     layers_per_row: int = typer.Option(8, "--layers-per-row", help="Blocks in each timed model; block latency is "
                                                                    "(T_k - T_0) / k."),
-    passes: int = typer.Option(3, help="Times over the whole grid; each model's passes are combined by their median, "
+    passes: int = typer.Option(3, help="Times over the whole grid; each model's passes are combined by --estimator, "
                                        "so slow drifts of a shared machine do not bias one width."),
+    estimator: str = typer.Option("median", help="How a model's passes become one latency: median (of the passes' "
+                                                 "medians) or quiet (lowest p10 over the passes: for a shared VM "
+                                                 "whose neighbours slow it down in bursts; more passes help)."),
     quick: bool = typer.Option(False, help="4 MLP widths, one pass and a looser stop rule (±5%, ≤40 repeats): "
                                            "minutes, not tens of minutes."),
     mlp_only_layers: bool = typer.Option(True, "--mlp-only-layers/--no-mlp-only-layers",
@@ -82,7 +86,7 @@ def profile(
         return
     setup(threads)
     from ..profiling.harness import StopRule
-    from ..profiling.lut import Setting
+    from ..profiling.lut import ESTIMATORS, Setting
     from ..profiling.profile import DEFAULT_MLP_RATIOS, QUICK_MLP_RATIOS, WidthGrid, make_profile
     from ..families.base import model_dims
 
@@ -100,6 +104,8 @@ def profile(
         raise UserError(f"--mlp-widths: ratios must be in (0, 1], got {ratios}")
     check_range("--layers-per-row", layers_per_row, 1)
     check_range("--passes", passes, 1)
+    if estimator not in ESTIMATORS:
+        raise UserError(f"--estimator {estimator!r} unknown: use {' or '.join(ESTIMATORS)}")
     profiles = store(profiles_dir)
     check_output(profiles.root, directory=True)
     loaded = load(model)
@@ -107,7 +113,8 @@ def profile(
     grid = WidthGrid.for_model(dims, ratios, tuple(parse_list(heads, int, "--heads")) if heads else None,
                                mlp_only_layers)
     lut = make_profile(loaded, profiles, flow, device, settings, grid, layers_per_row,
-                       StopRule.quick() if quick else StopRule(), passes=1 if quick else passes, overwrite=overwrite)
+                       StopRule.quick() if quick else StopRule(), passes=1 if quick else passes, overwrite=overwrite,
+                       estimator=estimator)
     console.print(lut_summary(lut))
     name = lut.meta["device"]
     console.print(f"wrote {lut.directory}/lut.csv (+ meta.json); predict with `amoeba predict --device {name} "

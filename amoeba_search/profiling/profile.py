@@ -23,8 +23,8 @@ from .environment import default_device_slug, measurement_environment
 from .flows import FLOWS
 from .flows.base import Flow, element_bytes
 from .harness import StopRule, measure, summarize
-from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting, check_compatible,
-                  fit_lut, read_profile_meta)
+from .lut import (CONFIG, KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting,
+                  check_compatible, combine_passes, fit_lut, read_profile_meta)
 from .store import ProfileStore
 from .timed_models import base_model, block_model, lead_width
 
@@ -116,8 +116,9 @@ def open_profile(directory: Path, meta: dict, overwrite: bool) -> MeasurementLog
 
 def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: str, settings: list[Setting],
                   grid: WidthGrid, layers_per_row: int = 8, rule: StopRule = StopRule(), passes: int = 3,
-                  overwrite: bool = False, progress: bool = True) -> LookupTable:
-    """Measure every missing row (resuming), pass after pass over the grid, then fit and write lut.csv."""
+                  overwrite: bool = False, progress: bool = True, estimator: str = "median") -> LookupTable:
+    """Measure every missing row (resuming), pass after pass over the grid, then fit (passes combined by
+    `estimator`, lut.ESTIMATORS) and write lut.csv."""
     flow = FLOWS.get(flow_name)
     for setting in settings:
         flow.require(setting.dtype)
@@ -126,11 +127,12 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
         raise UserError(f"--layers-per-row must be in 1..{dims.num_layers}, got {layers_per_row}")
     if passes < 1:
         raise UserError(f"--passes must be >= 1, got {passes}")
+    combine_passes(pd.DataFrame(columns=CONFIG + ["median_ms", "p10_ms"]), estimator)   # a bad name fails now
     meta = profile_meta(loaded, device, flow, "measured", {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "design": {"layers_per_row": layers_per_row, "passes": passes, "heads": list(grid.heads),
                    "mlp": list(grid.mlp), "mlp_only_layers": grid.mlp_only,
-                   "stop_rule": rule.__dict__},
+                   "stop_rule": rule.__dict__, "estimator": estimator},
         "model_dims": dims.__dict__,
         "units": {"latency": "ms", "memory": "MiB"},
         "memory_note": "weights_mib / kv_mib are exact tensor sizes; peak_mem_mib is torch's CUDA peak (GPU only)",
@@ -160,7 +162,7 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
                 bar.update()
     measurements = log.read()
     wanted = {(s.phase, s.tokens, s.batch, s.dtype) for s in settings}
-    ProfileStore.write_table(directory, fit_lut(measurements))
+    ProfileStore.write_table(directory, fit_lut(measurements, estimator))
     missing = wanted - set(map(tuple, measurements[["phase", "tokens", "batch", "dtype"]].itertuples(index=False)))
     if missing:
         raise UserError(f"no rows measured for {sorted(missing)}")
@@ -169,7 +171,8 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
 
 def make_profile(loaded: LoadedModel, store: ProfileStore, flow_name: str, device: str | None,
                  settings: list[Setting], grid: WidthGrid, layers_per_row: int = 8, rule: StopRule = StopRule(),
-                 passes: int = 3, overwrite: bool = False, progress: bool = True) -> LookupTable:
+                 passes: int = 3, overwrite: bool = False, progress: bool = True,
+                 estimator: str = "median") -> LookupTable:
     """The one call behind `amoeba profile`: measure a measured flow on this machine (device: its CPU/GPU model
     unless named), or estimate an estimate flow for the named device spec; imported flows are refused with
     the import command."""
@@ -182,7 +185,8 @@ def make_profile(loaded: LoadedModel, store: ProfileStore, flow_name: str, devic
         return flow.estimate(loaded, store, device, settings, grid)
     device = device or default_device_slug(flow.device)
     return build_profile(loaded, store.directory(device, flow_name), device, flow_name, settings, grid,
-                         layers_per_row, rule, passes=passes, overwrite=overwrite, progress=progress)
+                         layers_per_row, rule, passes=passes, overwrite=overwrite, progress=progress,
+                         estimator=estimator)
 
 
 IMPORT_REQUIRED = ["phase", "tokens", "batch", "dtype", "layers", "heads", "mlp", "median_ms"]
