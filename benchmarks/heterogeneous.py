@@ -26,7 +26,7 @@ from pathlib import Path
 from _common import RESULTS, setup
 from recovery import score
 
-from amoeba_search.artifacts import environment, write_json_atomic
+from amoeba_search.artifacts import environment, read_json, write_json_atomic
 from amoeba_search.data import data_root
 from amoeba_search.extract import extract
 from amoeba_search.models import load_model
@@ -57,14 +57,16 @@ def best_uniform(ctx, target_ms: float) -> tuple[Candidate, float]:
     return best
 
 
-def scored_checkpoint(loaded, subnet, flow_name: str, setting, root: Path, windows: int, cache: dict, key: str):
-    """Extract, reload from disk, score (once per subnet, shared by the flows) and time through the flow."""
+def scored_checkpoint(loaded, subnet, flow_name: str, setting, root: Path, windows: int, cache: dict, key: str,
+                      estimator: str = "median"):
+    """Extract, reload from disk, score (once per subnet, shared by the flows) and time through the flow, its
+    passes combined as the profile's (lut.ESTIMATORS)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = extract(loaded, subnet, Path(tmp) / "ckpt")
         model = load_model(str(path))
         if key not in cache:
             cache[key] = score(model, root, windows)
-        latency = measured_latency(FLOWS.get(flow_name), model.model, setting, passes=3)
+        latency = measured_latency(FLOWS.get(flow_name), model.model, setting, passes=3, estimator=estimator)
     return cache[key], latency
 
 
@@ -164,16 +166,18 @@ def main() -> None:
             for side, subnet, key in (("uniform", ctx.subnet(candidate), candidate.key),
                                       ("hetero", hetero["subnet"], hetero["key"])):
                 scores, latency = scored_checkpoint(loaded, subnet, flow, ctx.setting, root, args.windows,
-                                                    quality_cache, key)
+                                                    quality_cache, key, ctx.lut.estimator)
                 row[f"{side}_test_ppl"] = scores["wikitext2_test_ppl"]
                 for name in ("arc_easy", "arc_challenge"):
                     row[f"{side}_{name}_acc"] = scores[f"{name}_acc"]
                     row[f"{side}_{name}_acc_stderr"] = scores[f"{name}_acc_stderr"]
                     row[f"{side}_{name}_acc_norm"] = scores[f"{name}_acc_norm"]
-                row[f"{side}_measured_ms"] = round(latency["median_ms"], 3)
+                row[f"{side}_measured_ms"] = round(latency["measured_ms"], 3)
+                row[f"{side}_measured_median_ms"] = round(latency["median_ms"], 3)
                 row[f"{side}_measured_p10_ms"] = round(latency["p10_ms"], 3)
                 row[f"{side}_measured_p90_ms"] = round(latency["p90_ms"], 3)
                 row[f"{side}_generation"] = scores["generation"]
+            row["latency_estimator"] = ctx.lut.estimator
             row["ppl_ratio"] = round(row["hetero_test_ppl"] / row["uniform_test_ppl"], 3)
             row["hetero_latency_error_pct"] = round(
                 100 * (row["hetero_predicted_ms"] - row["hetero_measured_ms"]) / row["hetero_measured_ms"], 2)
@@ -182,13 +186,22 @@ def main() -> None:
             with partial.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             rows.append(row)
-    record = {"rows": rows, "solver": solver, "score_predictiveness": predictiveness,
-              "details": {"command": command, "environment": environment(), "device": args.device,
+    existing_path = args.results / "heterogeneous.json"
+    existing = read_json(existing_path, "results", "") if existing_path.is_file() else {}
+    flows = args.flows.split(",")
+    kept = [r for r in existing.get("rows", []) if r["flow"] not in flows]   # flows this run did not measure
+    commands = {**existing.get("details", {}).get("commands", {}), **{f: command for f in flows}}
+    for r in kept:
+        commands.setdefault(r["flow"], existing.get("details", {}).get("command", ""))
+    record = {"rows": kept + rows, "solver": solver, "score_predictiveness": predictiveness,
+              "details": {"command": command, "commands": commands, "environment": environment(),
+                          "device": args.device,
                           "strategy": str(args.strategy.relative_to(ROOT) if args.strategy.is_relative_to(ROOT)
                                           else args.strategy), "metric": args.metric, "top_k": args.top_k,
                           "proxy": "WikiText-2 valid perplexity (8 x 256 tokens, seed 1)",
                           "test": f"WikiText-2 test, first {args.windows} x 512-token windows",
-                          "load_warnings": sorted(set(warnings))}}
+                          "load_warnings": sorted(set(warnings) | set(
+                              existing.get("details", {}).get("load_warnings", []) if kept else []))}}
     args.results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.results / "heterogeneous.json", record)
     (args.results / "heterogeneous.md").write_text(markdown(record))
@@ -202,7 +215,8 @@ def _mc(r: dict, side: str, name: str) -> str:
 def markdown(record: dict) -> str:
     d, solver, pred = record["details"], record["solver"], record["score_predictiveness"]
     lines = ["# Heterogeneous vs uniform subnets (no fine-tuning)", "",
-             f"`{d['command']}`; strategy `{d['strategy']}` (block metric {d['metric']}, exact top-{d['top_k']} "
+             "; ".join(f"{flow}: `{c}`" for flow, c in d.get("commands", {}).items()) or f"`{d['command']}`",
+             f"Strategy `{d['strategy']}` (block metric {d['metric']}, exact top-{d['top_k']} "
              f"re-ranked by the proxy); device profile `{d['device']}` (this machine), decode C=128. Proxy: "
              f"{d['proxy']}. Test: {d['test']}. ARC: acc ± stderr in %, full validation sets (chance 25%).", "",
              "| flow | target | uniform subnet | uniform test ppl | hetero layers | hetero test ppl | ppl ratio | "
@@ -222,6 +236,9 @@ def markdown(record: dict) -> str:
                   f"{solver['seconds_30_layers']:.3f} s (median of 5).",
               f"Score predictiveness (Spearman of summed score vs real proxy ppl over {pred['samples']} random "
               f"heterogeneous subnets): KL {pred['spearman_kl']}, loss increase {pred['spearman_loss_delta']}.",
+              "Measured ms: 3 passes combined as each profile combines its own (median of the passes' medians, "
+              "or `quiet`: the lowest p10 over the passes); " + ", ".join(sorted(
+                  {f"{r['flow']} {r.get('latency_estimator', 'median')}" for r in record["rows"]})) + ".",
               "", "Load warnings while measuring: " + ("; ".join(d["load_warnings"]) or "none"), "",
               "## Shapes chosen (per original layer: heads/MLP, x = removed)", ""]
     for r in record["rows"]:

@@ -36,7 +36,7 @@ from amoeba_search.extract import extract_model
 from amoeba_search.models import load_model
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.harness import StopRule
-from amoeba_search.profiling.lut import ESTIMATORS, LookupTable
+from amoeba_search.profiling.lut import ESTIMATORS, LookupTable, combine_runs
 from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key, subnet_widths
 from amoeba_search.profiling.profile import WidthGrid, build_profile, measure_model
 from amoeba_search.profiling.store import ProfileStore
@@ -123,8 +123,7 @@ def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet],
     for name in subnets:
         for setting in lut.settings():
             runs = [done[(flow, name, setting_key(setting), p)] for p in range(passes)]
-            latency = (min(r["p10_ms"] for r in runs) if estimator == "quiet"
-                       else statistics.median(r["measured_ms"] for r in runs))
+            latency = combine_runs([{"median_ms": r["measured_ms"], "p10_ms": r["p10_ms"]} for r in runs], estimator)
             combined.append({**runs[0], "measured_ms": latency,
                              "pass_spread_pct": 100 * (max(r["measured_ms"] for r in runs) - min(
                                  r["measured_ms"] for r in runs)) / statistics.median(r["measured_ms"] for r in runs),

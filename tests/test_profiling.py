@@ -76,6 +76,29 @@ def test_fit_recovers_base_and_blocks():
         assert got == pytest.approx(block)
 
 
+def test_quiet_estimator_takes_the_fast_tail_of_bursty_passes():
+    """Two passes per model; one pass of the 5-layer model is slowed 2x by a neighbour (median and p10 alike). The
+    median estimator averages the burst into the block latency, the quiet one (lowest p10) does not."""
+    base = {"phase": "decode", "tokens": 4, "batch": 1, "dtype": "float32", "heads": 6, "mlp": 48}
+    rows = []
+    for layers, true_ms in ((0, 2.0), (5, 2.0 + 5 * 1.5)):
+        for slowdown in (1.0, 2.0 if layers else 1.0):
+            rows.append({**base, "layers": layers, "median_ms": true_ms * slowdown * 1.05,
+                         "p10_ms": true_ms * slowdown})
+    frame = pd.DataFrame(rows)
+
+    def block(estimator: str) -> float:
+        table = fit_lut(frame, estimator)
+        return table[table.component == "block"].latency_ms.item()
+
+    assert block("quiet") == pytest.approx(1.5)
+    assert block("median") > 2.0
+    with pytest.raises(UserError, match="estimator 'fastest' unknown"):
+        fit_lut(frame, "fastest")
+    with pytest.raises(UserError, match="needs every row's p10_ms"):
+        fit_lut(frame.assign(p10_ms=float("nan")), "quiet")
+
+
 def test_fit_needs_base_information():
     rows = [{"phase": "decode", "tokens": 4, "batch": 1, "dtype": "float32", "layers": 3, "heads": 6, "mlp": 48,
              "median_ms": 5.0}]

@@ -129,16 +129,25 @@ class MeasurementLog:
                 handle.truncate(data.rfind(b"\n") + 1)
 
 
-def combine_passes(measurements: pd.DataFrame, estimator: str = "median") -> pd.DataFrame:
-    """One `median_ms` per timed model (CONFIG) from its passes, by the estimator (ESTIMATORS)."""
+def combine_runs(runs: Iterable[dict[str, Any]], estimator: str = "median") -> float:
+    """One latency from a model's passes (each a dict with median_ms and p10_ms), by the estimator."""
+    runs = list(runs)
     if estimator not in ESTIMATORS:
         raise UserError(f"estimator {estimator!r} unknown: use one of {', '.join(ESTIMATORS)}")
     if estimator == "median":
-        return measurements.groupby(CONFIG, as_index=False)["median_ms"].median()
-    if "p10_ms" not in measurements or measurements["p10_ms"].isna().any():
+        return float(np.median([float(r["median_ms"]) for r in runs]))
+    p10 = [float(r.get("p10_ms", math.nan)) for r in runs]
+    if any(math.isnan(v) for v in p10):
         raise UserError("estimator 'quiet' needs every row's p10_ms: re-measure, or use the median estimator")
-    return (measurements.groupby(CONFIG, as_index=False)["p10_ms"].min()
-            .rename(columns={"p10_ms": "median_ms"}))
+    return min(p10)
+
+
+def combine_passes(measurements: pd.DataFrame, estimator: str = "median") -> pd.DataFrame:
+    """One `median_ms` per timed model (CONFIG) from its passes, by the estimator (ESTIMATORS)."""
+    combine_runs([{"median_ms": 0.0, "p10_ms": 0.0}], estimator)                  # an unknown name fails here
+    groups = measurements.groupby(CONFIG, as_index=False)
+    return groups.apply(lambda g: pd.Series({"median_ms": combine_runs(g.to_dict("records"), estimator)}),
+                        include_groups=False).reset_index(drop=True)
 
 
 def fit_lut(measurements: pd.DataFrame, estimator: str = "median") -> pd.DataFrame:
@@ -228,6 +237,12 @@ class LookupTable:
         if not lut_path.is_file():
             raise UserError(f"{lut_path} not found: the profile is incomplete; {hint}")
         return cls(directory, meta, read_table(lut_path, hint))
+
+    @property
+    def estimator(self) -> str:
+        """How the profile combined a model's passes (lut.ESTIMATORS); a measurement compared with its
+        predictions combines its passes the same way."""
+        return self.meta.get("design", {}).get("estimator", "median")
 
     @property
     def name(self) -> str:

@@ -23,8 +23,8 @@ from .environment import default_device_slug, measurement_environment
 from .flows import FLOWS
 from .flows.base import Flow, element_bytes
 from .harness import StopRule, measure, summarize
-from .lut import (CONFIG, KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting,
-                  check_compatible, combine_passes, fit_lut, read_profile_meta)
+from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting, check_compatible,
+                  combine_runs, fit_lut, read_profile_meta)
 from .store import ProfileStore
 from .timed_models import base_model, block_model, lead_width
 
@@ -82,16 +82,17 @@ def measure_model(flow: Flow, model: PreTrainedModel, setting: Setting, rule: St
             "wall_s": round(time.perf_counter() - started, 3), "samples_ms": " ".join(f"{s:.4f}" for s in result.samples_ms)}
 
 
-def measured_latency(flow: Flow, model: PreTrainedModel, setting: Setting, passes: int = 3) -> dict:
-    """What a report shows for a deployed model: the median over `passes` independent timings (each converged
-    under the stop rule) and the spread of all their samples (p10 / p90)."""
-    import statistics
-
+def measured_latency(flow: Flow, model: PreTrainedModel, setting: Setting, passes: int = 3,
+                     estimator: str = "median") -> dict:
+    """What a report shows for a deployed model: `passes` independent timings (each converged under the stop
+    rule) combined by the profile's estimator (`measured_ms`, comparable with its prediction: lut.ESTIMATORS),
+    their median, and the spread of all their samples (p10 / p90)."""
     runs = [measure_model(flow, model, setting, StopRule()) for _ in range(passes)]
     samples = sorted(float(v) for run in runs for v in run["samples_ms"].split())
     spread = summarize(samples)
-    return {"median_ms": statistics.median(run["median_ms"] for run in runs), "p10_ms": spread["p10_ms"],
-            "p90_ms": spread["p90_ms"], "passes": passes, "samples": len(samples)}
+    return {"measured_ms": combine_runs(runs, estimator), "estimator": estimator,
+            "median_ms": combine_runs(runs, "median"), "p10_ms": spread["p10_ms"], "p90_ms": spread["p90_ms"],
+            "passes": passes, "samples": len(samples)}
 
 
 def profile_meta(loaded: LoadedModel, device: str, flow: Flow, source: str, extra: dict) -> dict:
@@ -127,7 +128,7 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
         raise UserError(f"--layers-per-row must be in 1..{dims.num_layers}, got {layers_per_row}")
     if passes < 1:
         raise UserError(f"--passes must be >= 1, got {passes}")
-    combine_passes(pd.DataFrame(columns=CONFIG + ["median_ms", "p10_ms"]), estimator)   # a bad name fails now
+    combine_runs([{"median_ms": 0.0, "p10_ms": 0.0}], estimator)                  # an unknown name fails now
     meta = profile_meta(loaded, device, flow, "measured", {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "design": {"layers_per_row": layers_per_row, "passes": passes, "heads": list(grid.heads),

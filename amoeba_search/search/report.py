@@ -13,6 +13,7 @@ from ..artifacts import read_json, write_json_atomic
 from ..errors import UserError
 from ..profiling.environment import device_name
 from ..profiling.flows import FLOWS
+from ..profiling.lut import ESTIMATORS
 from ..subnet import Subnet
 from ..selection.space import Candidate
 from .study import SearchContext, finished, front
@@ -82,8 +83,8 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
                                     (f"{record['candidate']} extracted" + (", adapters merged" if
                                                                            ctx.loaded.adapters else ""),
                                      handed_over, record["predicted_ms"])):
-        latency = measured_latency(FLOWS.get(ctx.lut.meta["flow"]), loaded.model, ctx.setting, passes) \
-            if measure else {}
+        latency = measured_latency(FLOWS.get(ctx.lut.meta["flow"]), loaded.model, ctx.setting, passes,
+                                   ctx.lut.estimator) if measure else {}
         rows.append(report_row(name, loaded, None, predicted, latency, root, questions, windows))
     result = {"subnet": record["candidate"], "checkpoint": str(extract_dir), "predicted_ms": record["predicted_ms"],
               "rows": rows, "load_warnings": load}
@@ -94,7 +95,9 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
         result["measured_ms"], result["full_measured_ms"] = small["measured_ms"], rows[0]["measured_ms"]
         result["error_pct"] = 100 * (small["predicted_ms"] - small["measured_ms"]) / small["measured_ms"]
         result["measured_tokens_per_s"] = ctx.setting.tokens_per_s(small["measured_ms"])
-        latency = (f"predicted {small['predicted_ms']:.2f} ms, measured {ctx.setting.describe(small['measured_ms'], 2)}"
+        how = "" if ctx.lut.estimator == "median" else f" ({ESTIMATORS[ctx.lut.estimator]}, as the profile)"
+        latency = (f"predicted {small['predicted_ms']:.2f} ms, measured{how} "
+                   f"{ctx.setting.describe(small['measured_ms'], 2)}"
                    f" ({result['error_pct']:+.1f}%; full model measured {rows[0]['measured_ms']:.2f} ms)")
     else:
         latency = (f"predicted {ctx.setting.describe(small['predicted_ms'], 2)} (profile is not this machine's: not "
