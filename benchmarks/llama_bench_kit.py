@@ -51,7 +51,7 @@ def main() -> None:
     native = LookupTable.load(ProfileStore().directory(args.device, "llama.cpp"))
     design = native.meta["design"]
     dims = model_dims(loaded.model.config)
-    grid = WidthGrid(tuple(design["heads"]), tuple(design["mlp"]), bool(design.get("mlp_only_layers")))
+    grid = WidthGrid.from_design(design)
     settings = native.settings()
     warnings = load_warnings(native.meta["environment"].get("reference_kernel_ms"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -135,7 +135,7 @@ def interleaved_profile(loaded, lut: LookupTable, fresh: bool, estimator: str):
     """Re-measure the profile's rows pass by pass, each pass right before the same validation pass, so a slow
     drift of a shared machine moves the table and the subnets it is checked against alike."""
     design = lut.meta["design"]
-    grid = WidthGrid(tuple(design["heads"]), tuple(design["mlp"]))
+    grid = WidthGrid.from_design(design)
     rule = StopRule(**design["stop_rule"])
 
     def before_pass(pass_index: int) -> None:

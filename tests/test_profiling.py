@@ -127,6 +127,10 @@ def test_profile_round_trip_and_predictor(tiny_profile):
     assert len(measurements) == 2 * len(SETTINGS) * (1 + len(grid.widths()))
     assert sorted(set(measurements["pass"])) == [0, 1]
     assert set(measurements["converged"]) <= {"True", "False"}
+    # a resumed or re-measured profile (predictor_accuracy --interleave-profile) rebuilds the same grid from meta
+    assert WidthGrid.from_design(again.meta["design"]) == grid
+    mlp_only = WidthGrid(grid.heads, grid.mlp, True)
+    assert WidthGrid.from_design({**again.meta["design"], "mlp_only_layers": True}) == mlp_only
     for setting in SETTINGS:
         assert sorted(again.widths(setting)) == sorted(grid.widths())
         dims = ModelDims.from_config(loaded.model.config)

@@ -53,6 +53,11 @@ class WidthGrid:
             raise UserError(f"--heads {bad} not valid for this model (GQA allows {valid})")
         return cls(chosen, channels, mlp_only)
 
+    @classmethod
+    def from_design(cls, design: dict) -> "WidthGrid":
+        """The grid a profile was measured on, from its meta.json design."""
+        return cls(tuple(design["heads"]), tuple(design["mlp"]), bool(design.get("mlp_only_layers")))
+
     def widths(self) -> list[tuple[int, int]]:
         return list(itertools.product(self.heads, self.mlp)) + ([(0, m) for m in self.mlp] if self.mlp_only else [])
 
