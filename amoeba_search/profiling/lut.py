@@ -145,9 +145,9 @@ def combine_runs(runs: Iterable[dict[str, Any]], estimator: str = "median") -> f
 def combine_passes(measurements: pd.DataFrame, estimator: str = "median") -> pd.DataFrame:
     """One `median_ms` per timed model (CONFIG) from its passes, by the estimator (ESTIMATORS)."""
     combine_runs([{"median_ms": 0.0, "p10_ms": 0.0}], estimator)                  # an unknown name fails here
-    groups = measurements.groupby(CONFIG, as_index=False)
-    return groups.apply(lambda g: pd.Series({"median_ms": combine_runs(g.to_dict("records"), estimator)}),
-                        include_groups=False).reset_index(drop=True)
+    rows = [{**dict(zip(CONFIG, key)), "median_ms": combine_runs(group.to_dict("records"), estimator)}
+            for key, group in measurements.groupby(CONFIG, sort=True)]
+    return pd.DataFrame(rows, columns=CONFIG + ["median_ms"])
 
 
 def fit_lut(measurements: pd.DataFrame, estimator: str = "median") -> pd.DataFrame:
