@@ -40,7 +40,7 @@ from amoeba_search.profiling.lut import ESTIMATORS, LookupTable, combine_runs
 from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key, subnet_widths
 from amoeba_search.profiling.profile import WidthGrid, build_profile, measure_model
 from amoeba_search.profiling.store import ProfileStore
-from amoeba_search.subnet import ModelDims, Subnet
+from amoeba_search.subnet import ModelDims, Subnet, canonical_heads
 
 TARGET_MAPE = 5.0
 
@@ -68,10 +68,8 @@ def random_heterogeneous_subnets(dims: ModelDims, widths: list[tuple[int, int]],
         removal = rng.uniform(0.05, 0.4)
         layers = [j for j in range(dims.num_layers) if rng.random() >= removal] or [0]
         shapes = [rng.choice(attention)] + [rng.choice(widths) for _ in layers[1:]]
-        parts = [Subnet.uniform(dims, [layer], heads=h or dims.num_heads, mlp=m) for layer, (h, m) in
-                 zip(layers, shapes)]
-        subnets[f"h{i:02d}"] = Subnet(tuple(layers), tuple(p.heads[0] if h else () for p, (h, _) in zip(parts, shapes)),
-                                      tuple(p.mlp_channels[0] for p in parts))
+        subnets[f"h{i:02d}"] = Subnet(tuple(layers), tuple(canonical_heads(dims, h) for h, _ in shapes),
+                                      tuple(tuple(range(m)) for _, m in shapes))
     return subnets
 
 
@@ -231,8 +229,8 @@ def main() -> None:
                    **random_heterogeneous_subnets(dims, lut.widths(lut.settings()[0]), args.hetero, args.seed)}
         overrides = dict(item.split("=") for item in args.flow_passes.split(",") if item)
         passes[flow] = int(overrides.get(flow, args.passes))
-        estimator = args.estimator or lut.meta["design"].get("estimator", "median")
-        if estimator != lut.meta["design"].get("estimator", "median") and not args.interleave_profile:
+        estimator = args.estimator or lut.estimator
+        if estimator != lut.estimator and not args.interleave_profile:
             raise SystemExit(f"--estimator {estimator}: {lut.name} was fitted with another; add --interleave-profile")
         before_pass = None
         if args.interleave_profile:

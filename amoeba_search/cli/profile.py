@@ -86,7 +86,7 @@ def profile(
         return
     setup(threads)
     from ..profiling.harness import StopRule
-    from ..profiling.lut import ESTIMATORS, Setting
+    from ..profiling.lut import Setting, check_estimator
     from ..profiling.profile import DEFAULT_MLP_RATIOS, QUICK_MLP_RATIOS, WidthGrid, make_profile
     from ..families.base import model_dims
 
@@ -104,8 +104,7 @@ def profile(
         raise UserError(f"--mlp-widths: ratios must be in (0, 1], got {ratios}")
     check_range("--layers-per-row", layers_per_row, 1)
     check_range("--passes", passes, 1)
-    if estimator not in ESTIMATORS:
-        raise UserError(f"--estimator {estimator!r} unknown: use {' or '.join(ESTIMATORS)}")
+    check_estimator(estimator, "--estimator")
     profiles = store(profiles_dir)
     check_output(profiles.root, directory=True)
     loaded = load(model)

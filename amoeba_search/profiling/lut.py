@@ -129,11 +129,15 @@ class MeasurementLog:
                 handle.truncate(data.rfind(b"\n") + 1)
 
 
+def check_estimator(estimator: str, label: str = "estimator") -> None:
+    if estimator not in ESTIMATORS:
+        raise UserError(f"{label} {estimator!r} unknown: use {' or '.join(ESTIMATORS)}")
+
+
 def combine_runs(runs: Iterable[dict[str, Any]], estimator: str = "median") -> float:
     """One latency from a model's passes (each a dict with median_ms and p10_ms), by the estimator."""
     runs = list(runs)
-    if estimator not in ESTIMATORS:
-        raise UserError(f"estimator {estimator!r} unknown: use one of {', '.join(ESTIMATORS)}")
+    check_estimator(estimator)
     if estimator == "median":
         return float(np.median([float(r["median_ms"]) for r in runs]))
     p10 = [float(r.get("p10_ms", math.nan)) for r in runs]
@@ -144,7 +148,7 @@ def combine_runs(runs: Iterable[dict[str, Any]], estimator: str = "median") -> f
 
 def combine_passes(measurements: pd.DataFrame, estimator: str = "median") -> pd.DataFrame:
     """One `median_ms` per timed model (CONFIG) from its passes, by the estimator (ESTIMATORS)."""
-    combine_runs([{"median_ms": 0.0, "p10_ms": 0.0}], estimator)                  # an unknown name fails here
+    check_estimator(estimator)                                    # an unknown name fails even with no rows
     rows = [{**dict(zip(CONFIG, key)), "median_ms": combine_runs(group.to_dict("records"), estimator)}
             for key, group in measurements.groupby(CONFIG, sort=True)]
     return pd.DataFrame(rows, columns=CONFIG + ["median_ms"])

@@ -24,7 +24,7 @@ from .flows import FLOWS
 from .flows.base import Flow, element_bytes
 from .harness import StopRule, measure, summarize
 from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting, check_compatible,
-                  combine_runs, fit_lut, read_profile_meta)
+                  check_estimator, combine_runs, fit_lut, read_profile_meta)
 from .store import ProfileStore
 from .timed_models import base_model, block_model, lead_width
 
@@ -133,7 +133,7 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
         raise UserError(f"--layers-per-row must be in 1..{dims.num_layers}, got {layers_per_row}")
     if passes < 1:
         raise UserError(f"--passes must be >= 1, got {passes}")
-    combine_runs([{"median_ms": 0.0, "p10_ms": 0.0}], estimator)                  # an unknown name fails now
+    check_estimator(estimator)                                    # before any row is measured
     meta = profile_meta(loaded, device, flow, "measured", {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "design": {"layers_per_row": layers_per_row, "passes": passes, "heads": list(grid.heads),
