@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--targets", default="0.65,0.8,0.5", help="latency ratios (comma list)")
     parser.add_argument("--top-k", type=int, default=8)
     parser.add_argument("--metric", default="kl", choices=("kl", "loss_delta"))
+    parser.add_argument("--refine-rounds", type=int, default=0, help="local-search rounds from the best (search's "
+                                                                      "--refine-rounds)")
+    parser.add_argument("--max-changes", type=int, default=4, help="layers one refining round may change")
     parser.add_argument("--windows", type=int, default=40, help="WikiText-2 test windows of 512 tokens (first N)")
     parser.add_argument("--random-subnets", type=int, default=16, help="for the score-predictiveness check")
     parser.add_argument("--threads", type=int, default=2)
@@ -154,7 +157,8 @@ def main() -> None:
                 continue
             target = ratio * ctx.full_model_ms()
             candidate, uniform_proxy = best_uniform(ctx, target)
-            hetero = heterogeneous_search(ctx, target, args.top_k, args.metric)
+            hetero = heterogeneous_search(ctx, target, args.top_k, args.metric, args.refine_rounds,
+                                          args.max_changes, progress=True)
             row = {"flow": flow, "target_ratio": ratio, "target_ms": round(target, 3),
                    "full_model_ms": round(ctx.full_model_ms(), 3), "uniform_subnet": candidate.key,
                    "uniform_proxy_ppl": round(uniform_proxy, 3),
@@ -162,7 +166,9 @@ def main() -> None:
                    "hetero_layers": len(hetero["subnet"].layers), "hetero_shapes": hetero["shapes"],
                    "hetero_proxy_ppl": round(hetero["proxy_value"], 3),
                    "hetero_predicted_ms": round(hetero["predicted_ms"], 3),
-                   "hetero_block_score": round(hetero["block_score"], 4), "solver_seconds": hetero["solver_seconds"]}
+                   "hetero_block_score": round(hetero["block_score"], 4), "solver_seconds": hetero["solver_seconds"],
+                   "hetero_origin": hetero["origin"], "refine_rounds": args.refine_rounds,
+                   "max_changes": args.max_changes}
             for side, subnet, key in (("uniform", ctx.subnet(candidate), candidate.key),
                                       ("hetero", hetero["subnet"], hetero["key"])):
                 scores, latency = scored_checkpoint(loaded, subnet, flow, ctx.setting, root, args.windows,
@@ -243,7 +249,9 @@ def markdown(record: dict) -> str:
               "## Shapes chosen (per original layer: heads/MLP, x = removed)", ""]
     for r in record["rows"]:
         shapes = ",".join("x" if s == [0, 0] else f"{s[0]}/{s[1]}" for s in r["hetero_shapes"])
-        lines.append(f"- {r['flow']} {r['target_ratio']:.0%}: {shapes}")
+        found = f" (found by: {r['hetero_origin']}; refining rounds allowed: {r.get('refine_rounds', 0)})" \
+            if "hetero_origin" in r else ""
+        lines.append(f"- {r['flow']} {r['target_ratio']:.0%}: {shapes}{found}")
     lines += ["", "## Greedy answers of the heterogeneous subnets", ""]
     for r in record["rows"]:
         lines.append(f"- {r['flow']} {r['target_ratio']:.0%}: " + " | ".join(

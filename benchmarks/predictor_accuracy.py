@@ -140,7 +140,8 @@ def interleaved_profile(loaded, lut: LookupTable, fresh: bool, estimator: str):
         print(f"{lut.meta['flow']:14s} pass {pass_index}: profile rows", flush=True)
         build_profile(loaded, lut.directory, lut.meta["device"], lut.meta["flow"], lut.settings(), grid,
                       design["layers_per_row"], rule, passes=pass_index + 1,
-                      overwrite=fresh and pass_index == 0, progress=False, estimator=estimator)
+                      overwrite=fresh and pass_index == 0, progress=False, estimator=estimator,
+                      block_fit=lut.block_fit)
     return before_pass
 
 
@@ -251,7 +252,7 @@ def main() -> None:
             (lut.directory / "correction.json").unlink(missing_ok=True)
         pd.DataFrame(records).to_csv(lut.directory / "validation.csv", index=False, float_format="%.4f")
         details[flow] = {"pass_spread_pct_median": statistics.median(r["pass_spread_pct"] for r in random_rows),
-                         "estimator": estimator,
+                         "estimator": estimator, "block_fit": lut.block_fit,
                          "profile_interleaved": args.interleave_profile, "command": command}
         by = {(r["subnet"], r["phase"]): r["measured_ms"] for r in rows}
         for setting in lut.settings():
@@ -309,6 +310,9 @@ def write_markdown(payload: dict, path: Path) -> str:
                                                            for flow, d in payload["flow_costs"].items()) + ".",
               "", "Passes combined by (lut.ESTIMATORS; the profile and its subnets alike): " + ", ".join(
                   f"{flow} {d.get('estimator', 'median')}" for flow, d in payload["flow_costs"].items()) + ".",
+              "", "Block fit (lut.BLOCK_FITS: linear = every width's block on one least-squares plane in "
+              "(attention, heads, MLP channels); per-width = one free value each): " + ", ".join(
+                  f"{flow} {d.get('block_fit', 'per-width')}" for flow, d in payload["flow_costs"].items()) + ".",
               "", "Profiles re-measured pass by pass, interleaved with the validation passes (same time window, "
               "so machine drift cancels): " + (", ".join(f for f, d in payload["flow_costs"].items()
                                                       if d.get("profile_interleaved")) or "none") + "; the others "

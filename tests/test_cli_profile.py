@@ -74,6 +74,8 @@ def test_profile_bad_input_is_one_line(tiny_dir, tmp_path):
         (("profile", "--model", tiny_dir, "--flow", "cuda-eager"), "flow 'cuda-eager' is unavailable here"),
         (("profile", "--model", tiny_dir, "--phases", "train"), "--phases"),
         (("profile", "--model", tiny_dir, "--estimator", "mean"), "--estimator 'mean' unknown: use median or quiet"),
+        (("profile", "import", tmp_path, "--flow", "llama.cpp", "--device", "x", "--model", tiny_dir, "--estimator",
+          "p50"), "--estimator 'p50' unknown: use median or quiet"),
         (("profile", "--model", tiny_dir, "--flow", "roofline", "--device", "nowhere"), "no device spec 'nowhere'"),
         (("predict", "--subnet", tmp_path / "none.json", "--device", "x", "--flow", "torch-eager",
           "--profiles-dir", tmp_path), "amoeba profile --device x --flow torch-eager"),

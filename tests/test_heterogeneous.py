@@ -94,6 +94,52 @@ def test_block_scores_mean_what_they_say_and_resume(scored, tmp_path, monkeypatc
         score_blocks(loaded, strategy, calibration, [48], tmp_path / "log.jsonl", compensate=False, progress=False)
 
 
+def test_scores_around_a_subnet_are_exact_one_layer_changes_of_it(scored):
+    loaded, strategy, calibration = scored
+    dims = ModelDims.from_config(loaded.model.config)
+    ids = calibration.input_ids
+
+    def loss(shapes) -> float:
+        subnet = heterogeneous_subnet(loaded.model, strategy.width, shapes)
+        with torch.no_grad(), subnet_view(loaded.model, subnet) as view:
+            hidden = view.base_model(input_ids=ids).last_hidden_state[:, :-1].reshape(-1, dims.hidden_size)
+            return -token_logprobs(view, hidden, ids[:, 1:].reshape(-1)).double().mean().item()
+
+    anchor = [(6, 48), REMOVED, (0, 24), (3, 48), (6, 24)][:dims.num_layers]
+    variants = [REMOVED, (0, 48), (3, 24), (6, 48)]
+    table = blocks_module.scores_around(loaded, strategy.width, calibration, anchor, variants, "loss_delta",
+                                        progress=False)
+    assert [layer[tuple(shape)] for layer, shape in zip(table, anchor)] == [0.0] * dims.num_layers
+    base = loss(anchor)
+    # re-adding a removed layer, removing the last one, a narrower and a wider variant
+    for layer, variant in ((1, (6, 48)), (dims.num_layers - 1, REMOVED), (0, (3, 24)), (3, (6, 48))):
+        changed = list(anchor)
+        changed[layer] = variant
+        assert table[layer][variant] == pytest.approx(loss(changed) - base, abs=1e-5)
+
+
+def test_solver_trust_region_is_the_best_of_at_most_k_changes():
+    import itertools
+
+    scores, block_ms = random_problem(6, 1)
+    anchor = [(6, 48)] * 6
+    budget = 5 * block_ms[(6, 48)]                     # the anchor itself does not fit: something must change
+    options = [REMOVED, *block_ms]
+    for limit in (1, 2):
+        best = None
+        for layers in itertools.combinations(range(6), limit):          # every way to change <= limit layers
+            for picked in itertools.product(options, repeat=limit):
+                shapes = list(anchor)
+                for layer, shape in zip(layers, picked):
+                    shapes[layer] = shape
+                if sum(block_ms.get(v, 0.0) for v in shapes) <= budget + 1e-9:
+                    score = sum(layer[v] for layer, v in zip(scores, shapes))
+                    best = score if best is None else min(best, score)
+        found = solve(scores, block_ms, budget, top_k=2, anchor=anchor, max_changes=limit)
+        assert all(sum(a != b for a, b in zip(s.shapes, anchor)) <= limit for s in found)
+        assert (best is None and not found) or found[0].score == pytest.approx(best, abs=1e-9)
+
+
 def test_a_heterogeneous_subnet_runs_in_llama_cpp_like_the_view(scored, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")
     from amoeba_search.gguf_export import write_gguf
@@ -142,6 +188,23 @@ def test_search_heterogeneous_cli(world, scored, tmp_path):  # noqa: F811
     too_low = subprocess.run(base + ["--strategy", str(tmp_path / "with-blocks.json"), "--target-ms", "0.001"],
                              capture_output=True, text=True)
     assert too_low.returncode == 2 and "below the fastest" in too_low.stderr
+    # Refining re-draws the block scores' calibration windows from their recorded text file.
+    refine = base + ["--strategy", str(tmp_path / "with-blocks.json"), "--target-ratio", "0.6", "--top-k", "3",
+                     "--refine-rounds", "2", "--max-changes", "2"]
+    unnamed = subprocess.run(refine, capture_output=True, text=True)          # the fixture's windows are "text"
+    assert unnamed.returncode == 2 and "calibration text" in unnamed.stderr and "Traceback" not in unnamed.stderr
+    payload = json.loads((tmp_path / "with-blocks.json").read_text())
+    payload["blocks"]["calibration"]["data"] = str(data / "wikitext2" / "valid.txt")   # where they were drawn from
+    (tmp_path / "with-blocks.json").write_text(json.dumps(payload))
+    run = subprocess.run(refine, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    refined = json.loads((tmp_path / "best.json").read_text())["search"]
+    pool = [c["proxy_value"] for c in refined["candidates"] if not c["origin"].startswith("refined")]
+    assert refined["proxy_value"] <= min(pool) and refined["refine_rounds"] == 2
+    assert refined["predicted_ms"] <= refined["target_ms"] + 1e-9
+    for c in refined["candidates"]:
+        if c["origin"].startswith("refined"):
+            assert c["predicted_ms"] <= refined["target_ms"] + 1e-9
 
 
 @pytest.mark.parametrize("args, message", [(["--mlp-ratios", "0.5,2"], "--mlp-ratios"),

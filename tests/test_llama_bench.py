@@ -9,6 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from amoeba_search.errors import UserError
@@ -60,6 +61,21 @@ def test_kit_files_and_a_llama_bench_import(tiny, kit_dir, tmp_path):
         for (heads, mlp), ms in BLOCK_MS.items():
             assert lut.block_ms(setting, heads, mlp) == pytest.approx(ms, rel=1e-3, abs=1e-4)
     assert lut.meta["source"] == "imported"
+
+
+def test_a_quiet_import_fits_each_row_fast_tail(tiny, kit_dir, tmp_path):
+    """--estimator quiet: every row's p10 of llama-bench's samples (0.99/1.00/1.01 x ms here), not its median."""
+    lut = import_profile(tiny, fake_llama_bench(kit_dir), ProfileStore(tmp_path / "profiles"), "toybox", "llama.cpp",
+                         estimator="quiet")
+    tail = float(np.percentile([0.99, 1.0, 1.01], 10))                  # 0.992
+    assert lut.estimator == "quiet"
+    for setting in SETTINGS:
+        setting = lut.setting(setting.phase)
+        assert lut.base_ms(setting) == pytest.approx(tail * BASE_MS[setting.phase], rel=1e-4)
+        assert lut.block_ms(setting, 6, 48) == pytest.approx(tail * BLOCK_MS[(6, 48)], rel=1e-3)
+    with pytest.raises(UserError, match="estimator 'mean' unknown"):
+        import_profile(tiny, kit_dir / "results.jsonl", ProfileStore(tmp_path / "p2"), "toybox", "llama.cpp",
+                       estimator="mean")
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -99,6 +99,56 @@ def test_quiet_estimator_takes_the_fast_tail_of_bursty_passes():
         fit_lut(frame.assign(p10_ms=float("nan")), "quiet")
 
 
+def test_linear_block_fit_pools_the_noise_of_one_width():
+    """Blocks that truly lie on a plane in (attention, heads, MLP): the linear fit returns them exactly; when one
+    width's row is 30% slow (a burst), per-width copies the burst and the plane spreads a fraction of it."""
+    def plane(h: int, m: int) -> float:
+        return 0.1 + 0.2 * (h > 0) + 0.05 * h + 0.001 * m
+
+    widths = [(h, m) for h in (0, 3, 6, 9) for m in (100, 200, 300)]
+    setting = {"phase": "decode", "tokens": 4, "batch": 1, "dtype": "float32"}
+    rows = [{**setting, "layers": 0, "heads": 0, "mlp": 0, "median_ms": 2.0}]
+    rows += [{**setting, "layers": 4, "heads": h, "mlp": m, "median_ms": 2.0 + 4 * plane(h, m)} for h, m in widths
+             if h > 0]
+    rows += [{**setting, "layers": 4, "heads": 0, "mlp": m, "median_ms": 2.0 + 4 * plane(0, m) + plane(9, 300)}
+             for m in (100, 200, 300)]                                          # MLP-only rows lead with a block
+
+    def blocks(frame: pd.DataFrame, fit: str) -> dict:
+        table = fit_lut(frame, block_fit=fit)
+        return {(h, m): v for h, m, v in table[table.component == "block"][["heads", "mlp", "latency_ms"]]
+                .itertuples(index=False)}
+
+    exact = blocks(pd.DataFrame(rows), "linear")
+    assert all(exact[w] == pytest.approx(plane(*w)) for w in widths)
+    burst = pd.DataFrame(rows)
+    slow = (burst.heads == 6) & (burst.mlp == 200)
+    burst.loc[slow, "median_ms"] *= 1.3
+    per_width, linear = blocks(burst, "per-width"), blocks(burst, "linear")
+    error = {name: abs(fit[(6, 200)] - plane(6, 200)) for name, fit in (("per-width", per_width), ("linear", linear))}
+    assert error["linear"] < 0.25 * error["per-width"]
+    with pytest.raises(UserError, match="block fit 'cubic' unknown"):
+        fit_lut(burst, block_fit="cubic")
+
+
+def test_refit_changes_the_fit_without_timing(tiny_profile, tmp_path, monkeypatch):
+    from amoeba_search.profiling.profile import refit_profile
+    from amoeba_search.profiling.store import ProfileStore
+
+    _, _, lut = tiny_profile
+    directory = tmp_path / "dev" / "torch-eager"
+    directory.mkdir(parents=True)
+    for name in ("meta.json", "measurements.csv", "lut.csv"):
+        (directory / name).write_bytes((lut.directory / name).read_bytes())
+    (directory / "correction.json").write_text("{}")                       # fitted against the old table
+    monkeypatch.setattr(profile_mod, "measure_model", lambda *a, **k: pytest.fail("timed something"))
+    assert lut.block_fit == "linear" and lut.estimator == "median"         # the defaults of a new profile
+    again = refit_profile(ProfileStore(tmp_path), "dev", "torch-eager", "quiet", "per-width")
+    assert (again.estimator, again.block_fit) == ("quiet", "per-width")
+    assert not (directory / "correction.json").exists()
+    expected = fit_lut(MeasurementLog(directory).read(), "quiet", "per-width")
+    assert again.table["latency_ms"].tolist() == pytest.approx(expected["latency_ms"].tolist())
+
+
 def test_fit_needs_base_information():
     rows = [{"phase": "decode", "tokens": 4, "batch": 1, "dtype": "float32", "layers": 3, "heads": 6, "mlp": 48,
              "median_ms": 5.0}]

@@ -72,6 +72,9 @@ def profile(
     estimator: str = typer.Option("median", help="How a model's passes become one latency: median (of the passes' "
                                                  "medians) or quiet (lowest p10 over the passes: for a shared VM "
                                                  "whose neighbours slow it down in bursts; more passes help)."),
+    block_fit: str = typer.Option("linear", "--block-fit", help="linear: every width's block on one least-squares "
+                                                                "plane in (attention, heads, MLP channels), pooling "
+                                                                "all rows' noise; per-width: one free value each."),
     quick: bool = typer.Option(False, help="4 MLP widths, one pass and a looser stop rule (±5%, ≤40 repeats): "
                                            "minutes, not tens of minutes."),
     mlp_only_layers: bool = typer.Option(True, "--mlp-only-layers/--no-mlp-only-layers",
@@ -86,7 +89,7 @@ def profile(
         return
     setup(threads)
     from ..profiling.harness import StopRule
-    from ..profiling.lut import Setting, check_estimator
+    from ..profiling.lut import Setting, check_block_fit, check_estimator
     from ..profiling.profile import DEFAULT_MLP_RATIOS, QUICK_MLP_RATIOS, WidthGrid, make_profile
     from ..families.base import model_dims
 
@@ -105,6 +108,7 @@ def profile(
     check_range("--layers-per-row", layers_per_row, 1)
     check_range("--passes", passes, 1)
     check_estimator(estimator, "--estimator")
+    check_block_fit(block_fit, "--block-fit")
     profiles = store(profiles_dir)
     check_output(profiles.root, directory=True)
     loaded = load(model)
@@ -113,7 +117,7 @@ def profile(
                                mlp_only_layers)
     lut = make_profile(loaded, profiles, flow, device, settings, grid, layers_per_row,
                        StopRule.quick() if quick else StopRule(), passes=1 if quick else passes, overwrite=overwrite,
-                       estimator=estimator)
+                       estimator=estimator, block_fit=block_fit)
     console.print(lut_summary(lut))
     name = lut.meta["device"]
     console.print(f"wrote {lut.directory}/lut.csv (+ meta.json); predict with `amoeba predict --device {name} "
@@ -133,6 +137,11 @@ def import_(
     device: str = typer.Option(..., "--device", "-d", help="Name of the device they were measured on."),
     model: str = ModelOption,
     overwrite: bool = typer.Option(False, help="Replace an existing profile instead of extending it."),
+    estimator: str = typer.Option("median", help="A row's latency: median, or quiet (its p10: the fast tail, "
+                                                 "where other tenants of a shared machine only add time)."),
+    block_fit: str = typer.Option("linear", "--block-fit", help="linear: every width's block on one least-squares "
+                                                                "plane in (attention, heads, MLP channels), pooling "
+                                                                "all rows' noise; per-width: one free value each."),
     profiles_dir: Optional[Path] = ProfilesOption,
 ) -> None:
     """Import latencies measured on another device (trtllm-bench, mlc_llm bench, ...) as a profile: every row is
@@ -140,17 +149,49 @@ def import_(
     from ..profiling.profile import import_profile
 
     setup(None)
+    from ..profiling.lut import check_block_fit, check_estimator
+
     FLOWS.get(flow)
+    check_estimator(estimator, "--estimator")
+    check_block_fit(block_fit, "--block-fit")
     if not results.exists():
         raise UserError(f"results {results} not found")
     if not device.strip() or "/" in device or device in (".", ".."):
         raise UserError(f"--device {device!r}: give a plain name (it becomes a directory under the profile root)")
     profiles = store(profiles_dir)
     check_output(profiles.directory(device, flow), directory=True)
-    lut = import_profile(load(model), results, profiles, device, flow, overwrite)
+    lut = import_profile(load(model), results, profiles, device, flow, overwrite, estimator, block_fit)
     console.print(lut_summary(lut))
     console.print(f"wrote {lut.directory}; predict with `amoeba predict --device {device} --flow {flow} "
                   "--subnet s.json`")
+
+
+@profile_app.command("refit", epilog=example("amoeba profile refit --device intel-xeon --flow torch-eager "
+                                             "--block-fit linear",
+                                             "amoeba profile refit --device intel-xeon --flow llama.cpp "
+                                             "--estimator quiet"))
+def refit(
+    device: str = typer.Option(..., "--device", "-d", help="Profile name."),
+    flow: str = typer.Option(..., "--flow", "-f", help="Its flow."),
+    estimator: Optional[str] = typer.Option(None, help="median or quiet (default: the profile's)."),
+    block_fit: Optional[str] = typer.Option(None, "--block-fit", help="linear or per-width (default: the "
+                                                                      "profile's)."),
+    profiles_dir: Optional[Path] = ProfilesOption,
+) -> None:
+    """Fit a profile's table again from its measurements.csv (another estimator or block fit) without timing
+    anything; its correction, validation and figures, derived from the old table, are removed."""
+    setup(None)
+    from ..profiling.lut import check_block_fit, check_estimator
+    from ..profiling.profile import refit_profile
+
+    if estimator is not None:
+        check_estimator(estimator, "--estimator")
+    if block_fit is not None:
+        check_block_fit(block_fit, "--block-fit")
+    lut = refit_profile(store(profiles_dir), device, flow, estimator, block_fit)
+    console.print(lut_summary(lut))
+    console.print(f"refitted {lut.directory}/lut.csv (estimator {lut.estimator}, block fit {lut.block_fit}); "
+                  "re-validate with benchmarks/predictor_accuracy.py")
 
 
 def lut_summary(lut) -> Table:

@@ -40,6 +40,8 @@ LUT_COLUMNS = SETTING + ["component", "heads", "mlp", "latency_ms", "rows"]
 # the machine's own speed, and it stays comparable between a profile and the subnets it predicts. Reports of a
 # subnet's measured latency keep the median and p10-p90.
 ESTIMATORS = {"median": "median of the passes' medians", "quiet": "lowest p10 over the passes"}
+BLOCK_FITS = {"linear": "block = a + b [has attention] + c heads + d MLP channels, least squares over every width",
+              "per-width": "one free latency per width"}
 
 
 @dataclass(frozen=True)
@@ -154,10 +156,17 @@ def combine_passes(measurements: pd.DataFrame, estimator: str = "median") -> pd.
     return pd.DataFrame(rows, columns=CONFIG + ["median_ms"])
 
 
-def fit_lut(measurements: pd.DataFrame, estimator: str = "median") -> pd.DataFrame:
+def check_block_fit(block_fit: str, label: str = "block fit") -> None:
+    if block_fit not in BLOCK_FITS:
+        raise UserError(f"{label} {block_fit!r} unknown: use {' or '.join(BLOCK_FITS)}")
+
+
+def fit_lut(measurements: pd.DataFrame, estimator: str = "median", block_fit: str = "linear") -> pd.DataFrame:
     """Least squares per setting: latency = base + layers * block(width); needs a 0-layer row or two depths.
     A model timed in several passes (spread over the run, so slow drifts of a shared machine hit every width
-    alike) counts once, its passes combined by `estimator`."""
+    alike) counts once, its passes combined by `estimator`. `block_fit` linear then replaces the per-width
+    blocks by their least-squares plane in (has attention, heads, MLP channels) (`linear_blocks`)."""
+    check_block_fit(block_fit)
     measurements = combine_passes(measurements, estimator)
     out = []
     for setting, group in measurements.groupby(SETTING, sort=True):
@@ -183,7 +192,24 @@ def fit_lut(measurements: pd.DataFrame, estimator: str = "median") -> pd.DataFra
         for (h, m), value in zip(widths, solution[1:]):
             out.append({**base, "component": "block", "heads": h, "mlp": m, "latency_ms": value,
                         "rows": int(counts.get((h, m), 0))})
-    return pd.DataFrame(out, columns=LUT_COLUMNS)
+    table = pd.DataFrame(out, columns=LUT_COLUMNS)
+    return linear_blocks(table) if block_fit == "linear" else table
+
+
+def linear_blocks(table: pd.DataFrame) -> pd.DataFrame:
+    """Per setting, every block latency replaced by the least-squares plane a + b [heads > 0] + c heads + d mlp
+    through all widths' blocks. Why: a block's time is a fixed per-block cost (launches, norms, cache update;
+    an MLP-only block skips attention's) plus work proportional to the weights it reads, which grow linearly with
+    heads (q, k, v, o rows) and MLP channels; one row per width is only as good as the few seconds it was timed
+    in, while the plane pools every width's rows. Measured (benchmarks/results/block_fit.md, the 20-subnet
+    validations of every shipped profile): lower composed MAPE on 13 of 14 device/flow/phase tables."""
+    table = table.copy()
+    for _, group in table[table["component"] == "block"].groupby(SETTING, sort=False):
+        heads, mlp = group["heads"].to_numpy(float), group["mlp"].to_numpy(float)
+        design = np.column_stack([np.ones(len(group)), heads > 0, heads, mlp])
+        coefficients, *_ = np.linalg.lstsq(design, group["latency_ms"].to_numpy(float), rcond=None)
+        table.loc[group.index, "latency_ms"] = design @ coefficients     # rank-deficient grids: the projection
+    return table
 
 
 META_REQUIRED = {"device": str, "flow": str, "source": str, "model": dict}
@@ -247,6 +273,11 @@ class LookupTable:
         """How the profile combined a model's passes (lut.ESTIMATORS); a measurement compared with its
         predictions combines its passes the same way."""
         return self.meta.get("design", {}).get("estimator", "median")
+
+    @property
+    def block_fit(self) -> str:
+        """How per-width block latencies were fitted (lut.BLOCK_FITS); profiles made before the option: per-width."""
+        return self.meta.get("design", {}).get("block_fit", "per-width")
 
     @property
     def name(self) -> str:

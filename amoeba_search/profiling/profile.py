@@ -24,7 +24,8 @@ from .flows import FLOWS
 from .flows.base import Flow, element_bytes
 from .harness import StopRule, measure, summarize
 from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting, check_compatible,
-                  check_estimator, combine_runs, fit_lut, read_profile_meta)
+                  check_block_fit, check_estimator, combine_runs, fit_lut,
+                  read_profile_meta)
 from .store import ProfileStore
 from .timed_models import base_model, block_model, lead_width
 
@@ -122,9 +123,10 @@ def open_profile(directory: Path, meta: dict, overwrite: bool) -> MeasurementLog
 
 def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: str, settings: list[Setting],
                   grid: WidthGrid, layers_per_row: int = 8, rule: StopRule = StopRule(), passes: int = 3,
-                  overwrite: bool = False, progress: bool = True, estimator: str = "median") -> LookupTable:
+                  overwrite: bool = False, progress: bool = True, estimator: str = "median",
+                  block_fit: str = "linear") -> LookupTable:
     """Measure every missing row (resuming), pass after pass over the grid, then fit (passes combined by
-    `estimator`, lut.ESTIMATORS) and write lut.csv."""
+    `estimator`, lut.ESTIMATORS; blocks by `block_fit`, lut.BLOCK_FITS) and write lut.csv."""
     flow = FLOWS.get(flow_name)
     for setting in settings:
         flow.require(setting.dtype)
@@ -134,11 +136,12 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
     if passes < 1:
         raise UserError(f"--passes must be >= 1, got {passes}")
     check_estimator(estimator)                                    # before any row is measured
+    check_block_fit(block_fit)
     meta = profile_meta(loaded, device, flow, "measured", {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "design": {"layers_per_row": layers_per_row, "passes": passes, "heads": list(grid.heads),
                    "mlp": list(grid.mlp), "mlp_only_layers": grid.mlp_only,
-                   "stop_rule": rule.__dict__, "estimator": estimator},
+                   "stop_rule": rule.__dict__, "estimator": estimator, "block_fit": block_fit},
         "model_dims": dims.__dict__,
         "units": {"latency": "ms", "memory": "MiB"},
         "memory_note": "weights_mib / kv_mib are exact tensor sizes; peak_mem_mib is torch's CUDA peak (GPU only)",
@@ -168,7 +171,7 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
                 bar.update()
     measurements = log.read()
     wanted = {(s.phase, s.tokens, s.batch, s.dtype) for s in settings}
-    ProfileStore.write_table(directory, fit_lut(measurements, estimator))
+    ProfileStore.write_table(directory, fit_lut(measurements, estimator, block_fit))
     missing = wanted - set(map(tuple, measurements[["phase", "tokens", "batch", "dtype"]].itertuples(index=False)))
     if missing:
         raise UserError(f"no rows measured for {sorted(missing)}")
@@ -178,7 +181,7 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
 def make_profile(loaded: LoadedModel, store: ProfileStore, flow_name: str, device: str | None,
                  settings: list[Setting], grid: WidthGrid, layers_per_row: int = 8, rule: StopRule = StopRule(),
                  passes: int = 3, overwrite: bool = False, progress: bool = True,
-                 estimator: str = "median") -> LookupTable:
+                 estimator: str = "median", block_fit: str = "linear") -> LookupTable:
     """The one call behind `amoeba profile`: measure a measured flow on this machine (device: its CPU/GPU model
     unless named), or estimate an estimate flow for the named device spec; imported flows are refused with
     the import command."""
@@ -192,7 +195,7 @@ def make_profile(loaded: LoadedModel, store: ProfileStore, flow_name: str, devic
     device = device or default_device_slug(flow.device)
     return build_profile(loaded, store.directory(device, flow_name), device, flow_name, settings, grid,
                          layers_per_row, rule, passes=passes, overwrite=overwrite, progress=progress,
-                         estimator=estimator)
+                         estimator=estimator, block_fit=block_fit)
 
 
 IMPORT_REQUIRED = ["phase", "tokens", "batch", "dtype", "layers", "heads", "mlp", "median_ms"]
@@ -238,14 +241,17 @@ def read_import_csv(csv_path: Path, dims: ModelDims) -> pd.DataFrame:
 
 
 def import_profile(loaded: LoadedModel, csv_path: Path, store: ProfileStore, device: str, flow_name: str,
-                   overwrite: bool = False) -> LookupTable:
+                   overwrite: bool = False, estimator: str = "median", block_fit: str = "linear") -> LookupTable:
     """Latencies measured elsewhere (one row per timed model, see README) as a profile: every row is checked and
     the table fitted in memory first, then the whole profile is written at once. An existing profile is extended
-    (same model and flow; rows for the same model replaced) only when the merged rows fit too."""
+    (same model and flow; rows for the same model replaced) only when the merged rows fit too. `estimator` picks
+    each row's latency as a native profile's does (quiet: its p10, where the file has one); `block_fit` too."""
     from .llama_bench import read_llama_bench
     from .optimum_benchmark import read_optimum_benchmark
 
     flow = FLOWS.get(flow_name)
+    check_estimator(estimator)
+    check_block_fit(block_fit)
     dims = model_dims(loaded.model.config)
     if csv_path.is_dir():                                        # an optimum-benchmark kit's results/
         new = read_optimum_benchmark(csv_path, loaded.fingerprint, flow_name)
@@ -261,7 +267,8 @@ def import_profile(loaded: LoadedModel, csv_path: Path, store: ProfileStore, dev
                      peak_mem_mib="", wall_s=0.0, samples_ms=new["median_ms"].map(str))[MEASUREMENT_COLUMNS]
     meta = profile_meta(loaded, device, flow, "imported", {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "imported_from": str(csv_path), "model_dims": dims.__dict__, "units": {"latency": "ms"}})
+        "imported_from": str(csv_path), "model_dims": dims.__dict__, "units": {"latency": "ms"},
+        "design": {"estimator": estimator, "block_fit": block_fit}})
     meta["environment"]["device_name"] = device
     directory = store.directory(device, flow_name)
     measurements = new
@@ -271,5 +278,27 @@ def import_profile(loaded: LoadedModel, csv_path: Path, store: ProfileStore, dev
         old = MeasurementLog(directory).read()
         replaced = old.set_index(KEY).index.isin(new.set_index(KEY).index)
         measurements = pd.concat([old[~replaced], new], ignore_index=True)
-    table = fit_lut(measurements)
+    table = fit_lut(measurements, estimator, block_fit)
     return store.write_profile(directory, meta, table, measurements)
+
+
+def refit_profile(store: ProfileStore, device: str, flow_name: str, estimator: str | None = None,
+                  block_fit: str | None = None) -> LookupTable:
+    """Fit a measured or imported profile's table again from its measurements.csv, with another estimator or
+    block fit (None: keep the profile's), without timing anything. What was derived from the old table (its
+    correction, validation and figures) is removed: re-validate with benchmarks/predictor_accuracy.py."""
+    lut = store.load(device, flow_name)
+    directory = lut.directory
+    if not (directory / "measurements.csv").is_file():
+        raise UserError(f"{lut.name} has no measurements.csv to fit again (an estimate or a pre-fitted table)")
+    estimator, block_fit = estimator or lut.estimator, block_fit or lut.block_fit
+    check_estimator(estimator)
+    check_block_fit(block_fit)
+    measurements = MeasurementLog(directory).read()
+    meta = {**lut.meta, "design": {**lut.meta.get("design", {}), "estimator": estimator, "block_fit": block_fit}}
+    table = fit_lut(measurements, estimator, block_fit)
+    for derived in ("correction.json", "validation.csv", "lut.png", "lut.svg"):
+        (directory / derived).unlink(missing_ok=True)
+    store.write_meta(directory, meta)
+    store.write_table(directory, table)
+    return LookupTable.load(directory)

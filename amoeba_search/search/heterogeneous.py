@@ -5,7 +5,8 @@ correction), and replace-one-block scores are additive estimates of the damage, 
 is a multiple-choice knapsack: pick one variant per layer (removed, or heads x MLP width) minimising the summed
 score subject to the latency sum. Solved exactly as a MILP (scipy / HiGHS, zero gap). Block scores interact, so
 what is handed over is chosen by the accuracy proxy measured on real subnets, from a pool: the exact top-k (no-good
-cuts), the exact per-layer widths on the DP's removal set of every depth, and the uniform subnets at the budget."""
+cuts), the exact per-layer widths on the DP's removal set of every depth, and the uniform subnets at the budget;
+optionally refined by rounds of local search (scores re-taken around the incumbent, a few layers changed at once)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from ..data import data_root, read_text
 from ..errors import UserError
 from ..profiling.predictor import setting_key
-from ..selection.blocks import REMOVED
+from ..selection.blocks import REMOVED, scores_around
+from ..selection.calibration import Calibration, text_calibration
 from ..selection.space import Candidate
 from ..selection.width import heterogeneous_subnet
 from ..subnet import Subnet
@@ -49,9 +53,12 @@ def block_budget_ms(target_ms: float, base_ms: float, block_scale: float = 1.0, 
 
 
 def solve(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, float], budget_ms: float, top_k: int = 1,
-          min_layers: int = 1) -> list[Solution]:
+          min_layers: int = 1, anchor: Sequence[Shape] | None = None, max_changes: int | None = None
+          ) -> list[Solution]:
     """The top_k lowest summed scores with summed block latency <= budget_ms (removed layers cost 0), exactly;
-    fewer when fewer exist. Variants a layer has no score for, or the profile no latency for, are not offered."""
+    fewer when fewer exist. Variants a layer has no score for, or the profile no latency for, are not offered.
+    With `anchor` and `max_changes`: at most that many layers differ from the anchor's shapes (a trust region for
+    scores that are only valid near the anchor)."""
     options = [[(v, s) for v, s in layer.items() if v == REMOVED or v in block_ms] for layer in scores]
     index = [(i, v) for i, layer in enumerate(options) for v, _ in layer]
     cost = np.array([s for layer in options for _, s in layer], dtype=float)
@@ -62,6 +69,9 @@ def solve(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, float], bu
         one_per_layer[i, column] = 1.0
     constraints = [LinearConstraint(one_per_layer, 1, 1), LinearConstraint(latency[None], -np.inf, budget_ms),
                    LinearConstraint(kept[None], min_layers, np.inf)]
+    if anchor is not None and max_changes is not None:
+        changed = np.array([0.0 if v == tuple(anchor[i]) else 1.0 for i, v in index])
+        constraints.append(LinearConstraint(changed[None], -np.inf, max_changes))
     found: list[Solution] = []
     for _ in range(top_k):
         with _quiet_stdout():
@@ -109,10 +119,12 @@ def brute_force(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, floa
     return best
 
 
-def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "kl") -> dict:
+def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "kl", refine_rounds: int = 0,
+                         max_changes: int = 4, progress: bool = False) -> dict:
     """The best heterogeneous subnet for a search context (model, strategy with block scores, profile, proxy):
     exact top-k under the budget and the rest of `candidate_pool`, re-ranked by the proxy measured on each real
-    subnet (cached in the study storage like every other accuracy). Returns the record `best.json` holds."""
+    subnet (cached in the study storage like every other accuracy); then up to `refine_rounds` rounds of `refine`
+    from the best. Returns the record `best.json` holds."""
     blocks = ctx.strategy.blocks
     if blocks is None:
         raise UserError("the strategy has no block scores, which --space heterogeneous needs: add them with "
@@ -148,10 +160,30 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
         raise UserError(f"latency target {target_ms:.3f} ms is below the fastest heterogeneous subnet "
                         f"({fastest:.3f} ms: one layer at the narrowest profiled width on {ctx.lut.name}): raise it")
     ranked = []
-    for origin, solution, key in candidate_pool(ctx, table, scores, block_ms, budget, target_ms, solutions):
-        subnet = heterogeneous_subnet(ctx.loaded.model, ctx.strategy.width, solution.shapes, ctx.compensate)
-        ranked.append((origin, solution, subnet, ctx.accuracy(key, lambda s=subnet: s)))
-    origin, best, subnet, value = min(ranked, key=lambda r: r[3] if ctx.proxy.direction == "minimize" else -r[3])
+
+    def measure(entries: list[tuple[str, Solution, str]]) -> tuple:
+        """Score new entries on the proxy; the best of all so far."""
+        for origin, solution, key in entries:
+            subnet = heterogeneous_subnet(ctx.loaded.model, ctx.strategy.width, solution.shapes, ctx.compensate)
+            ranked.append((origin, solution, subnet, ctx.accuracy(key, lambda s=subnet: s)))
+        return min(ranked, key=lambda r: r[3] if ctx.proxy.direction == "minimize" else -r[3])
+
+    best_entry = measure(candidate_pool(ctx, table, scores, block_ms, budget, target_ms, solutions))
+    if refine_rounds:
+        calibration = block_calibration(ctx)
+        variants = [v for v in blocks.variants if v == REMOVED or v in block_ms]
+        for round_index in range(1, refine_rounds + 1):
+            moves = refine(ctx, calibration, best_entry[1].shapes, variants, block_ms, budget, metric, top_k,
+                           max_changes, progress)
+            seen = {entry[1].shapes for entry in ranked}
+            fresh = [(f"refined, round {round_index}", Solution(m.shapes, sum(layer[v] for layer, v in
+                                                                            zip(scores, m.shapes)), m.blocks_ms),
+                      m.key) for m in moves if m.shapes not in seen]
+            improved = measure(fresh)
+            if improved is best_entry:
+                break                                     # no local move beats the incumbent on the proxy
+            best_entry = improved
+    origin, best, subnet, value = best_entry
     predicted = ctx.predictor.predict_subnet_ms(setting, subnet, dims)
     return {"space": "heterogeneous", "subnet": subnet, "candidate": f"hetero-{len(subnet.layers)}L", "key": best.key,
             "shapes": [list(s) for s in best.shapes], "device": ctx.lut.meta["device"], "flow": ctx.lut.meta["flow"],
@@ -161,10 +193,35 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
             "direction": ctx.proxy.direction, "proxy_value": value, "metric": metric,
             "adapters": None if ctx.loaded.adapters is None else ctx.loaded.adapters.describe(),
             "block_score": best.score, "origin": origin, "solver_seconds": round(seconds, 4),
-            "top_k": len(solutions),
+            "top_k": len(solutions), "refine_rounds": refine_rounds, "max_changes": max_changes,
             "candidates": [{"origin": o, "key": s.key, "block_score": s.score, "proxy_value": v,
                             "predicted_ms": ctx.predictor.predict_subnet_ms(setting, sub, dims)}
                            for o, s, sub, v in ranked]}
+
+
+def refine(ctx, calibration, shapes: Sequence[Shape], variants: Sequence[Shape], block_ms: dict, budget_ms: float,
+           metric: str, top_k: int, max_changes: int, progress: bool = False) -> list[Solution]:
+    """One round of local search from an incumbent: replace-one-block scores taken around it (not around the full
+    model: they interact less near the answer), then the exact top-k of at most `max_changes` layer changes under
+    the same budget. Each round costs one scoring pass per layer x variant, with shared prefixes cached."""
+    local = scores_around(ctx.loaded, ctx.strategy.width, calibration, shapes, variants, metric, ctx.compensate,
+                          progress)
+    # Layer 0 keeps attention, as in the caller (or stays removed where the incumbent removed it).
+    local[0] = {v: s for v, s in local[0].items() if v[0] > 0 or v == tuple(shapes[0])}
+    return solve(local, block_ms, budget_ms, top_k, anchor=shapes, max_changes=max_changes)
+
+
+def block_calibration(ctx) -> Calibration:
+    """The calibration windows the strategy's block scores were computed on, drawn again from its record (the text
+    file as recorded, else the same file under this machine's data root)."""
+    record = ctx.strategy.blocks.calibration
+    recorded = Path(str(record.get("data", "")))
+    path = recorded if recorded.is_file() else data_root(ctx.request.data_dir) / recorded.parent.name / recorded.name
+    if record.get("metric") != "ppl" or not path.is_file():
+        raise UserError(f"refining needs the block scores' calibration text {recorded} (metric ppl): it is not here "
+                        "nor under the data root; pass --data-dir, or search with --refine-rounds 0")
+    return text_calibration(ctx.loaded.tokenizer, read_text(path), int(record["samples"]), int(record["seq_len"]),
+                            int(record["seed"]), name=str(recorded))
 
 
 def candidate_pool(ctx, table: list[dict], scores: list[dict], block_ms: dict, budget_ms: float, target_ms: float,

@@ -5,13 +5,14 @@ distribution from the full model's, and the increase of its calibration loss. Su
 additive estimate of a heterogeneous subnet's damage, which an exact solver can optimise under a latency budget.
 
 Each variant costs one pass over the layers after it (the hidden state entering every layer is computed once from
-the full model), and results are appended to a JSONL log as they come, so an interrupted run resumes."""
+the full model), and results are appended to a JSONL log as they come, so an interrupted run resumes. The same
+scores taken around a subnet instead of the full model (`scores_around`) let the search refine an answer locally."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -20,13 +21,14 @@ from ..artifacts import ResultLog
 from ..errors import UserError
 from ..evaluate import HEAD_CHUNK, head_logprobs
 from ..models import LoadedModel
-from ..subnet import ModelDims, Subnet
-from ..view import decoder_layers, subnet_view
+from ..subnet import ModelDims
+from ..view import subnet_view
 from ..families.base import family_of, model_dims
 from .calibration import Calibration, LayerRunner
 from .strategy import REMOVED, BlockScores, Strategy, WidthScores
-from .width import layer_choice
+from .width import heterogeneous_subnet
 
+Shape = tuple[int, int]                          # (query heads, MLP channels); (0, 0) = layer removed
 
 
 def block_variants(dims: ModelDims, mlp_widths: Sequence[int], heads: Sequence[int] | None = None,
@@ -41,19 +43,6 @@ def block_variants(dims: ModelDims, mlp_widths: Sequence[int], heads: Sequence[i
     widths = sorted(set(mlp_widths))
     return [REMOVED] + ([(0, m) for m in widths] if mlp_only else []) + [
         (h, m) for h in (sorted(set(heads)) if heads else valid) for m in widths]
-
-
-def _variant_subnet(model, width: WidthScores, dims: ModelDims, layer: int, heads: int, mlp: int,
-                    compensate: bool) -> Subnet:
-    """The full model with only `layer` narrowed to (heads, mlp): every other layer whole (zero compensation)."""
-    family = family_of(model.config)
-    chosen = layer_choice(decoder_layers(model)[layer], width, layer, heads, mlp, dims, family, compensate)
-    full_heads, full_channels = tuple(range(dims.num_heads)), tuple(range(dims.intermediate_size))
-    zeros = ((0.0,) * dims.hidden_size,) * 2
-    layers = range(dims.num_layers)
-    return Subnet(tuple(layers), tuple(chosen[0] if i == layer else full_heads for i in layers),
-                  tuple(chosen[1] if i == layer else full_channels for i in layers),
-                  tuple(chosen[2] if i == layer else zeros for i in layers) if compensate else None)
 
 
 class _Divergence:
@@ -104,20 +93,13 @@ def score_blocks(loaded: LoadedModel, strategy: Strategy, calibration: Calibrati
             if {"layer", "heads", "mlp", "kl", "loss_delta"} <= set(r)}
     started = time.perf_counter()
     runner = LayerRunner(model, calibration)
-    entering = [runner.embed()]                                   # hidden state entering layer i: (S, T, D)
-    for i in range(dims.num_layers):
-        entering.append(runner.run(entering[-1], [i]))
-    divergence = _Divergence(model, runner.final(entering[0], list(range(dims.num_layers))), calibration.input_ids)
+    divergence = _Divergence(model, runner.final(runner.embed(), list(range(dims.num_layers))),
+                             calibration.input_ids)
     todo = [(i, v) for i in range(dims.num_layers) for v in variants if v != full and (i, *v) not in done]
     rows = [{"layer": i, "heads": full[0], "mlp": full[1], "kl": 0.0, "loss_delta": 0.0}
             for i in range(dims.num_layers)] if full in variants else []
-    for i, (heads, mlp) in tqdm(todo, desc="block scores", unit="variant", disable=not progress):
-        suffix = list(range(i + 1, dims.num_layers))
-        if (heads, mlp) == REMOVED:
-            final = runner.final(entering[i], suffix)
-        else:
-            with subnet_view(model, _variant_subnet(model, strategy.width, dims, i, heads, mlp, compensate)):
-                final = runner.final(entering[i], [i] + suffix)
+    for i, (heads, mlp), final in _replaced(loaded, strategy.width, runner, [full] * dims.num_layers, todo,
+                                            compensate, progress):
         kl, loss_delta = divergence(final)
         row = {"layer": i, "heads": heads, "mlp": mlp, "kl": kl, "loss_delta": loss_delta}
         done[(i, heads, mlp)] = row
@@ -127,3 +109,48 @@ def score_blocks(loaded: LoadedModel, strategy: Strategy, calibration: Calibrati
     return BlockScores(calibration.source, divergence.base_loss, compensate, variants,
                        sorted(rows, key=lambda r: (r["layer"], r["heads"], r["mlp"])),
                        round(time.perf_counter() - started, 1))
+
+
+def _replaced(loaded: LoadedModel, width: WidthScores, runner: LayerRunner, shapes: Sequence[Shape],
+              todo: Sequence[tuple[int, Shape]], compensate: bool, progress: bool
+              ) -> Iterator[tuple[int, Shape, torch.Tensor]]:
+    """(layer, variant, final hidden states (S, T, D)) of the subnet `shapes` with only that layer replaced by that
+    variant, for every (layer, variant) in `todo`. The hidden state entering each original layer under `shapes` is
+    computed once, so a variant costs one pass over the layers from it on."""
+    if not todo:
+        return
+    model, memo = loaded.model, {}
+    base = heterogeneous_subnet(model, width, shapes, compensate, memo)
+    entering, hidden = [], runner.embed()                          # entering[i]: (S, T, D) before original layer i
+    with subnet_view(model, base):
+        for i in range(len(shapes)):
+            entering.append(hidden)
+            if i in base.layers:          # inside the view, layers are addressed by their position in the subnet
+                hidden = runner.run(hidden, [base.layers.index(i)])
+    for i, variant in tqdm(todo, desc="block scores", unit="variant", disable=not progress):
+        replaced = heterogeneous_subnet(model, width, [variant if j == i else s for j, s in enumerate(shapes)],
+                                        compensate, memo)
+        with subnet_view(model, replaced):
+            yield i, variant, runner.final(entering[i], [p for p, j in enumerate(replaced.layers) if j >= i])
+
+
+@torch.inference_mode()
+def scores_around(loaded: LoadedModel, width: WidthScores, calibration: Calibration, shapes: Sequence[Shape],
+                  variants: Sequence[Shape], metric: str, compensate: bool = True, progress: bool = True
+                  ) -> list[dict[Shape, float]]:
+    """Replace-one-block scores around a subnet instead of the full model: per layer, variant -> how much the
+    metric (kl to the full model, or loss_delta) changes when only that layer of `shapes` takes that variant (0 for
+    its own shape). Scores taken around the full model add up badly over many changes; taken around a subnet close
+    to the answer they are a local, first-order model of it, which an exact solver can improve on (trust region)."""
+    model = loaded.model
+    runner = LayerRunner(model, calibration)
+    divergence = _Divergence(model, runner.final(runner.embed(), list(range(len(shapes)))), calibration.input_ids)
+    pick = {"kl": 0, "loss_delta": 1}[metric]
+    base_subnet = heterogeneous_subnet(model, width, shapes, compensate)
+    with subnet_view(model, base_subnet):
+        base = divergence(runner.final(runner.embed(), list(range(len(base_subnet.layers)))))[pick]
+    table: list[dict[Shape, float]] = [{tuple(s): 0.0} for s in shapes]
+    todo = [(i, v) for i in range(len(shapes)) for v in variants if v != tuple(shapes[i])]
+    for i, variant, final in _replaced(loaded, width, runner, shapes, todo, compensate, progress):
+        table[i][variant] = divergence(final)[pick] - base
+    return table

@@ -170,18 +170,22 @@ def width_subnet(model: PreTrainedModel, width: WidthScores, layers: list[int], 
 
 @torch.inference_mode()
 def heterogeneous_subnet(model: PreTrainedModel, width: WidthScores, shapes: Sequence[tuple[int, int]],
-                         compensate: bool = True) -> Subnet:
+                         compensate: bool = True, memo: dict | None = None) -> Subnet:
     """A subnet with its own shape per original layer: shapes[i] = (query heads, MLP channels) of layer i, or
-    (0, 0) to remove it; FLAP's most important heads/channels (and compensation) in each kept layer."""
+    (0, 0) to remove it; FLAP's most important heads/channels (and compensation) in each kept layer. `memo` keeps
+    each (layer, shape)'s choice across calls (scoring builds hundreds of subnets that differ in one layer)."""
     dims = ModelDims.from_config(model.config)
     width.check(dims)
     if len(shapes) != dims.num_layers:
         raise UserError(f"a heterogeneous shape list needs one entry per layer ({dims.num_layers}), got {len(shapes)}")
     blocks, family = decoder_layers(model), family_of(model.config)
+    memo = {} if memo is None else memo
     layers = [i for i, shape in enumerate(shapes) if tuple(shape) != (0, 0)]
-    choices = [layer_choice(blocks[i], width, i, shapes[i][0], shapes[i][1], dims, family, compensate)
-               for i in layers]
-    return _assembled(dims, layers, choices, compensate)
+    for i in layers:
+        key = (i, tuple(shapes[i]), compensate)
+        if key not in memo:
+            memo[key] = layer_choice(blocks[i], width, i, shapes[i][0], shapes[i][1], dims, family, compensate)
+    return _assembled(dims, layers, [memo[(i, tuple(shapes[i]), compensate)] for i in layers], compensate)
 
 
 def layer_choice(block: torch.nn.Module, width: WidthScores, layer: int, head_count: int, channel_count: int,
