@@ -107,8 +107,8 @@ def test_scores_around_a_subnet_are_exact_one_layer_changes_of_it(scored):
 
     anchor = [(6, 48), REMOVED, (0, 24), (3, 48), (6, 24)][:dims.num_layers]
     variants = [REMOVED, (0, 48), (3, 24), (6, 48)]
-    table = blocks_module.scores_around(loaded, strategy.width, calibration, anchor, variants, "loss_delta",
-                                        progress=False)
+    table = blocks_module.scores_around(loaded, strategy.width, calibration, anchor, [variants] * len(anchor),
+                                        "loss_delta", progress=False)
     assert [layer[tuple(shape)] for layer, shape in zip(table, anchor)] == [0.0] * dims.num_layers
     base = loss(anchor)
     # re-adding a removed layer, removing the last one, a narrower and a wider variant
@@ -116,6 +116,15 @@ def test_scores_around_a_subnet_are_exact_one_layer_changes_of_it(scored):
         changed = list(anchor)
         changed[layer] = variant
         assert table[layer][variant] == pytest.approx(loss(changed) - base, abs=1e-5)
+
+
+def test_neighbours_are_the_near_variants_of_a_shape():
+    offered = [REMOVED] + [(h, m) for h in (0, 3, 6, 9) for m in (100, 200, 300, 400)]
+    near = blocks_module.neighbours((6, 200), offered, mlp_steps=1)
+    assert sorted(near) == sorted([REMOVED, (6, 100), (6, 300), (3, 200), (9, 200)])
+    assert sorted(blocks_module.neighbours((0, 400), offered)) == sorted([REMOVED, (0, 200), (0, 300), (3, 400)])
+    back = blocks_module.neighbours(REMOVED, offered)
+    assert sorted(back) == sorted((h, m) for h in (0, 9) for m in (100, 200, 300, 400))
 
 
 def test_solver_trust_region_is_the_best_of_at_most_k_changes():

@@ -146,7 +146,7 @@ def test_refit_changes_the_fit_without_timing(tiny_profile, tmp_path, monkeypatc
     assert (again.estimator, again.block_fit) == ("quiet", "per-width")
     assert not (directory / "correction.json").exists()
     expected = fit_lut(MeasurementLog(directory).read(), "quiet", "per-width")
-    assert again.table["latency_ms"].tolist() == pytest.approx(expected["latency_ms"].tolist())
+    assert again.table["latency_ms"].tolist() == pytest.approx(expected["latency_ms"].tolist(), rel=1e-4)
 
 
 def test_fit_needs_base_information():
@@ -223,6 +223,8 @@ def test_resume_measures_only_missing_rows(tiny_profile, tmp_path, monkeypatch):
                   passes=2, progress=False)
     assert len(calls) == len(lines) - 1 - 3
     assert len(MeasurementLog(directory).read()) == len(lines) - 1
+    # the environment its rows were measured in (load warnings compare against it) survives the resume
+    assert json.loads((directory / "meta.json").read_text())["environment"] == lut.meta["environment"]
 
 
 def test_other_environment_is_refused(tiny_profile, tmp_path):

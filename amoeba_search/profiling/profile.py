@@ -115,7 +115,11 @@ def open_profile(directory: Path, meta: dict, overwrite: bool) -> MeasurementLog
         for name in ("measurements.csv", "lut.csv", "meta.json", "correction.json", "validation.csv"):
             (directory / name).unlink(missing_ok=True)
     elif meta_path.is_file():
-        check_compatible(read_profile_meta(meta_path, "or start again with --overwrite"), meta, directory)
+        existing = read_profile_meta(meta_path, "or start again with --overwrite")
+        check_compatible(existing, meta, directory)
+        # Resumed: the environment (date, reference-kernel speed) stays the one its rows were measured in, which
+        # load warnings compare against; only the design (passes, estimator, fit) follows this call.
+        meta = {**meta, "environment": existing["environment"], "created": existing.get("created", meta["created"])}
     directory.mkdir(parents=True, exist_ok=True)
     ProfileStore.write_meta(directory, meta)
     return log

@@ -25,7 +25,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from ..data import data_root, read_text
 from ..errors import UserError
 from ..profiling.predictor import setting_key
-from ..selection.blocks import REMOVED, scores_around
+from ..selection.blocks import REMOVED, neighbours, scores_around
 from ..selection.calibration import Calibration, text_calibration
 from ..selection.space import Candidate
 from ..selection.width import heterogeneous_subnet
@@ -202,10 +202,12 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
 def refine(ctx, calibration, shapes: Sequence[Shape], variants: Sequence[Shape], block_ms: dict, budget_ms: float,
            metric: str, top_k: int, max_changes: int, progress: bool = False) -> list[Solution]:
     """One round of local search from an incumbent: replace-one-block scores taken around it (not around the full
-    model: they interact less near the answer), then the exact top-k of at most `max_changes` layer changes under
-    the same budget. Each round costs one scoring pass per layer x variant, with shared prefixes cached."""
-    local = scores_around(ctx.loaded, ctx.strategy.width, calibration, shapes, variants, metric, ctx.compensate,
-                          progress)
+    model: they interact less near the answer) for each layer's neighbouring variants (`neighbours`), then the
+    exact top-k of at most `max_changes` layer changes under the same budget. Each scored variant costs one pass
+    over the layers from it on plus the LM head (about 1 s for SmolLM2 on 2048 tokens on a 2-core CPU; ~200 per
+    round for 30 layers)."""
+    local = scores_around(ctx.loaded, ctx.strategy.width, calibration, shapes,
+                          [neighbours(shape, variants) for shape in shapes], metric, ctx.compensate, progress)
     # Layer 0 keeps attention, as in the caller (or stays removed where the incumbent removed it).
     local[0] = {v: s for v, s in local[0].items() if v[0] > 0 or v == tuple(shapes[0])}
     return solve(local, block_ms, budget_ms, top_k, anchor=shapes, max_changes=max_changes)

@@ -134,14 +134,30 @@ def _replaced(loaded: LoadedModel, width: WidthScores, runner: LayerRunner, shap
             yield i, variant, runner.final(entering[i], [p for p, j in enumerate(replaced.layers) if j >= i])
 
 
+def neighbours(shape: Shape, offered: Sequence[Shape], mlp_steps: int = 2) -> list[Shape]:
+    """The variants near a layer's shape in the offered grid: up to `mlp_steps` narrower/wider MLP widths at its
+    head count, one step fewer/more heads (0 heads: MLP-only) at its width, and removal; a removed layer may come
+    back MLP-only or with all heads, at any width. Local search scores only these, a quarter of all variants."""
+    kept = [v for v in offered if v != REMOVED]
+    heads, widths = sorted({h for h, _ in kept}), sorted({m for _, m in kept})
+    if tuple(shape) == REMOVED:
+        near = [(h, m) for h, m in kept if h in (0, heads[-1])]
+    else:
+        h, m = shape
+        near = [REMOVED] + [(h, widths[j]) for j in range(len(widths)) if 0 < abs(j - widths.index(m)) <= mlp_steps]
+        near += [(heads[j], m) for j in (heads.index(h) - 1, heads.index(h) + 1) if 0 <= j < len(heads)]
+    return [v for v in near if v in offered]
+
+
 @torch.inference_mode()
 def scores_around(loaded: LoadedModel, width: WidthScores, calibration: Calibration, shapes: Sequence[Shape],
-                  variants: Sequence[Shape], metric: str, compensate: bool = True, progress: bool = True
+                  variants: Sequence[Sequence[Shape]], metric: str, compensate: bool = True, progress: bool = True
                   ) -> list[dict[Shape, float]]:
-    """Replace-one-block scores around a subnet instead of the full model: per layer, variant -> how much the
-    metric (kl to the full model, or loss_delta) changes when only that layer of `shapes` takes that variant (0 for
-    its own shape). Scores taken around the full model add up badly over many changes; taken around a subnet close
-    to the answer they are a local, first-order model of it, which an exact solver can improve on (trust region)."""
+    """Replace-one-block scores around a subnet instead of the full model: per layer, variant (of those offered for
+    that layer in `variants[i]`) -> how much the metric (kl to the full model, or loss_delta) changes when only
+    that layer of `shapes` takes that variant (0 for its own shape). Scores taken around the full model add up
+    badly over many changes; taken around a subnet close to the answer they are a local, first-order model of it,
+    which an exact solver can improve on (trust region)."""
     model = loaded.model
     runner = LayerRunner(model, calibration)
     divergence = _Divergence(model, runner.final(runner.embed(), list(range(len(shapes)))), calibration.input_ids)
@@ -150,7 +166,7 @@ def scores_around(loaded: LoadedModel, width: WidthScores, calibration: Calibrat
     with subnet_view(model, base_subnet):
         base = divergence(runner.final(runner.embed(), list(range(len(base_subnet.layers)))))[pick]
     table: list[dict[Shape, float]] = [{tuple(s): 0.0} for s in shapes]
-    todo = [(i, v) for i in range(len(shapes)) for v in variants if v != tuple(shapes[i])]
+    todo = [(i, tuple(v)) for i, offered in enumerate(variants) for v in offered if tuple(v) != tuple(shapes[i])]
     for i, variant, final in _replaced(loaded, width, runner, shapes, todo, compensate, progress):
         table[i][variant] = divergence(final)[pick] - base
     return table
