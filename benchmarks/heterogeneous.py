@@ -32,7 +32,8 @@ from amoeba_search.extract import extract
 from amoeba_search.models import load_model
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.load import load_warnings
-from amoeba_search.profiling.profile import measured_latency
+from amoeba_search.profiling.harness import StopRule
+from amoeba_search.profiling.profile import measure_model, summarize_runs
 from amoeba_search.search.heterogeneous import block_budget_ms, brute_force, heterogeneous_search, solve
 from amoeba_search.search.session import SearchRequest, open_search
 from amoeba_search.selection.blocks import REMOVED
@@ -57,17 +58,40 @@ def best_uniform(ctx, target_ms: float) -> tuple[Candidate, float]:
     return best
 
 
-def scored_checkpoint(loaded, subnet, flow_name: str, setting, root: Path, windows: int, cache: dict, key: str,
-                      estimator: str = "median"):
-    """Extract, reload from disk, score (once per subnet, shared by the flows) and time through the flow, its
-    passes combined as the profile's (lut.ESTIMATORS)."""
+def handed_over(loaded, subnet, directory: Path):
+    """The extracted checkpoint loaded back from disk: what a user of the subnet runs."""
+    return load_model(str(extract(loaded, subnet, directory))).model
+
+
+def time_together(flow_name: str, setting, models: dict, passes: int, estimator: str) -> dict[str, dict]:
+    """Round-robin passes over the models (the full model among them), so a drifting machine slows them alike and
+    the full model's measured / predicted ratio shows how far the machine is from its profile's state."""
+    flow, runs = FLOWS.get(flow_name), {name: [] for name in models}
+    for _ in range(passes):
+        for name, model in models.items():
+            runs[name].append(measure_model(flow, model, setting, StopRule()))
+    return {name: summarize_runs(timed, estimator) for name, timed in runs.items()}
+
+
+def add_latency(row: dict, ctx, subnets: dict, loaded, passes: int = 3) -> None:
+    """Time the full model, the uniform and the heterogeneous checkpoint together; write the row's latency fields:
+    each side's measured ms (the profile's estimator), median, p10/p90, the heterogeneous error, and the full
+    model's measured vs predicted (`drift_pct`: the machine's state against the profile's, not a predictor error
+    of the subnet)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = extract(loaded, subnet, Path(tmp) / "ckpt")
-        model = load_model(str(path))
-        if key not in cache:
-            cache[key] = score(model, root, windows)
-        latency = measured_latency(FLOWS.get(flow_name), model.model, setting, passes=3, estimator=estimator)
-    return cache[key], latency
+        models = {"full": loaded.model, **{side: handed_over(loaded, subnet, Path(tmp) / side)
+                                           for side, subnet in subnets.items()}}
+        timed = time_together(row["flow"], ctx.setting, models, passes, ctx.lut.estimator)
+    for side, latency in timed.items():
+        row[f"{side}_measured_ms"] = round(latency["measured_ms"], 3)
+        row[f"{side}_measured_median_ms"] = round(latency["median_ms"], 3)
+        row[f"{side}_measured_p10_ms"] = round(latency["p10_ms"], 3)
+        row[f"{side}_measured_p90_ms"] = round(latency["p90_ms"], 3)
+    row["latency_estimator"] = ctx.lut.estimator
+    row["latency_timed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    row["hetero_latency_error_pct"] = round(
+        100 * (row["hetero_predicted_ms"] - row["hetero_measured_ms"]) / row["hetero_measured_ms"], 2)
+    row["drift_pct"] = round(100 * (row["full_measured_ms"] - row["full_model_ms"]) / row["full_model_ms"], 2)
 
 
 def solver_check(ctx, table: list[dict], target_ratios: list[float]) -> dict:
@@ -130,6 +154,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "heterogeneous")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--retime", action="store_true", help="time the finished rows' subnets again (with the full "
+                                                              "model, round-robin), keeping their scores")
     args = parser.parse_args()
     command = setup(args.threads)
     root = data_root()
@@ -153,7 +179,16 @@ def main() -> None:
             print(json.dumps({"score_predictiveness": predictiveness}), flush=True)
         for ratio in [float(r) for r in args.targets.split(",")]:
             if (flow, ratio) in done:
-                rows.append(done[(flow, ratio)])
+                row = done[(flow, ratio)]
+                if args.retime:
+                    add_latency(row, ctx, {"uniform": ctx.subnet(Candidate(*(int(part[1:]) for part in
+                                                                                  row["uniform_subnet"].split("-")))),
+                                           "hetero": heterogeneous_subnet(ctx.loaded.model, ctx.strategy.width,
+                                                                          [tuple(s) for s in row["hetero_shapes"]],
+                                                                          ctx.compensate)}, loaded)
+                    print(json.dumps({"retimed": {k: v for k, v in row.items() if k.endswith("_ms") or
+                                                  k.endswith("_pct")}}), flush=True)
+                rows.append(row)
                 continue
             target = ratio * ctx.full_model_ms()
             candidate, uniform_proxy = best_uniform(ctx, target)
@@ -169,29 +204,30 @@ def main() -> None:
                    "hetero_block_score": round(hetero["block_score"], 4), "solver_seconds": hetero["solver_seconds"],
                    "hetero_origin": hetero["origin"], "refine_rounds": args.refine_rounds,
                    "max_changes": args.max_changes}
-            for side, subnet, key in (("uniform", ctx.subnet(candidate), candidate.key),
-                                      ("hetero", hetero["subnet"], hetero["key"])):
-                scores, latency = scored_checkpoint(loaded, subnet, flow, ctx.setting, root, args.windows,
-                                                    quality_cache, key, ctx.lut.estimator)
+            subnets = {"uniform": ctx.subnet(candidate), "hetero": hetero["subnet"]}
+            for side, key in (("uniform", candidate.key), ("hetero", hetero["key"])):
+                if key not in quality_cache:                       # once per subnet, shared by the flows
+                    with tempfile.TemporaryDirectory() as tmp:
+                        model = load_model(str(extract(loaded, subnets[side], Path(tmp) / "ckpt")))
+                        quality_cache[key] = score(model, root, args.windows)
+                scores = quality_cache[key]
                 row[f"{side}_test_ppl"] = scores["wikitext2_test_ppl"]
                 for name in ("arc_easy", "arc_challenge"):
                     row[f"{side}_{name}_acc"] = scores[f"{name}_acc"]
                     row[f"{side}_{name}_acc_stderr"] = scores[f"{name}_acc_stderr"]
                     row[f"{side}_{name}_acc_norm"] = scores[f"{name}_acc_norm"]
-                row[f"{side}_measured_ms"] = round(latency["measured_ms"], 3)
-                row[f"{side}_measured_median_ms"] = round(latency["median_ms"], 3)
-                row[f"{side}_measured_p10_ms"] = round(latency["p10_ms"], 3)
-                row[f"{side}_measured_p90_ms"] = round(latency["p90_ms"], 3)
                 row[f"{side}_generation"] = scores["generation"]
-            row["latency_estimator"] = ctx.lut.estimator
+            add_latency(row, ctx, subnets, loaded)
             row["ppl_ratio"] = round(row["hetero_test_ppl"] / row["uniform_test_ppl"], 3)
-            row["hetero_latency_error_pct"] = round(
-                100 * (row["hetero_predicted_ms"] - row["hetero_measured_ms"]) / row["hetero_measured_ms"], 2)
             print(json.dumps({k: v for k, v in row.items() if "generation" not in k and k != "hetero_shapes"}),
                   flush=True)
             with partial.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             rows.append(row)
+    if args.retime:                                       # the re-timed rows replace the finished ones
+        others = [r for r in done.values() if r not in rows]
+        partial.with_suffix(".tmp").write_text("".join(json.dumps(r) + "\n" for r in others + rows))
+        partial.with_suffix(".tmp").replace(partial)
     existing_path = args.results / "heterogeneous.json"
     existing = read_json(existing_path, "results", "") if existing_path.is_file() else {}
     flows = args.flows.split(",")
@@ -226,14 +262,17 @@ def markdown(record: dict) -> str:
              f"re-ranked by the proxy); device profile `{d['device']}` (this machine), decode C=128. Proxy: "
              f"{d['proxy']}. Test: {d['test']}. ARC: acc ± stderr in %, full validation sets (chance 25%).", "",
              "| flow | target | uniform subnet | uniform test ppl | hetero layers | hetero test ppl | ppl ratio | "
-             "hetero predicted ms | hetero measured ms (p10-p90) | error % | uniform measured ms | ARC-e uni / het | "
-             "ARC-c uni / het |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "hetero predicted ms | hetero measured ms (p10-p90) | error % | uniform measured ms | full model "
+             "predicted / measured ms (drift %) | ARC-e uni / het | ARC-c uni / het |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
         lines.append(f"| {r['flow']} | {r['target_ratio']:.0%} ({r['target_ms']:.2f} ms) | {r['uniform_subnet']} | "
                      f"{r['uniform_test_ppl']:.2f} | {r['hetero_layers']} | {r['hetero_test_ppl']:.2f} | "
                      f"{r['ppl_ratio']:.3f} | {r['hetero_predicted_ms']:.2f} | {r['hetero_measured_ms']:.2f} "
                      f"({r['hetero_measured_p10_ms']:.2f}-{r['hetero_measured_p90_ms']:.2f}) | "
                      f"{r['hetero_latency_error_pct']:+.1f} | {r['uniform_measured_ms']:.2f} | "
+                     + (f"{r['full_model_ms']:.2f} / {r['full_measured_ms']:.2f} ({r['drift_pct']:+.1f}) | "
+                        if "drift_pct" in r else "not timed | ") +
                      f"{_mc(r, 'uniform', 'arc_easy')} / {_mc(r, 'hetero', 'arc_easy')} | "
                      f"{_mc(r, 'uniform', 'arc_challenge')} / {_mc(r, 'hetero', 'arc_challenge')} |")
     lines += ["", f"Solver: MILP optimum equals brute force on {solver['brute_force_layers']} layers x "
@@ -243,7 +282,10 @@ def markdown(record: dict) -> str:
               f"Score predictiveness (Spearman of summed score vs real proxy ppl over {pred['samples']} random "
               f"heterogeneous subnets): KL {pred['spearman_kl']}, loss increase {pred['spearman_loss_delta']}.",
               "Measured ms: 3 passes combined as each profile combines its own (median of the passes' medians, "
-              "or `quiet`: the lowest p10 over the passes); " + ", ".join(sorted(
+              "or `quiet`: the lowest p10 over the passes), the full model and both checkpoints timed round-robin "
+              "in the same passes: drift = the full model's measured vs predicted latency, how far the machine is "
+              "from the state its profile was measured in (a drift well beyond 5% makes the subnets' errors "
+              "about the machine, not the predictor); " + ", ".join(sorted(
                   {f"{r['flow']} {r.get('latency_estimator', 'median')}" for r in record["rows"]})) + ".",
               "", "Load warnings while measuring: " + ("; ".join(d["load_warnings"]) or "none"), "",
               "## Shapes chosen (per original layer: heads/MLP, x = removed)", ""]

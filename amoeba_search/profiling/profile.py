@@ -93,12 +93,17 @@ def measured_latency(flow: Flow, model: PreTrainedModel, setting: Setting, passe
     """What a report shows for a deployed model: `passes` independent timings (each converged under the stop
     rule) combined by the profile's estimator (`measured_ms`, comparable with its prediction: lut.ESTIMATORS),
     their median, and the spread of all their samples (p10 / p90)."""
-    runs = [measure_model(flow, model, setting, StopRule()) for _ in range(passes)]
+    return summarize_runs([measure_model(flow, model, setting, StopRule()) for _ in range(passes)], estimator)
+
+
+def summarize_runs(runs: list[dict], estimator: str = "median") -> dict:
+    """A model's timed passes (measure_model results) as a report shows them: combined by the estimator
+    (`measured_ms`), their median, and the p10 / p90 of all their samples."""
     samples = sorted(float(v) for run in runs for v in run["samples_ms"].split())
     spread = summarize(samples)
     return {"measured_ms": combine_runs(runs, estimator), "estimator": estimator,
             "median_ms": combine_runs(runs, "median"), "p10_ms": spread["p10_ms"], "p90_ms": spread["p90_ms"],
-            "passes": passes, "samples": len(samples)}
+            "passes": len(runs), "samples": len(samples)}
 
 
 def profile_meta(loaded: LoadedModel, device: str, flow: Flow, source: str, extra: dict) -> dict:
