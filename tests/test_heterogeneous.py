@@ -41,9 +41,12 @@ def test_solver_returns_the_brute_force_optimum(seed):
     full_ms = 6 * max(block_ms.values())
     for share in (0.15, 0.4, 0.65, 0.9, 1.0):
         budget = share * full_ms
-        exact, *rest = solve(scores, block_ms, budget, top_k=4)
+        exact, *rest = solve(scores, block_ms, budget, top_k=4)                  # MILP with no-good cuts
         reference = brute_force(scores, block_ms, budget)
         assert exact.score == pytest.approx(reference.score, abs=1e-9)
+        (pareto,) = solve(scores, block_ms, budget)                               # the Pareto-frontier DP
+        assert pareto.score == pytest.approx(reference.score, abs=1e-9) and pareto.blocks_ms <= budget + 1e-9
+        assert pareto.score == pytest.approx(sum(layer[v] for layer, v in zip(scores, pareto.shapes)), abs=1e-9)
         ranked = [exact] + rest
         assert all(a.score <= b.score + 1e-9 for a, b in zip(ranked, ranked[1:]))      # best first
         assert len({s.shapes for s in ranked}) == len(ranked)                           # distinct
@@ -53,6 +56,7 @@ def test_solver_returns_the_brute_force_optimum(seed):
 def test_solver_finds_nothing_below_the_fastest_subnet():
     scores, block_ms = random_problem(4, 0)
     assert solve(scores, block_ms, 0.9 * min(block_ms.values())) == []
+    assert solve(scores, block_ms, 0.9 * min(block_ms.values()), top_k=2) == []
     assert block_budget_ms(10.0, 4.0) == 6.0 and block_budget_ms(10.0, 4.0, 2.0, 0.5) == 4.0
 
 

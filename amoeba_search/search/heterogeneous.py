@@ -58,7 +58,11 @@ def solve(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, float], bu
     """The top_k lowest summed scores with summed block latency <= budget_ms (removed layers cost 0), exactly;
     fewer when fewer exist. Variants a layer has no score for, or the profile no latency for, are not offered.
     With `anchor` and `max_changes`: at most that many layers differ from the anchor's shapes (a trust region for
-    scores that are only valid near the anchor)."""
+    scores that are only valid near the anchor). The single best without a trust region comes from the Pareto
+    DP (`pareto_optimum`); the rest from the MILP with no-good cuts."""
+    if top_k == 1 and anchor is None and min_layers == 1:
+        best = pareto_optimum(scores, block_ms, budget_ms)
+        return [best] if best is not None else []
     options = [[(v, s) for v, s in layer.items() if v == REMOVED or v in block_ms] for layer in scores]
     index = [(i, v) for i, layer in enumerate(options) for v, _ in layer]
     cost = np.array([s for layer in options for _, s in layer], dtype=float)
@@ -88,6 +92,50 @@ def solve(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, float], bu
         cut[chosen] = 1.0                                  # no-good cut: not this exact choice again
         constraints.append(LinearConstraint(cut[None], -np.inf, len(options) - 1))
     return found
+
+
+def pareto_optimum(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, float], budget_ms: float
+                   ) -> Solution | None:
+    """The lowest summed score with summed block latency <= budget_ms and at least one layer kept, exactly, by
+    dynamic programming over layers on Pareto frontiers: after each layer only the partial choices that no other
+    beats on both latency and score survive (Nemhauser-Ullmann). Why beside the MILP: block latencies from a
+    linear profile fit lie on a plane, so many choices tie on latency and HiGHS needs seconds to prove optimality,
+    while the frontiers stay small (measured in benchmarks/results/heterogeneous.md). State: (kept any, latency,
+    score), a frontier per `kept any` so the all-removed choice never shadows a valid one."""
+    frontiers = {False: (np.zeros(1), np.zeros(1)), True: (np.zeros(0), np.zeros(0))}   # latency, score
+    parents: list[dict[bool, tuple[np.ndarray, np.ndarray, np.ndarray]]] = []          # (from kept, from index, v)
+    for layer in scores:
+        options = [(v, s) for v, s in layer.items() if v == REMOVED or v in block_ms]
+        candidates = {False: [], True: []}
+        for kept, (latency, score) in frontiers.items():
+            for number, (v, s) in enumerate(options):
+                lands = kept or v != REMOVED
+                added = 0.0 if v == REMOVED else block_ms[v]
+                fits = latency + added <= budget_ms + 1e-9
+                candidates[lands].append((latency[fits] + added, score[fits] + s, np.full(fits.sum(), kept),
+                                          np.flatnonzero(fits), np.full(fits.sum(), number)))
+        step = {}
+        for lands, parts in candidates.items():
+            latency, score, from_kept, from_index, chosen = (np.concatenate([p[j] for p in parts]) if parts else
+                                                             np.zeros(0) for j in range(5))
+            order = np.lexsort((score, latency))                    # by latency, then score
+            latency, score = latency[order], score[order]
+            best_before = np.minimum.accumulate(np.concatenate([[np.inf], score]))[:-1]
+            keep = score < best_before - 1e-12                      # better than every faster-or-equal choice
+            frontiers[lands] = (latency[keep], score[keep])
+            step[lands] = (from_kept[order][keep].astype(bool), from_index[order][keep].astype(int),
+                           chosen[order][keep].astype(int))
+        parents.append((step, options))
+    latency, score = frontiers[True]
+    if not len(score):
+        return None
+    index, kept, shapes = int(np.argmin(score)), True, []
+    total_score, total_ms = float(score[index]), float(latency[index])
+    for step, options in reversed(parents):
+        from_kept, from_index, chosen = step[kept]
+        shapes.append(options[chosen[index]][0])
+        kept, index = bool(from_kept[index]), int(from_index[index])
+    return Solution(tuple(reversed(shapes)), total_score, total_ms)
 
 
 @contextlib.contextmanager
@@ -159,6 +207,7 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
         fastest = base_ms * scales[1] + scales[0] * min(block_ms.values())
         raise UserError(f"latency target {target_ms:.3f} ms is below the fastest heterogeneous subnet "
                         f"({fastest:.3f} ms: one layer at the narrowest profiled width on {ctx.lut.name}): raise it")
+    calibration = block_calibration(ctx) if refine_rounds else None      # refused before any proxy is measured
     ranked = []
 
     def measure(entries: list[tuple[str, Solution, str]]) -> tuple:
@@ -170,7 +219,6 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
 
     best_entry = measure(candidate_pool(ctx, table, scores, block_ms, budget, target_ms, solutions))
     if refine_rounds:
-        calibration = block_calibration(ctx)
         variants = [v for v in blocks.variants if v == REMOVED or v in block_ms]
         for round_index in range(1, refine_rounds + 1):
             moves = refine(ctx, calibration, best_entry[1].shapes, variants, block_ms, budget, metric, top_k,
