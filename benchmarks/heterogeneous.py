@@ -154,6 +154,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "heterogeneous")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--profiles-dir", type=Path, default=None, help="profile root (default: the shipped "
+                                                                        "device_profiles/)")
     parser.add_argument("--retime", action="store_true", help="time the finished rows' subnets again (with the full "
                                                               "model, round-robin), keeping their scores")
     args = parser.parse_args()
@@ -168,7 +170,7 @@ def main() -> None:
     rows, solver, predictiveness, warnings = [], None, None, []
     for flow in args.flows.split(","):
         request = SearchRequest(str(args.strategy), args.device, flow, "decode", data_dir=str(root),
-                                storage=f"sqlite:///{args.out / 'studies.db'}")
+                                storage=f"sqlite:///{args.out / 'studies.db'}", profiles_dir=args.profiles_dir)
         ctx = open_search(request, loaded)
         warnings += load_warnings(ctx.lut.meta["environment"].get("reference_kernel_ms"))
         if solver is None:
@@ -237,7 +239,7 @@ def main() -> None:
         commands.setdefault(r["flow"], existing.get("details", {}).get("command", ""))
     record = {"rows": kept + rows, "solver": solver, "score_predictiveness": predictiveness,
               "details": {"command": command, "commands": commands, "environment": environment(),
-                          "device": args.device,
+                          "device": args.device, "profiles_dir": str(args.profiles_dir or "device_profiles"),
                           "strategy": str(args.strategy.relative_to(ROOT) if args.strategy.is_relative_to(ROOT)
                                           else args.strategy), "metric": args.metric, "top_k": args.top_k,
                           "proxy": "WikiText-2 valid perplexity (8 x 256 tokens, seed 1)",

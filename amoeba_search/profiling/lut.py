@@ -197,8 +197,8 @@ def fit_lut(measurements: pd.DataFrame, estimator: str = "median", block_fit: st
 
 
 def linear_blocks(table: pd.DataFrame) -> pd.DataFrame:
-    """Per setting, every block latency replaced by the least-squares plane a + b [heads > 0] + c heads + d mlp
-    through all widths' blocks. Why: a block's time is a fixed per-block cost (launches, norms, cache update;
+    """Per setting, every block latency replaced by the plane a + b [heads > 0] + c heads + d mlp fitted through
+    all widths' blocks (least absolute residuals: `_least_absolute`). Why: a block's time is a fixed per-block cost (launches, norms, cache update;
     an MLP-only block skips attention's) plus work proportional to the weights it reads, which grow linearly with
     heads (q, k, v, o rows) and MLP channels; one row per width is only as good as the few seconds it was timed
     in, while the plane pools every width's rows. Measured (benchmarks/results/block_fit.md, the 20-subnet
@@ -207,9 +207,26 @@ def linear_blocks(table: pd.DataFrame) -> pd.DataFrame:
     for _, group in table[table["component"] == "block"].groupby(SETTING, sort=False):
         heads, mlp = group["heads"].to_numpy(float), group["mlp"].to_numpy(float)
         design = np.column_stack([np.ones(len(group)), heads > 0, heads, mlp])
-        coefficients, *_ = np.linalg.lstsq(design, group["latency_ms"].to_numpy(float), rcond=None)
-        table.loc[group.index, "latency_ms"] = design @ coefficients     # rank-deficient grids: the projection
+        table.loc[group.index, "latency_ms"] = design @ _least_absolute(design, group["latency_ms"].to_numpy(float))
     return table
+
+
+def _least_absolute(design: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Coefficients minimising the summed absolute residual (median regression, a linear program). Why not least
+    squares: a width timed while another process thrashed the cores can read 20x slow (seen: 510 ms rows among
+    25 ms ones in a quick profile under load), and one such row would drag the whole plane; absolute residuals let
+    the plane follow the other widths."""
+    from scipy.optimize import linprog
+
+    rows, columns = design.shape
+    # variables: coefficients (free), then positive and negative residual parts (>= 0)
+    cost = np.concatenate([np.zeros(columns), np.ones(2 * rows)])
+    equality = np.hstack([design, np.eye(rows), -np.eye(rows)])            # design @ c + r+ - r- = target
+    bounds = [(None, None)] * columns + [(0, None)] * (2 * rows)
+    result = linprog(cost, A_eq=equality, b_eq=target, bounds=bounds, method="highs")
+    if result.status != 0:                                                   # cannot happen for a feasible LP
+        raise UserError(f"the linear block fit failed ({result.message}): use --block-fit per-width")
+    return result.x[:columns]
 
 
 META_REQUIRED = {"device": str, "flow": str, "source": str, "model": dict}
