@@ -277,7 +277,7 @@ def markdown(record: dict) -> str:
                         if "drift_pct" in r else "not timed | ") +
                      f"{_mc(r, 'uniform', 'arc_easy')} / {_mc(r, 'hetero', 'arc_easy')} | "
                      f"{_mc(r, 'uniform', 'arc_challenge')} / {_mc(r, 'hetero', 'arc_challenge')} |")
-    lines += ["", f"Solver: MILP optimum equals brute force on {solver['brute_force_layers']} layers x "
+    lines += ["", f"Solver (top-1: Pareto-frontier DP; top-k: MILP): optimum equals brute force on {solver['brute_force_layers']} layers x "
                   f"{solver['brute_force_variants']} variants for {solver['budgets_checked']} budgets: "
                   f"{solver['matches_brute_force']}; 30 layers x {solver['variants_per_layer']} variants solved in "
                   f"{solver['seconds_30_layers']:.3f} s (median of 5).",
