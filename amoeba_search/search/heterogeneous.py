@@ -25,13 +25,11 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from ..data import data_root, read_text
 from ..errors import UserError
 from ..profiling.predictor import setting_key
-from ..selection.blocks import REMOVED, neighbours, scores_around
+from ..selection.blocks import REMOVED, Shape, neighbours, scores_around
 from ..selection.calibration import Calibration, text_calibration
 from ..selection.space import Candidate
 from ..selection.width import heterogeneous_subnet
 from ..subnet import Subnet
-
-Shape = tuple[int, int]                          # (query heads, MLP channels); (0, 0) = layer removed
 
 
 @dataclass(frozen=True)
