@@ -119,7 +119,7 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
                  load_model(str(checkpoint)), None, ctx.latency_ms(candidate))]
     if adapters:                               # what the adapters bought: the same subnet without them
         measured.append((f"searched {candidate.key}, not fine-tuned", full, subnet, None))
-    load = load_warnings(lut.meta["environment"].get("reference_kernel_ms"))
+    load = load_warnings(lut.meta["environment"])
     if load and strict:
         raise UserError(f"--strict: {load[0]}; run the demo on an idle machine, or drop --strict")
     for line in load:

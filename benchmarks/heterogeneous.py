@@ -172,7 +172,7 @@ def main() -> None:
         request = SearchRequest(str(args.strategy), args.device, flow, "decode", data_dir=str(root),
                                 storage=f"sqlite:///{args.out / 'studies.db'}", profiles_dir=args.profiles_dir)
         ctx = open_search(request, loaded)
-        warnings += load_warnings(ctx.lut.meta["environment"].get("reference_kernel_ms"))
+        warnings += load_warnings(ctx.lut.meta["environment"])
         if solver is None:
             table = ctx.strategy.blocks.table(args.metric, ctx.dims.num_layers)
             solver = solver_check(ctx, table, [float(r) for r in args.targets.split(",")])

@@ -53,7 +53,7 @@ def main() -> None:
     dims = model_dims(loaded.model.config)
     grid = WidthGrid.from_design(design)
     settings = native.settings()
-    warnings = load_warnings(native.meta["environment"].get("reference_kernel_ms"))
+    warnings = load_warnings(native.meta["environment"])
     with tempfile.TemporaryDirectory() as tmp:
         kit = write_kit(loaded, Path(tmp) / "kit", "kit-here", settings, grid, design["layers_per_row"],
                         passes=2, repetitions=10, threads=args.threads)

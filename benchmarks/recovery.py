@@ -5,10 +5,11 @@ original; beside each, the subnet searched and extracted without fine-tuning.
 
 Every row is the extracted checkpoint loaded back from disk (what a user deploys), scored on held-out data: ARC-easy
 and ARC-challenge validation (all questions; acc, acc_norm, lm-eval standard errors), WikiText-2 *test* perplexity,
-and greedy answers to the fixed prompts. Searches use the shipped strategy, the committed amd-epyc/torch-eager
-profile and the WikiText-2 *valid* perplexity proxy (with the adapters when method = adapters); their studies are
-kept under --out, so a rerun resumes. Retained above-chance accuracy = (acc - 25) / (acc_full - 25).
-Writes benchmarks/results/recovery.json and recovery.md."""
+and greedy answers to the fixed prompts. Searches use the shipped strategy, this machine's committed torch-eager
+profile (--device) and the WikiText-2 *valid* perplexity proxy (with the adapters when method = adapters); with
+--space heterogeneous, the exact block solver's top-k re-ranked by that proxy, then --refine-rounds local rounds
+(`amoeba search --space heterogeneous`). Studies are kept under --out, so a rerun resumes. Retained above-chance
+accuracy = (acc - 25) / (acc_full - 25). Writes benchmarks/results/recovery.json and recovery.md."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ from amoeba_search.data import data_root
 from amoeba_search.extract import extract
 from amoeba_search.finetune.checkpoint import load_adapters
 from amoeba_search.models import load_model
+from amoeba_search.profiling.environment import default_device_slug
 from amoeba_search.quality import quality
 from amoeba_search.resources import shipped_adapters, shipped_strategy
+from amoeba_search.search.heterogeneous import heterogeneous_search
 from amoeba_search.search.session import SearchRequest, open_search, run_search
 from amoeba_search.search.study import feasible_best
 from amoeba_search.selection.space import Candidate
@@ -58,11 +61,27 @@ def retained(acc: float, full_acc: float) -> float:
     return round((acc - CHANCE_PCT) / (full_acc - CHANCE_PCT), 3)
 
 
+def searched(ctx, target_ms: float, args) -> dict:
+    """The best subnet of the chosen space under the target, as {subnet, key, shapes, predicted_ms, proxy_value}."""
+    if args.space == "heterogeneous":
+        found = heterogeneous_search(ctx, target_ms, args.top_k, "kl", args.refine_rounds, progress=True)
+        return {k: found[k] for k in ("subnet", "key", "shapes", "predicted_ms", "proxy_value")}
+    best = feasible_best(run_search(ctx, target_ms, args.trials, progress=True), ctx.proxy)
+    candidate = Candidate(best.params["depth"], best.params["heads"], best.params["mlp"])
+    return {"subnet": ctx.subnet(candidate), "key": candidate.key, "shapes": None,
+            "predicted_ms": ctx.latency_ms(candidate), "proxy_value": best.value}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapters", type=Path, default=shipped_adapters())
     parser.add_argument("--targets", default="0.8,0.65,0.5", help="latency ratios (comma list)")
-    parser.add_argument("--trials", type=int, default=25, help="search trials per target and method")
+    parser.add_argument("--space", default="heterogeneous", choices=("uniform", "heterogeneous"))
+    parser.add_argument("--device", default=default_device_slug(), help="committed torch-eager profile to search on "
+                                                                        "(default: this machine's)")
+    parser.add_argument("--trials", type=int, default=25, help="uniform space: search trials per target and method")
+    parser.add_argument("--top-k", type=int, default=8, help="heterogeneous space: solutions re-ranked by the proxy")
+    parser.add_argument("--refine-rounds", type=int, default=1, help="heterogeneous space: local rounds")
     parser.add_argument("--windows", type=int, default=40, help="WikiText-2 test windows of 512 tokens (first N)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "recovery")
@@ -81,8 +100,9 @@ def main() -> None:
     full_scores = score(full, root, args.windows)
     full_tuned_scores = score(tuned, root, args.windows)            # through the adapted view of the full shape
     rows = []
+    strategy = shipped_strategy(blocks=args.space == "heterogeneous")
     for method, loaded in (("none", full), ("adapters", tuned)):
-        request = SearchRequest(str(shipped_strategy()), "amd-epyc", "torch-eager", "decode", data_dir=str(root),
+        request = SearchRequest(str(strategy), args.device, "torch-eager", "decode", data_dir=str(root),
                                 storage=f"sqlite:///{args.out / 'studies.db'}",
                                 adapters=None if method == "none" else str(args.adapters))
         ctx = open_search(request, loaded)
@@ -91,17 +111,17 @@ def main() -> None:
                 rows.append(done[(ratio, method)])
                 continue
             target = ctx.resolve_target(None, ratio)
-            best = feasible_best(run_search(ctx, target, args.trials, progress=True), ctx.proxy)
-            candidate = Candidate(best.params["depth"], best.params["heads"], best.params["mlp"])
+            found = searched(ctx, target, args)
             with tempfile.TemporaryDirectory() as tmp:
-                path = extract(loaded, ctx.subnet(candidate), Path(tmp) / "ckpt")
+                path = extract(loaded, found["subnet"], Path(tmp) / "ckpt")
                 scores = score(load_model(str(path)), root, args.windows)
-            row = {"target_ratio": ratio, "method": method, "subnet": candidate.key,
-                   "predicted_ms": round(ctx.latency_ms(candidate), 3), "target_ms": round(target, 3),
-                   "full_model_ms": round(ctx.full_model_ms(), 3), "proxy_value": round(best.value, 3),
+            row = {"target_ratio": ratio, "method": method, "space": args.space, "subnet": found["key"],
+                   "layers": len(found["subnet"].layers), "shapes": found["shapes"],
+                   "predicted_ms": round(found["predicted_ms"], 3), "target_ms": round(target, 3),
+                   "full_model_ms": round(ctx.full_model_ms(), 3), "proxy_value": round(found["proxy_value"], 3),
                    **scores,
                    "arc_easy_retained": retained(scores["arc_easy_acc"], full_scores["arc_easy_acc"])}
-            print(json.dumps({k: v for k, v in row.items() if k != "generation"}), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("generation", "shapes")}), flush=True)
             with partial.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             rows.append(row)
@@ -111,7 +131,9 @@ def main() -> None:
                                                                             "adapter")},
               "full_model": full_scores, "full_with_adapters": full_tuned_scores, "rows": rows,
               "details": {"command": command, "environment": environment(), "trials": args.trials,
-                          "profile": "amd-epyc/torch-eager decode C=128 (committed)",
+                          "space": args.space, "top_k": args.top_k, "refine_rounds": args.refine_rounds,
+                          "strategy": strategy.name,
+                          "profile": f"{args.device}/torch-eager decode C=128 (committed)",
                           "proxy": "WikiText-2 valid perplexity (8 x 256 tokens)", "chance_pct": CHANCE_PCT}}
     args.results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.results / "recovery.json", record)
@@ -123,13 +145,23 @@ def _mc(r: dict, name: str) -> str:
     return f"{r[f'{name}_acc']:.1f} ± {r[f'{name}_acc_stderr']:.1f} / {r[f'{name}_acc_norm']:.1f}"
 
 
+def _label(row: dict) -> str:
+    if not row.get("shapes"):
+        return row["subnet"]
+    mlp_only = sum(1 for heads, mlp in row["shapes"] if heads == 0 and mlp > 0)      # (0, 0): removed
+    return f"{row['layers']} layers ({mlp_only} MLP-only), per-layer widths"
+
+
 def markdown(record: dict) -> str:
     full, tuned = record["full_model"], record["full_with_adapters"]
     lines = ["# Recovery with the shipped adapters", "",
              f"`{record['details']['command']}`; adapters `{record['shipped_adapters']}` "
              f"({record['adapters_record']['step']} steps, {record['adapters_record']['seconds'] / 60:.0f} min of "
-             "training). Each subnet is searched on this CPU's committed torch-eager decode profile and extracted "
-             "(adapters merged for `adapters`); every row is the checkpoint loaded back from disk.", "",
+             f"training). Each subnet is searched in the {record['details'].get('space', 'uniform')} space on "
+             f"{record['details']['profile']} and extracted (adapters merged for `adapters`); every row is the "
+             "checkpoint loaded back from disk. With frozen-teacher adapters the full shape gets no update "
+             "(`SMoLAdapters.adapts`), so `full model + adapters` is scored through the adapted path and must equal "
+             "the original.", "",
              "ARC cells: acc ± stderr / acc_norm, in %, full validation sets (570 / 299 questions); chance is 25%.",
              "", "| model | subnet | predicted ms | ARC-e | ARC-e retained | ARC-c | WikiText-2 test ppl |",
              "|---|---|---|---|---|---|---|",
@@ -139,7 +171,7 @@ def markdown(record: dict) -> str:
              f"{_mc(tuned, 'arc_easy')} | {retained(tuned['arc_easy_acc'], full['arc_easy_acc'])} | "
              f"{_mc(tuned, 'arc_challenge')} | {tuned['wikitext2_test_ppl']:.2f} |"]
     for r in sorted(record["rows"], key=lambda r: (-r["target_ratio"], r["method"] != "none")):
-        lines.append(f"| {r['target_ratio']:.0%} latency, {r['method']} | {r['subnet']} | {r['predicted_ms']:.2f} | "
+        lines.append(f"| {r['target_ratio']:.0%} latency, {r['method']} | {_label(r)} | {r['predicted_ms']:.2f} | "
                      f"{_mc(r, 'arc_easy')} | {r['arc_easy_retained']} | {_mc(r, 'arc_challenge')} | "
                      f"{r['wikitext2_test_ppl']:.2f} |")
     lines += ["", "Differences under about 2 standard errors of the difference (~4 points for ARC-e, ~5 for ARC-c) "
@@ -148,9 +180,11 @@ def markdown(record: dict) -> str:
     warned = [(name, w) for name, r in [("full model", full), ("full + adapters", tuned)] +
               [(f"{r['target_ratio']:.0%} {r['method']}", r) for r in record["rows"]] for w in r["warnings"]]
     lines += [f"- {name}: {w}" for name, w in warned] or ["- none"]
+    lines += ["", "Subnets (kept layers as heads/MLP channels, x = removed, 0 heads = MLP-only):", ""]
+    lines += [f"- {r['target_ratio']:.0%} {r['method']}: `{r['subnet']}`" for r in record["rows"]]
     lines += ["", "## Greedy answers (32 new tokens)", ""]
     models = [("full model", full), ("full + adapters", tuned)] + [
-        (f"{r['target_ratio']:.0%} {r['method']} ({r['subnet']})", r) for r in record["rows"]]
+        (f"{r['target_ratio']:.0%} {r['method']} ({_label(r)})", r) for r in record["rows"]]
     for index, sample in enumerate(full["generation"]):
         lines.append(f"**{sample['prompt']}**")
         lines.append("")

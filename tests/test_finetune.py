@@ -19,7 +19,7 @@ from amoeba_search.models import load_model
 from amoeba_search.selection.space import Candidate, SearchSpace, candidate_subnet
 from amoeba_search.selection.calibration import text_calibration
 from amoeba_search.selection.select import select_depth
-from amoeba_search.subnet import ModelDims
+from amoeba_search.subnet import ModelDims, Subnet
 from tests.test_cli import amoeba
 
 ADAPTER = AdapterConfig(experts=3, top_k=2, rank=4)
@@ -127,6 +127,14 @@ def test_one_step_reduces_the_loss(world, tmp_path, teacher):
     assert sum(after[1:]) < sum(before[1:])
     if teacher == "inplace":
         assert after[0] < before[0]
+    else:                  # trained adapters add nothing at the full shape: the full model stays the original
+        assert raw[0] == 0.0 and after[0] == pytest.approx(0.0, abs=1e-6)
+        full = Subnet.full(ModelDims.from_config(run.loaded.model.config))
+        assert not run.adapters.adapts(full) and run.adapters.adapts(run.subnet(run.space.smallest))
+        merged = load_model(str(run.loaded.path)).model
+        run.adapters.merge_into(merged, full)
+        assert all(torch.equal(a, b) for a, b in zip(merged.state_dict().values(),
+                                                     run.loaded.model.state_dict().values()))
 
 
 def test_schedule_warms_up_then_decays(world, tmp_path):
@@ -321,6 +329,10 @@ def test_search_with_adapters_uses_and_caches_fine_tuned_accuracy(world, tmp_pat
         assert study.study_name != plain_study.study_name
         assert adapted.cache.evaluations > 0 and len(study.trials) == 3
         assert record["adapters"]["fingerprint"] == loaded.adapters.fingerprint
-        assert record["proxy_value"] != pytest.approx(plain_record["proxy_value"], rel=1e-6)
+        same = record["candidate"] == plain_record["candidate"]
+        if same and record["candidate"] == adapted.space.largest.key:       # frozen-teacher adapters add nothing at the full shape
+            assert record["proxy_value"] == pytest.approx(plain_record["proxy_value"], rel=1e-9)
+        elif same:
+            assert record["proxy_value"] != pytest.approx(plain_record["proxy_value"], rel=1e-6)
     finally:
         loaded.adapters = None

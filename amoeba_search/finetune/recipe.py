@@ -2,8 +2,9 @@
 sandwich of subnets (largest, smallest, K-2 random) and distils each into a teacher's next-token distribution:
 
 - `teacher="frozen"` (default): the original full model, adapters off, run once per batch without gradients. Every
-  subnet, the largest included, learns to match it, so the adapters keep what users want to keep (the original
-  model's behaviour) and the full model with adapters stays the original.
+  smaller subnet learns to match it, so the adapters keep what users want to keep (the original model's
+  behaviour). At the full shape the adapters add nothing (`SMoLAdapters.adapts`): the full model with adapters is
+  the original exactly, and the sandwich's largest subnet costs no pass (its loss is recorded as 0).
 - `teacher="inplace"` (the AmoebaLLM paper's): the largest subnet with adapters learns the data's next tokens and
   teaches the others; it drifts toward the training text.
 
@@ -229,6 +230,9 @@ class Trainer:
         raw = []
         for index, candidate in enumerate(self.sandwich(step)):
             noise = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step * 16 + index)
+            if not self.adapters.adapts(self.subnet(candidate)):
+                raw.append(0.0)          # the full model against itself (frozen teacher): KL 0, nothing to learn
+                continue
             with self.adapters.applied(self.loaded.model, self.subnet(candidate), noise) as model, \
                     self.accelerator.autocast():
                 logits = model(input_ids=inputs).logits                                  # (B, T, V)

@@ -162,11 +162,24 @@ class SMoLAdapters(nn.Module):
         return self.router(self.shape_features(subnet).to(device), generator)
 
     # ---- applying ----------------------------------------------------------------------------------------------
+    def adapts(self, subnet: Subnet) -> bool:
+        """False for the full model when these adapters were distilled into a frozen teacher: that teacher *is*
+        the full model, so the only right update at the full shape is none. Why a rule and not training: the
+        shipped adapters, trained with the full shape in every sandwich, still moved the full model's WikiText-2
+        test perplexity from 25.6 to 32.2 (benchmarks/results/recovery.md before this rule): the update the
+        subnets need is not zero at the full shape."""
+        frozen = self.record.get("training", {}).get("teacher") == "frozen"
+        return not (frozen and subnet.is_full(self.dims))
+
     @contextlib.contextmanager
     def applied(self, model: PreTrainedModel, subnet: Subnet,
                 generator: torch.Generator | None = None) -> Iterator[PreTrainedModel]:
         """The in-place subnet view with every kept layer's experts added: y = W x + scaling * sum_e g_e B_e A_e x,
-        the LoRA restricted to the rows/columns the subnet keeps."""
+        the LoRA restricted to the rows/columns the subnet keeps (nothing added where `adapts` says no)."""
+        if not self.adapts(subnet):
+            with subnet_view(model, subnet):
+                yield model
+            return
         gate = self.gate(subnet, generator)
         layers = decoder_layers(model)
         handles = []
@@ -187,6 +200,8 @@ class SMoLAdapters(nn.Module):
     @torch.no_grad()
     def merge_into(self, model: PreTrainedModel, subnet: Subnet) -> None:
         """Add this subnet's mixed update to the full-size weights of its kept layers (router in eval mode)."""
+        if not self.adapts(subnet):
+            return
         was_training = self.training
         self.eval()
         gate = self.gate(subnet)

@@ -49,13 +49,13 @@ def default_device_slug(on: str = "cpu") -> str:
 
 def measurement_environment(flow_versions: dict[str, str], on: str) -> dict[str, Any]:
     """Everything that changes a latency: device, libraries, threads; recorded with every table."""
-    from .load import reference_kernel_ms
+    from .load import reference_speeds
 
     env = environment()
     env["device_name"] = device_name(on)
     env["flow_versions"] = flow_versions
-    if on == "cpu":              # the speed later runs compare against (profiling.load)
-        env["reference_kernel_ms"] = round(reference_kernel_ms(), 4)
+    if on == "cpu":              # the speeds later runs compare against (profiling.load)
+        env.update(reference_speeds())
     return env
 
 

@@ -1,9 +1,12 @@
-"""Is the machine in the state latencies were recorded in? Two cheap checks before timing anything:
+"""Is the machine in the state latencies were recorded in? Cheap checks before timing anything:
 
 - other work: the share of all CPUs busy over half a second while this process sleeps (Linux /proc/stat; the
   1-minute load average elsewhere), so a busy-loop in another process is seen, our own work is not;
-- speed: a fixed matmul timed now against the same kernel timed when the profile was made (recorded in its
-  environment as `reference_kernel_ms`): a throttled, shared or different machine runs it at another speed.
+- speed: two fixed kernels timed now against the same kernels timed when the profile was made (recorded in its
+  environment): a small matmul (`reference_kernel_ms`, compute-bound) and a matrix-vector product over 256 MiB
+  (`reference_memory_ms`, memory-bound, as eager decode is). Why both: on a shared VM, torch-eager decode once ran
+  25% slower than its profile for tens of minutes while the matmul ran at its recorded speed; a throttled core
+  slows the first, a neighbour streaming memory the second.
 
 Either prints a warning beside every measured latency (and `--strict` refuses), because a latency measured on a
 loaded machine says little about the deployed subnet, and a prediction from a profile made in other conditions
@@ -19,6 +22,7 @@ from pathlib import Path
 BUSY_WARN = 0.25            # share of all CPUs busy with other work
 SPEED_WARN_PCT = 15.0       # reference kernel slower or faster than recorded by more than this
 _KERNEL_SIZE, _KERNEL_REPEATS = 256, 20
+_MEMORY_ROWS, _MEMORY_COLUMNS = 65536, 1024      # fp32: 256 MiB, larger than most last-level caches
 
 
 def other_busy_fraction(seconds: float = 0.5) -> float:
@@ -39,33 +43,64 @@ def other_busy_fraction(seconds: float = 0.5) -> float:
     return 0.0 if total <= 0 else max(0.0, 1 - (idle_b - idle_a) / total)
 
 
+def _median_ms(run, repeats: int, warmups: int = 2) -> float:
+    times = []
+    for index in range(warmups + repeats):
+        began = time.perf_counter()
+        run()
+        if index >= warmups:
+            times.append((time.perf_counter() - began) * 1e3)
+    return statistics.median(times)
+
+
 def reference_kernel_ms() -> float:
     """Median of 9 timings of 20 (256 x 256) fp32 matmuls with torch's current threads, after 2 warm-ups."""
     import torch
 
     a = torch.randn(_KERNEL_SIZE, _KERNEL_SIZE, generator=torch.Generator().manual_seed(0))
-    times = []
-    for index in range(11):
-        began = time.perf_counter()
+
+    def run():
         for _ in range(_KERNEL_REPEATS):
             a @ a
-        if index >= 2:
-            times.append((time.perf_counter() - began) * 1e3)
-    return statistics.median(times)
+    return _median_ms(run, 9)
 
 
-def load_warnings(recorded_reference_ms: float | None = None) -> list[str]:
-    """Lines to print beside measured latencies (empty when the machine looks as it did)."""
+def reference_memory_ms() -> float:
+    """Median of 9 timings of one (65536 x 1024) fp32 matrix times a vector (reads 256 MiB, like a decode step
+    reads weights), with torch's current threads, after 2 warm-ups."""
+    import torch
+
+    matrix = torch.ones(_MEMORY_ROWS, _MEMORY_COLUMNS)
+    vector = torch.ones(_MEMORY_COLUMNS)
+    return _median_ms(lambda: matrix @ vector, 9)
+
+
+# environment field -> (how to time it now, what it is in a warning)
+REFERENCES = {"reference_kernel_ms": (reference_kernel_ms, "a reference matmul"),
+              "reference_memory_ms": (reference_memory_ms, "a memory-bound reference (256 MiB matrix-vector)")}
+
+
+def reference_speeds() -> dict[str, float]:
+    """Every reference timed now, for a profile's environment."""
+    return {field: round(timed(), 4) for field, (timed, _) in REFERENCES.items()}
+
+
+def load_warnings(environment: dict | None = None) -> list[str]:
+    """Lines to print beside measured latencies (empty when the machine looks as it did); `environment` is the
+    profile's, and only the references it recorded are compared (older profiles have the matmul only)."""
     lines = []
     busy = other_busy_fraction()
     if busy > BUSY_WARN:
         lines.append(f"the machine is loaded: {busy:.0%} of its CPUs were busy with other work just before timing; "
                      "measured latencies will be slower and noisier than on an idle machine")
-    if recorded_reference_ms:
-        now = reference_kernel_ms()
-        change_pct = 100 * (now - recorded_reference_ms) / recorded_reference_ms
+    for field, (timed, what) in REFERENCES.items():
+        recorded = (environment or {}).get(field)
+        if not recorded:
+            continue
+        now = timed()
+        change_pct = 100 * (now - recorded) / recorded
         if abs(change_pct) > SPEED_WARN_PCT:
-            lines.append(f"this machine runs a reference matmul {abs(change_pct):.0f}% "
+            lines.append(f"this machine runs {what} {abs(change_pct):.0f}% "
                          f"{'slower' if change_pct > 0 else 'faster'} than when the profile was made "
-                         f"({now:.2f} vs {recorded_reference_ms:.2f} ms): predictions from it are off by about as much")
+                         f"({now:.2f} vs {recorded:.2f} ms): predictions from it are off by about as much")
     return lines

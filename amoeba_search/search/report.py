@@ -76,7 +76,7 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
     measure = is_this_machine(ctx)
     rows = []
     full = dataclasses.replace(ctx.loaded, adapters=None)          # the original model, what users compare with
-    load = load_warnings(ctx.lut.meta["environment"].get("reference_kernel_ms")) if measure else []
+    load = load_warnings(ctx.lut.meta["environment"]) if measure else []
     if load and strict:
         raise UserError(f"--strict: {load[0]}; time on an idle machine, or drop --strict to get a warning")
     for name, loaded, predicted in (("full model", full, ctx.full_model_ms()),
