@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--device", default="intel-xeon", help="the native llama.cpp profile of this machine")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--subnets", type=int, default=40)
+    parser.add_argument("--passes", type=int, default=5, help="llama-bench passes over the kit's models")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     command = setup(args.threads)
@@ -56,12 +57,12 @@ def main() -> None:
     warnings = load_warnings(native.meta["environment"])
     with tempfile.TemporaryDirectory() as tmp:
         kit = write_kit(loaded, Path(tmp) / "kit", "kit-here", settings, grid, design["layers_per_row"],
-                        passes=2, repetitions=10, threads=args.threads)
+                        passes=args.passes, repetitions=10, threads=args.threads)
         started = time.perf_counter()
         subprocess.run([str(kit / "run.sh")], check=True, env={**os.environ, "LLAMA_BENCH": args.llama_bench})
         bench_seconds = time.perf_counter() - started
         imported = import_profile(loaded, kit / "results.jsonl", ProfileStore(Path(tmp) / "profiles"), "kit-here",
-                                  "llama.cpp")
+                                  "llama.cpp", estimator=native.estimator, block_fit=native.block_fit)
         rows, rng = [], random.Random(0)
         for setting in settings:
             kit_setting = imported.setting(setting.phase, setting.tokens, setting.batch, setting.dtype)
@@ -81,13 +82,15 @@ def main() -> None:
                              "kit_base_ms": round(imported.base_ms(kit_setting), 4)})
     record = {"rows": rows, "details": {"command": command, "environment": environment(), "device": args.device,
                                        "llama_bench": args.llama_bench, "llama_bench_seconds": round(bench_seconds),
-                                       "load_warnings": warnings,
+                                       "load_warnings": warnings, "passes": args.passes,
+                                       "estimator": native.estimator, "block_fit": native.block_fit,
                                        "compared": "predictions (base + sum of blocks, no correction) of the same "
                                                    "random subnets from both profiles"}}
     args.results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.results / "llama_bench_kit.json", record)
     lines = ["# llama-bench kit vs native llama.cpp profile", "", f"`{command}`; native profile `{args.device}/"
-             f"llama.cpp`; llama-bench `{args.llama_bench}` ({bench_seconds:.0f} s for the kit's 2 passes). "
+             f"llama.cpp`; llama-bench `{args.llama_bench}` ({bench_seconds:.0f} s for the kit's {args.passes} passes); "
+             f"both profiles: {native.estimator} estimator, {native.block_fit} block fit. "
              "Difference = kit-profile prediction vs native-profile prediction of the same random subnet.", "",
              "| phase | tokens | dtype | subnets | n | MAPE % | median diff % | within ±5% | base ms native / kit |",
              "|---|---|---|---|---|---|---|---|---|"]

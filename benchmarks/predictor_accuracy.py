@@ -129,17 +129,19 @@ def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet],
     return combined
 
 
-def interleaved_profile(loaded, lut: LookupTable, fresh: bool, estimator: str):
+def interleaved_profile(loaded, lut: LookupTable, fresh: bool, estimator: str, layers_per_row: int | None = None):
     """Re-measure the profile's rows pass by pass, each pass right before the same validation pass, so a slow
-    drift of a shared machine moves the table and the subnets it is checked against alike."""
+    drift of a shared machine moves the table and the subnets it is checked against alike; `layers_per_row`
+    (default: the profile's) sets the depth of the timed models of a fresh profile."""
     design = lut.meta["design"]
+    layers = layers_per_row or design["layers_per_row"]
     grid = WidthGrid.from_design(design)
     rule = StopRule(**design["stop_rule"])
 
     def before_pass(pass_index: int) -> None:
         print(f"{lut.meta['flow']:14s} pass {pass_index}: profile rows", flush=True)
         build_profile(loaded, lut.directory, lut.meta["device"], lut.meta["flow"], lut.settings(), grid,
-                      design["layers_per_row"], rule, passes=pass_index + 1,
+                      layers, rule, passes=pass_index + 1,
                       overwrite=fresh and pass_index == 0, progress=False, estimator=estimator,
                       block_fit=lut.block_fit)
     return before_pass
@@ -213,6 +215,9 @@ def main() -> None:
     parser.add_argument("--estimator", choices=sorted(ESTIMATORS), default=None,
                         help="how a model's passes become one latency, for the profile (with --interleave-profile) "
                              "and the subnets alike; default: the profile's own")
+    parser.add_argument("--layers-per-row", type=int, default=None,
+                        help="with --interleave-profile: blocks per timed model of the fresh profile (default: the "
+                             "profile's own)")
     args = parser.parse_args()
     command = setup(args.threads)
     out_json, partial = RESULTS / f"{args.results}.json", RESULTS / f"{args.results}.partial.jsonl"
@@ -235,7 +240,8 @@ def main() -> None:
             raise SystemExit(f"--estimator {estimator}: {lut.name} was fitted with another; add --interleave-profile")
         before_pass = None
         if args.interleave_profile:
-            before_pass = interleaved_profile(loaded, lut, not any(key[0] == flow for key in done), estimator)
+            before_pass = interleaved_profile(loaded, lut, not any(key[0] == flow for key in done), estimator,
+                                              args.layers_per_row)
         rows = measure_all(loaded, flow, lut, subnets, StopRule(), passes[flow], done, partial, before_pass,
                            estimator)
         lut = LookupTable.load(lut.directory)                   # the interleaved profile's final fit
@@ -253,6 +259,7 @@ def main() -> None:
         pd.DataFrame(records).to_csv(lut.directory / "validation.csv", index=False, float_format="%.4f")
         details[flow] = {"pass_spread_pct_median": statistics.median(r["pass_spread_pct"] for r in random_rows),
                          "estimator": estimator, "block_fit": lut.block_fit,
+                         "layers_per_row": lut.meta["design"]["layers_per_row"],
                          "profile_interleaved": args.interleave_profile, "command": command}
         by = {(r["subnet"], r["phase"]): r["measured_ms"] for r in rows}
         for setting in lut.settings():
