@@ -336,3 +336,48 @@ def test_search_with_adapters_uses_and_caches_fine_tuned_accuracy(world, tmp_pat
             assert record["proxy_value"] != pytest.approx(plain_record["proxy_value"], rel=1e-6)
     finally:
         loaded.adapters = None
+
+
+def test_heterogeneous_sandwich_trains_per_layer_shapes(world, tmp_path):
+    """--heterogeneous-per-step: the last random subnets of a step have their own shape per layer (removed,
+    MLP-only, own widths; the first layer keeps attention); a step lowers their loss and the record names them;
+    the SMoL router (one width per subnet) and too many per step are refused with one line."""
+    loaded, strategy, root, data = world
+    config = TrainConfig(steps=1, batch_size=2, seq_len=32, lr=1e-2, checkpoint_every=1, heterogeneous_per_step=2)
+    plain = AdapterConfig(experts=1, top_k=1, rank=2)
+    run = Trainer(loaded, strategy, root / "strategy.json", data, tmp_path / "run", config, plain, progress=False)
+    chosen = run.sandwich(0)
+    assert chosen[:2] == [run.space.largest, run.space.smallest] and len(chosen) == 4
+    for shapes in chosen[2:]:
+        assert len(shapes) == run.dims.num_layers and shapes[0][0] > 0
+        assert all(s == (0, 0) or (s[0] in (0,) + tuple(run.space.heads) and s[1] in run.space.mlp) for s in shapes)
+        subnet = run.subnet(shapes)
+        assert [len(h) for h in subnet.heads] == [s[0] for s in shapes if s != (0, 0)]
+    before = sandwich_losses(run, 0)
+    record = run.train()
+    after = sandwich_losses(run, 0)
+    assert sum(after[2:]) < sum(before[2:])
+    assert all(key.startswith("het") for key in record["history"][0]["subnets"][2:])
+    with pytest.raises(UserError, match="--experts 1"):
+        Trainer(loaded, strategy, root / "strategy.json", data, tmp_path / "smol", config, ADAPTER, progress=False)
+    with pytest.raises(UserError, match=r"--heterogeneous-per-step must be in 0\.\.2"):
+        TrainConfig(heterogeneous_per_step=3)
+
+
+def test_init_from_starts_at_trained_adapters_and_resumes_only_with_them(world, tmp_path):
+    loaded, strategy, root, data = world
+    plain = AdapterConfig(experts=1, top_k=1, rank=2)
+    config = TrainConfig(steps=1, batch_size=2, seq_len=32, lr=1e-2, checkpoint_every=1)
+    first = Trainer(loaded, strategy, root / "strategy.json", data, tmp_path / "a", config, plain, progress=False)
+    first.train()
+    second = Trainer(loaded, strategy, root / "strategy.json", data, tmp_path / "b", config, plain, progress=False,
+                     init_from=tmp_path / "a")
+    for a, b in zip(first.adapters.state_dict().values(), second.adapters.state_dict().values()):
+        assert torch.equal(a, b)
+    assert second.record["initialized_from"]["step"] == 1
+    second.train()
+    with pytest.raises(UserError, match="other adapters"):          # its checkpoint, resumed without --init-from
+        Trainer(loaded, strategy, root / "strategy.json", data, tmp_path / "b", config, plain, progress=False)
+    with pytest.raises(UserError, match="another adapter"):
+        Trainer(loaded, strategy, root / "strategy.json", data, tmp_path / "c", config,
+                AdapterConfig(experts=1, top_k=1, rank=4), progress=False, init_from=tmp_path / "a")

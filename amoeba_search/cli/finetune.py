@@ -43,6 +43,10 @@ def finetune(
                                                "teaches the rest (the paper's)."),
     subnets_per_step: int = typer.Option(4, "--subnets-per-step", help="K sandwich subnets per step: largest, "
                                                                         "smallest, K-2 random."),
+    heterogeneous_per_step: int = typer.Option(0, "--heterogeneous-per-step", help="Of the K-2 random subnets, "
+                                               "how many get a random shape per layer (removed, MLP-only, own heads "
+                                               "and MLP width), as `search --space heterogeneous` hands them over; "
+                                               "needs --experts 1."),
     batch_size: int = typer.Option(2, "--batch-size", help="Sequences per step."),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per sequence."),
     lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (paper on GPUs: 2e-4 for 10K steps)."),
@@ -63,6 +67,10 @@ def finetune(
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, bf16 or fp16 (bf16 also on CPUs "
                                                                         "with AVX512-BF16/AMX)."),
     seed: int = typer.Option(0, help="Seeds subnet sampling, data windows and router noise (per step)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from trained adapters (a dir, or "
+                                                                       "'default': the shipped ones) of the same "
+                                                                       "model, strategy and adapter settings; fresh "
+                                                                       "optimizer and schedule."),
     model: str = ModelOption,
     dtype: str = DtypeOption,
     data_dir: Optional[Path] = DataDirOption,
@@ -87,7 +95,8 @@ def finetune(
     from ..models import torch_dtype
 
     torch_dtype(dtype)                         # before the data lookup: option values first
-    config = TrainConfig(steps=steps, subnets_per_step=subnets_per_step, batch_size=batch_size, seq_len=seq_len,
+    config = TrainConfig(steps=steps, subnets_per_step=subnets_per_step, heterogeneous_per_step=heterogeneous_per_step,
+                         batch_size=batch_size, seq_len=seq_len,
                          lr=lr, balance=balance, teacher=teacher, schedule=schedule, warmup_pct=warmup_pct,
                          max_grad_norm=max_grad_norm, seed=seed, checkpoint_every=checkpoint_every,
                          gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision)
@@ -108,7 +117,11 @@ def finetune(
 
         generate_corpus(loaded, instructions, corpus_path, settings)
         texts[str(corpus_path)] = read_training_texts(corpus_path)
-    trainer = Trainer(loaded, strategy_obj, path, texts, out, config, adapter)
+    if init_from is not None:
+        from ..finetune.checkpoint import shipped_adapters_for
+
+        init_from = shipped_adapters_for(loaded) if str(init_from) == "default" else Path(init_from)
+    trainer = Trainer(loaded, strategy_obj, path, texts, out, config, adapter, init_from=init_from)
     if trainer.record["step"]:
         console.print(f"resuming {out} at step {trainer.record['step']}/{steps}")
     space = trainer.space

@@ -31,8 +31,10 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..models import LoadedModel
+from ..selection.blocks import REMOVED, Shape, shapes_key
 from ..selection.space import Candidate, SearchSpace, candidate_subnet
 from ..selection.strategy import Strategy
+from ..selection.width import heterogeneous_subnet
 from ..subnet import Subnet
 from ..families.base import model_dims
 from .checkpoint import build_adapters, checkpoints, read_record, restore, save_checkpoint
@@ -45,6 +47,7 @@ class TrainConfig:
 
     steps: int = 200
     subnets_per_step: int = 4            # K: largest + smallest + K-2 random
+    heterogeneous_per_step: int = 0      # of the K-2 random ones, how many have their own shape per layer
     batch_size: int = 2
     seq_len: int = 128
     lr: float = 1e-3                     # peak, after warmup
@@ -63,6 +66,9 @@ class TrainConfig:
         for name in ("steps", "subnets_per_step", "batch_size", "seq_len", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.heterogeneous_per_step <= max(0, self.subnets_per_step - 2):
+            raise UserError(f"--heterogeneous-per-step must be in 0..{max(0, self.subnets_per_step - 2)} (the random "
+                            f"part of --subnets-per-step {self.subnets_per_step}), got {self.heterogeneous_per_step}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise UserError(f"--mixed-precision {self.mixed_precision!r}: choose no, bf16 or fp16")
         if self.teacher not in TEACHERS:
@@ -104,14 +110,21 @@ def balanced(loss: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return loss * (reference.detach() / loss.detach().clamp_min(1e-12))
 
 
+def subnet_key(candidate: Candidate | tuple[Shape, ...]) -> str:
+    return candidate.key if isinstance(candidate, Candidate) else shapes_key(candidate)
+
+
 class Trainer:
     def __init__(self, loaded: LoadedModel, strategy: Strategy, strategy_path: Path, data: dict[str, list[str]],
                  out_dir: Path, config: TrainConfig, adapter_config: AdapterConfig, space: SearchSpace | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, init_from: Path | None = None) -> None:
         strategy.check_model(loaded.fingerprint)
         self.loaded, self.strategy, self.out_dir, self.config, self.progress = loaded, strategy, Path(out_dir), config, progress
         self.dims = model_dims(loaded.model.config)
         self.space = space or SearchSpace.from_strategy(strategy, self.dims)
+        if config.heterogeneous_per_step and adapter_config.experts > 1:
+            raise UserError("--heterogeneous-per-step needs --experts 1: the SMoL router encodes one width per "
+                            "subnet, and a heterogeneous subnet has one per layer")
         self.tokens = token_stream(loaded, [t for texts in data.values() for t in texts])
         if len(self.tokens) <= config.seq_len + 1:
             raise UserError(f"the training data has {len(self.tokens)} tokens, fewer than one --seq-len "
@@ -122,6 +135,7 @@ class Trainer:
                        "training": dataclasses.asdict(config), "weights_dtype": loaded.dtype_name,
                        "data": {"files": list(data), "tokens": len(self.tokens)},
                        "step": 0, "seconds": 0.0, "history": []}
+        self.init_from = init_from
         self.setup()
 
     # ---- setup ----------------------------------------------------------------------------------------------
@@ -140,6 +154,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.adapters.parameters(), lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
         self.subnet = functools.lru_cache(maxsize=64)(self._subnet)
+        if self.init_from is not None:
+            self._initialize(Path(self.init_from))
         self._resume()
         self.scheduler = self._scheduler(self.record["step"])
 
@@ -158,6 +174,23 @@ class Trainer:
                 scheduler.step()
         return scheduler
 
+    def _initialize(self, path: Path) -> None:
+        """Start from trained adapters (their weights, not their optimizer state or schedule), so a CPU budget
+        adds to earlier training instead of repeating it, e.g. heterogeneous shapes on top of adapters trained on
+        uniform ones. They must be of this model, strategy, space and adapter shape."""
+        from .checkpoint import load_adapters
+
+        start = load_adapters(self.loaded, path)
+        start.check_strategy(self.strategy)
+        for field in ("space", "adapter"):
+            if start.record[field] != self.record[field]:
+                raise UserError(f"--init-from {path}: those adapters have another {field} ({start.record[field]}) "
+                                f"than this run ({self.record[field]}): pass the same adapter settings")
+        self.adapters.load_state_dict({k: v.float() for k, v in start.state_dict().items()})
+        self.record["initialized_from"] = {"path": str(path), "fingerprint": start.fingerprint,
+                                           "step": start.record.get("step"),
+                                           "training": start.record.get("training")}
+
     def _resume(self) -> None:
         """Continue the newest checkpoint in out_dir, if any, after checking it is the same run."""
         found = checkpoints(self.out_dir)
@@ -172,27 +205,52 @@ class Trainer:
             raise UserError(f"{self.out_dir} holds a run on {saved.get('weights_dtype', 'float32')} weights, this one "
                             f"loads {self.record['weights_dtype']}: pass the same --dtype to resume it, or a new --out")
         ignore = {"checkpoint_every"}        # the schedule depends on --steps, so a resumed run keeps them too
+        defaults = dataclasses.asdict(TrainConfig())   # settings added since a saved run: its default then
+        saved["training"] = {**{k: v for k, v in defaults.items() if k not in saved["training"]}, **saved["training"]}
         if {k: v for k, v in saved["training"].items() if k not in ignore} != \
                 {k: v for k, v in self.record["training"].items() if k not in ignore}:
             changed = sorted(k for k in self.record["training"] if k not in ignore
                              and saved["training"].get(k) != self.record["training"][k])
             raise UserError(f"{self.out_dir} holds a run with different training settings ({', '.join(changed)}): "
                             "pass a new --out, or the same settings (only --checkpoint-every may change) to resume it")
+        if saved.get("initialized_from", {}).get("fingerprint") != self.record.get("initialized_from", {}).get(
+                "fingerprint"):
+            raise UserError(f"{self.out_dir} holds a run started from other adapters (--init-from): pass the same "
+                            "--init-from to resume it, or a new --out")
         restore(found[-1], self.adapters, self.optimizer, saved)
         self.record.update(step=saved["step"], seconds=saved["seconds"], history=saved["history"])
 
-    def _subnet(self, candidate: Candidate) -> Subnet:
-        return candidate_subnet(self.loaded.model, self.strategy, candidate)
+    def _subnet(self, candidate: Candidate | tuple[Shape, ...]) -> Subnet:
+        if isinstance(candidate, Candidate):
+            return candidate_subnet(self.loaded.model, self.strategy, candidate)
+        return heterogeneous_subnet(self.loaded.model, self.strategy.width, candidate)
 
     # ---- one step -------------------------------------------------------------------------------------------
-    def sandwich(self, step: int) -> list[Candidate]:
-        """Largest, smallest, then K-2 uniformly random shapes of the space."""
+    def sandwich(self, step: int) -> list[Candidate | tuple[Shape, ...]]:
+        """Largest, smallest, then K-2 random subnets: uniformly random shapes of the space, the last
+        `heterogeneous_per_step` of them with a random shape per layer (`random_shapes`)."""
         rng = random.Random(self.config.seed * 1_000_003 + step)
-        chosen = [self.space.largest, self.space.smallest][: self.config.subnets_per_step]
-        while len(chosen) < self.config.subnets_per_step:
+        chosen: list = [self.space.largest, self.space.smallest][: self.config.subnets_per_step]
+        uniform = self.config.subnets_per_step - self.config.heterogeneous_per_step
+        while len(chosen) < uniform:
             chosen.append(Candidate(rng.choice(self.space.depths), rng.choice(self.space.heads),
                                     rng.choice(self.space.mlp)))
+        while len(chosen) < self.config.subnets_per_step:
+            chosen.append(self.random_shapes(rng))
         return chosen
+
+    def random_shapes(self, rng: random.Random) -> tuple[Shape, ...]:
+        """A subnet as `search --space heterogeneous` hands them over: each layer after the first removed with a
+        probability drawn in [0, 0.4), else at its own head count (0 = MLP-only) and MLP width from the space;
+        the first layer keeps attention (llama.cpp reads the head size from it). Why train on these at all: the
+        adapters trained on uniform shapes only made heterogeneous subnets worse (WikiText-2 test ppl 42.5 ->
+        50.4 at 80% latency, benchmarks/results/recovery.md)."""
+        removal = rng.uniform(0.0, 0.4)
+        heads = (0,) + tuple(self.space.heads)
+        shapes = [(rng.choice(self.space.heads), rng.choice(self.space.mlp))]
+        for _ in range(1, self.dims.num_layers):
+            shapes.append(REMOVED if rng.random() < removal else (rng.choice(heads), rng.choice(self.space.mlp)))
+        return tuple(shapes)
 
     def batch(self, step: int) -> torch.Tensor:
         """(B, T+1) random windows of the token stream; each process of a multi-GPU run gets its own."""
@@ -275,7 +333,7 @@ class Trainer:
             losses = self.train_step(step)
             self.record["seconds"] += time.perf_counter() - began
             self.record["step"] = step + 1
-            self.record["history"].append({"step": step + 1, "subnets": [c.key for c in self.sandwich(step)],
+            self.record["history"].append({"step": step + 1, "subnets": [subnet_key(c) for c in self.sandwich(step)],
                                            "losses": [round(v, 5) for v in losses]})
             bar.set_postfix({n: f"{v:.3f}" for n, v in zip(names, losses)})
             if (step + 1) % self.config.checkpoint_every == 0 or step + 1 == self.config.steps:

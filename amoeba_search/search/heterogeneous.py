@@ -25,7 +25,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from ..data import data_root, read_text
 from ..errors import UserError
 from ..profiling.predictor import setting_key
-from ..selection.blocks import REMOVED, Shape, neighbours, scores_around
+from ..selection.blocks import REMOVED, Shape, neighbours, scores_around, shapes_key
 from ..selection.calibration import Calibration, text_calibration
 from ..selection.space import Candidate
 from ..selection.width import heterogeneous_subnet
@@ -40,9 +40,7 @@ class Solution:
 
     @property
     def key(self) -> str:
-        """Compact, unique name: kept-layer count then each layer's shape (x = removed)."""
-        parts = ["x" if s == REMOVED else f"{s[0]}/{s[1]}" for s in self.shapes]
-        return f"het{sum(s != REMOVED for s in self.shapes)}:" + ",".join(parts)
+        return shapes_key(self.shapes)
 
 
 def block_budget_ms(target_ms: float, base_ms: float, block_scale: float = 1.0, base_scale: float = 1.0) -> float:

@@ -31,6 +31,12 @@ from .width import heterogeneous_subnet
 Shape = tuple[int, int]                          # (query heads, MLP channels); (0, 0) = layer removed
 
 
+def shapes_key(shapes: Sequence[Shape]) -> str:
+    """Compact, unique name of a heterogeneous subnet: kept-layer count, then each layer's shape (x = removed)."""
+    parts = ["x" if tuple(s) == REMOVED else f"{s[0]}/{s[1]}" for s in shapes]
+    return f"het{sum(tuple(s) != REMOVED for s in shapes)}:" + ",".join(parts)
+
+
 def block_variants(dims: ModelDims, mlp_widths: Sequence[int], heads: Sequence[int] | None = None,
                    mlp_only: bool = True) -> list[tuple[int, int]]:
     """Every (query heads, MLP channels) a layer may take: removed, a valid head count (all, or those given) x an
