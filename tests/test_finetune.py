@@ -358,6 +358,7 @@ def test_heterogeneous_sandwich_trains_per_layer_shapes(world, tmp_path):
     after = sandwich_losses(run, 0)
     assert sum(after[2:]) < sum(before[2:])
     assert all(key.startswith("het") for key in record["history"][0]["subnets"][2:])
+    assert load_adapters(loaded, tmp_path / "run").saw_heterogeneous      # `search --space heterogeneous` asks
     with pytest.raises(UserError, match="--experts 1"):
         Trainer(loaded, strategy, root / "strategy.json", data, tmp_path / "smol", config, ADAPTER, progress=False)
     with pytest.raises(UserError, match=r"--heterogeneous-per-step must be in 0\.\.2"):
@@ -374,7 +375,7 @@ def test_init_from_starts_at_trained_adapters_and_resumes_only_with_them(world, 
                      init_from=tmp_path / "a")
     for a, b in zip(first.adapters.state_dict().values(), second.adapters.state_dict().values()):
         assert torch.equal(a, b)
-    assert second.record["initialized_from"]["step"] == 1
+    assert second.record["initialized_from"]["step"] == 1 and not load_adapters(loaded, tmp_path / "a").saw_heterogeneous
     second.train()
     with pytest.raises(UserError, match="other adapters"):          # its checkpoint, resumed without --init-from
         Trainer(loaded, strategy, root / "strategy.json", data, tmp_path / "b", config, plain, progress=False)

@@ -137,6 +137,11 @@ class SMoLAdapters(nn.Module):
         return {"path": str(self.path), "fingerprint": self.fingerprint, "step": self.record.get("step"),
                 "adapter": self.config.to_dict()}
 
+    @property
+    def saw_heterogeneous(self) -> bool:
+        """Whether training sampled subnets with their own shape per layer (finetune --heterogeneous-per-step)."""
+        return bool(self.record.get("training", {}).get("heterogeneous_per_step"))
+
     # ---- shape -> gate ---------------------------------------------------------------------------------------
     def shape_features(self, subnet: Subnet) -> torch.Tensor:
         """Kept-layer mask (N) + one-hot head count + one-hot MLP width; refuses shapes outside the trained space."""
