@@ -242,9 +242,9 @@ class Trainer:
     def random_shapes(self, rng: random.Random) -> tuple[Shape, ...]:
         """A subnet as `search --space heterogeneous` hands them over: each layer after the first removed with a
         probability drawn in [0, 0.4), else at its own head count (0 = MLP-only) and MLP width from the space;
-        the first layer keeps attention (llama.cpp reads the head size from it). Why train on these at all: the
-        adapters trained on uniform shapes only made heterogeneous subnets worse (WikiText-2 test ppl 42.5 ->
-        50.4 at 80% latency, benchmarks/results/recovery.md)."""
+        the first layer keeps attention (llama.cpp reads the head size from it). Why: adapters trained on uniform
+        shapes only made heterogeneous subnets worse (WikiText-2 test ppl 42.5 -> 50.4 at 80% latency); but 400
+        more steps with 2 of these per step made it worse still (68.4: see README), so it is off by default."""
         removal = rng.uniform(0.0, 0.4)
         heads = (0,) + tuple(self.space.heads)
         shapes = [(rng.choice(self.space.heads), rng.choice(self.space.mlp))]
