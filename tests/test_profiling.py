@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -74,6 +75,22 @@ def test_fit_recovers_base_and_blocks():
     for (h, m), block in truth.items():
         got = table[(table.component == "block") & (table.heads == h) & (table.mlp == m)].latency_ms.item()
         assert got == pytest.approx(block)
+
+
+@pytest.mark.parametrize("block_fit", ["per-width", "linear"])
+def test_noisy_rows_never_fit_a_negative_latency(block_fit):
+    """A 1-layer anchor timed slow and 2-layer rows timed fast (a thrashed machine, as in a loaded CI run): plain
+    least squares puts a negative latency on a block; the fit keeps every part >= 0."""
+    setting = {"phase": "decode", "tokens": 8, "batch": 1, "dtype": "q8_0"}
+    rows = [{**setting, "layers": 1, "heads": 6, "mlp": 48, "median_ms": 40.0},
+            {**setting, "layers": 2, "heads": 6, "mlp": 48, "median_ms": 12.0},
+            {**setting, "layers": 2, "heads": 3, "mlp": 24, "median_ms": 10.0},
+            {**setting, "layers": 2, "heads": 6, "mlp": 24, "median_ms": 11.0},
+            {**setting, "layers": 2, "heads": 3, "mlp": 48, "median_ms": 11.5}]
+    design = np.array([[1, 1], [1, 2]], float)                    # base + block (6, 48): the two rows of that width
+    assert np.linalg.lstsq(design, np.array([40.0, 12.0]), rcond=None)[0][1] < 0
+    table = fit_lut(pd.DataFrame(rows), block_fit=block_fit)
+    assert (table.latency_ms >= 0).all()
 
 
 def test_quiet_estimator_takes_the_fast_tail_of_bursty_passes():

@@ -166,6 +166,8 @@ def fit_lut(measurements: pd.DataFrame, estimator: str = "median", block_fit: st
     A model timed in several passes (spread over the run, so slow drifts of a shared machine hit every width
     alike) counts once, its passes combined by `estimator`. `block_fit` linear then replaces the per-width
     blocks by their least-squares plane in (has attention, heads, MLP channels) (`linear_blocks`)."""
+    from scipy.optimize import lsq_linear
+
     check_block_fit(block_fit)
     measurements = combine_passes(measurements, estimator)
     out = []
@@ -184,7 +186,9 @@ def fit_lut(measurements: pd.DataFrame, estimator: str = "median", block_fit: st
         if np.linalg.matrix_rank(design) < design.shape[1]:
             raise UserError(f"cannot separate base and block latency for {setting}: measure the 0-layer model "
                             "or two depths per width (re-run `amoeba profile` to complete the table)")
-        solution, *_ = np.linalg.lstsq(design, group["median_ms"].to_numpy(float), rcond=None)
+        # Non-negative least squares: the same answer whenever every part comes out positive (the usual case);
+        # rows timed on a thrashed machine once gave a negative block and a negative predicted latency.
+        solution = lsq_linear(design, group["median_ms"].to_numpy(float), bounds=(0.0, np.inf)).x
         base = dict(zip(SETTING, setting))
         counts = group.groupby(["heads", "mlp"]).size()  # distinct depths measured per width
         out.append({**base, "component": "base", "heads": 0, "mlp": 0, "latency_ms": solution[0],
@@ -215,7 +219,8 @@ def _least_absolute(design: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Coefficients minimising the summed absolute residual (median regression, a linear program). Why not least
     squares: a width timed while another process thrashed the cores can read 20x slow (seen: 510 ms rows among
     25 ms ones in a quick profile under load), and one such row would drag the whole plane; absolute residuals let
-    the plane follow the other widths."""
+    the plane follow the other widths. Every fitted value is kept >= 0: a plane through a few noisy rows could
+    otherwise give a narrow width a negative latency."""
     from scipy.optimize import linprog
 
     rows, columns = design.shape
@@ -223,7 +228,9 @@ def _least_absolute(design: np.ndarray, target: np.ndarray) -> np.ndarray:
     cost = np.concatenate([np.zeros(columns), np.ones(2 * rows)])
     equality = np.hstack([design, np.eye(rows), -np.eye(rows)])            # design @ c + r+ - r- = target
     bounds = [(None, None)] * columns + [(0, None)] * (2 * rows)
-    result = linprog(cost, A_eq=equality, b_eq=target, bounds=bounds, method="highs")
+    fitted_not_negative = np.hstack([-design, np.zeros((rows, 2 * rows))])  # every fitted value >= 0
+    result = linprog(cost, A_ub=fitted_not_negative, b_ub=np.zeros(rows), A_eq=equality, b_eq=target,
+                     bounds=bounds, method="highs")
     if result.status != 0:                                                   # cannot happen for a feasible LP
         raise UserError(f"the linear block fit failed ({result.message}): use --block-fit per-width")
     return result.x[:columns]
