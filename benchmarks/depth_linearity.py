@@ -7,7 +7,7 @@ For a few widths (MLP-only rows start with one lead block at the widest width, a
 each depth in --depths is extracted and all are timed round-robin in --passes passes (each pass: the profiler's stop
 rule); passes are combined by the profile's estimator. Reported per width: latency per depth, the marginal cost of
 a block between consecutive depths, and the profile's block latency for that width.
-Writes benchmarks/results/depth_linearity-<device>-<flow>.{json,md}."""
+Writes benchmarks/results/depth_linearity.{json,md} (device and flow inside)."""
 
 from __future__ import annotations
 
@@ -68,9 +68,8 @@ def main() -> None:
     record = {"device": args.device, "flow": args.flow, "setting": setting.label(), "estimator": lut.estimator,
               "passes": args.passes, "lead_block": list(lead), "rows": rows, "load_warnings": warnings,
               "command": command, "environment": environment()}
-    stem = f"depth_linearity-{args.device}-{args.flow}"
-    write_json_atomic(RESULTS / f"{stem}.json", record)
-    (RESULTS / f"{stem}.md").write_text(markdown(record))
+    write_json_atomic(RESULTS / "depth_linearity.json", record)
+    (RESULTS / "depth_linearity.md").write_text(markdown(record))
     print(markdown(record))
 
 
