@@ -323,3 +323,47 @@ def test_pareto_rows_hold_both_spaces(world, scored):  # noqa: F811
     hetero = [r for r in rows if r["series"] == HETERO_SERIES]
     assert len(hetero) == 2                                    # 5% is below the fastest subnet: no point
     assert all(r["latency_ms"] <= ratio * ctx.full_model_ms() + 1e-9 for r, ratio in zip(hetero, (0.5, 0.9)))
+
+
+def test_finetuning_can_draw_the_solvers_shapes(world, scored, tmp_path):  # noqa: F811
+    """--heterogeneous-shapes solver: the pool is exactly the brute-force optimum at each latency ratio of each
+    profile's full model, and the sandwich's heterogeneous subnets come from it; without block scores, one line."""
+    import dataclasses
+
+    from amoeba_search.finetune.recipe import SOLVER_RATIOS, TrainConfig, Trainer
+    from amoeba_search.finetune.smol import AdapterConfig
+    from amoeba_search.profiling.lut import LookupTable
+    from amoeba_search.search.heterogeneous import solver_shapes, solver_table
+
+    loaded, strategy, root, data = world
+    _, _, calibration = scored
+    blocks = score_blocks(loaded, strategy, calibration, [24, 48], heads=[3, 6], mlp_only=False, progress=False)
+    dims = ModelDims.from_config(loaded.model.config)
+    full = (dims.num_heads, dims.intermediate_size)
+    luts = [LookupTable.load(root / "profiles" / name / "roofline") for name in ("toy", "toy2")]
+    pool = solver_shapes(blocks, dims.num_layers, full, luts, SOLVER_RATIOS)
+    table = solver_table(blocks.table("kl", dims.num_layers))
+    expected = set()
+    for lut in luts:
+        (setting,) = lut.settings()
+        block_ms = {v: lut.block_ms(setting, *v) for v in lut.widths(setting)}
+        base = lut.base_ms(setting)
+        for ratio in SOLVER_RATIOS:
+            budget = block_budget_ms(ratio * (base + dims.num_layers * block_ms[full]), base)
+            expected.add(brute_force(table, block_ms, budget).shapes)
+    assert set(pool) == expected and len(pool) == len(expected) > 1
+    assert all(shapes[0][0] > 0 for shapes in pool)                        # the first layer keeps attention
+    texts = {"valid.txt": [read_text(data / "wikitext2" / "valid.txt")]}
+    config = TrainConfig(steps=1, batch_size=2, seq_len=32, checkpoint_every=1, subnets_per_step=4,
+                         heterogeneous_per_step=2, heterogeneous_shapes="solver")
+    plain = AdapterConfig(experts=1, top_k=1, rank=2)
+    run = Trainer(loaded, dataclasses.replace(strategy, blocks=blocks), root / "strategy.json", texts,
+                  tmp_path / "run", config, plain, progress=False, shape_profiles=luts)
+    assert set(run.solver_pool) == expected and run.record["solver_shapes"]["distinct"] == len(expected)
+    drawn = {shapes for step in range(8) for shapes in run.sandwich(step)[2:]}
+    assert drawn <= expected and len(drawn) > 1
+    with pytest.raises(UserError, match="block scores"):
+        Trainer(loaded, strategy, root / "strategy.json", texts, tmp_path / "b", config, plain, progress=False,
+                shape_profiles=luts)
+    with pytest.raises(UserError, match="--heterogeneous-shapes"):
+        TrainConfig(heterogeneous_per_step=2, heterogeneous_shapes="uniform")

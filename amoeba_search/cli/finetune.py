@@ -47,6 +47,11 @@ def finetune(
                                                "how many get a random shape per layer (removed, MLP-only, own heads "
                                                "and MLP width), as `search --space heterogeneous` hands them over; "
                                                "needs --experts 1."),
+    heterogeneous_shapes: str = typer.Option("random", "--heterogeneous-shapes", help="How those are drawn: "
+                                             "random (each layer removed or at its own shape at random) or solver "
+                                             "(the exact block solver's optimum at 50-90% of the full model's "
+                                             "latency on every known profile: what users deploy; needs a strategy "
+                                             "with block scores)."),
     batch_size: int = typer.Option(2, "--batch-size", help="Sequences per step."),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per sequence."),
     lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (paper on GPUs: 2e-4 for 10K steps)."),
@@ -96,7 +101,7 @@ def finetune(
 
     torch_dtype(dtype)                         # before the data lookup: option values first
     config = TrainConfig(steps=steps, subnets_per_step=subnets_per_step, heterogeneous_per_step=heterogeneous_per_step,
-                         batch_size=batch_size, seq_len=seq_len,
+                         heterogeneous_shapes=heterogeneous_shapes, batch_size=batch_size, seq_len=seq_len,
                          lr=lr, balance=balance, teacher=teacher, schedule=schedule, warmup_pct=warmup_pct,
                          max_grad_norm=max_grad_norm, seed=seed, checkpoint_every=checkpoint_every,
                          gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision)

@@ -48,6 +48,7 @@ class TrainConfig:
     steps: int = 200
     subnets_per_step: int = 4            # K: largest + smallest + K-2 random
     heterogeneous_per_step: int = 0      # of the K-2 random ones, how many have their own shape per layer
+    heterogeneous_shapes: str = "random" # how those are drawn: "random" per layer, or "solver" (SHAPE_SOURCES)
     batch_size: int = 2
     seq_len: int = 128
     lr: float = 1e-3                     # peak, after warmup
@@ -69,6 +70,9 @@ class TrainConfig:
         if not 0 <= self.heterogeneous_per_step <= max(0, self.subnets_per_step - 2):
             raise UserError(f"--heterogeneous-per-step must be in 0..{max(0, self.subnets_per_step - 2)} (the random "
                             f"part of --subnets-per-step {self.subnets_per_step}), got {self.heterogeneous_per_step}")
+        if self.heterogeneous_shapes not in SHAPE_SOURCES:
+            raise UserError(f"--heterogeneous-shapes {self.heterogeneous_shapes!r}: choose "
+                            f"{' or '.join(SHAPE_SOURCES)}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise UserError(f"--mixed-precision {self.mixed_precision!r}: choose no, bf16 or fp16")
         if self.teacher not in TEACHERS:
@@ -84,6 +88,8 @@ class TrainConfig:
 
 
 TEACHERS = ("frozen", "inplace")
+SHAPE_SOURCES = ("random", "solver")
+SOLVER_RATIOS = tuple(round(0.5 + 0.02 * i, 2) for i in range(21))    # 50..90% of the full model's latency
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
@@ -117,7 +123,7 @@ def subnet_key(candidate: Candidate | tuple[Shape, ...]) -> str:
 class Trainer:
     def __init__(self, loaded: LoadedModel, strategy: Strategy, strategy_path: Path, data: dict[str, list[str]],
                  out_dir: Path, config: TrainConfig, adapter_config: AdapterConfig, space: SearchSpace | None = None,
-                 progress: bool = True, init_from: Path | None = None) -> None:
+                 progress: bool = True, init_from: Path | None = None, shape_profiles: list | None = None) -> None:
         strategy.check_model(loaded.fingerprint)
         self.loaded, self.strategy, self.out_dir, self.config, self.progress = loaded, strategy, Path(out_dir), config, progress
         self.dims = model_dims(loaded.model.config)
@@ -125,6 +131,8 @@ class Trainer:
         if config.heterogeneous_per_step and adapter_config.experts > 1:
             raise UserError("--heterogeneous-per-step needs --experts 1: the SMoL router encodes one width per "
                             "subnet, and a heterogeneous subnet has one per layer")
+        self.solver_pool = self._solver_pool(shape_profiles) if config.heterogeneous_per_step and \
+            config.heterogeneous_shapes == "solver" else None
         self.tokens = token_stream(loaded, [t for texts in data.values() for t in texts])
         if len(self.tokens) <= config.seq_len + 1:
             raise UserError(f"the training data has {len(self.tokens)} tokens, fewer than one --seq-len "
@@ -135,6 +143,9 @@ class Trainer:
                        "training": dataclasses.asdict(config), "weights_dtype": loaded.dtype_name,
                        "data": {"files": list(data), "tokens": len(self.tokens)},
                        "step": 0, "seconds": 0.0, "history": []}
+        if self.solver_pool is not None:
+            self.record["solver_shapes"] = {"ratios": list(SOLVER_RATIOS), "profiles": self.shape_profile_names,
+                                            "distinct": len(self.solver_pool)}
         self.init_from = init_from
         self.setup()
 
@@ -220,6 +231,28 @@ class Trainer:
         restore(found[-1], self.adapters, self.optimizer, saved)
         self.record.update(step=saved["step"], seconds=saved["seconds"], history=saved["history"])
 
+    def _solver_pool(self, profiles: list | None) -> list[tuple[Shape, ...]]:
+        """The exact solver's shapes at 50..90% of the full model's latency on every profile (default: all this
+        machine's and the shipped ones), for `--heterogeneous-shapes solver`."""
+        from ..profiling.store import ProfileStore
+        from ..search.heterogeneous import solver_shapes
+
+        if self.strategy.blocks is None:
+            raise UserError("--heterogeneous-shapes solver needs a strategy with block scores (`amoeba blocks`; "
+                            "shipped: strategies/smollm2-135m.dp-flap-blocks.json): pass it with --strategy")
+        if profiles is None:
+            store = ProfileStore()
+            profiles = [store.load(path.parent.name, path.name) for root in store.roots
+                        for path in sorted(p.parent for p in root.glob("*/*/lut.csv"))]
+        self.shape_profile_names = sorted({lut.name for lut in profiles})
+        pool = solver_shapes(self.strategy.blocks, self.dims.num_layers, (self.dims.num_heads,
+                             self.dims.intermediate_size), profiles, SOLVER_RATIOS)
+        if not pool:
+            raise UserError(f"no profile ({', '.join(self.shape_profile_names) or 'none found'}) times this model's "
+                            "full block, so the solver has no shapes to offer: profile this model (`amoeba profile`) "
+                            "or use --heterogeneous-shapes random")
+        return pool
+
     def _subnet(self, candidate: Candidate | tuple[Shape, ...]) -> Subnet:
         if isinstance(candidate, Candidate):
             return candidate_subnet(self.loaded.model, self.strategy, candidate)
@@ -244,7 +277,10 @@ class Trainer:
         probability drawn in [0, 0.4), else at its own head count (0 = MLP-only) and MLP width from the space;
         the first layer keeps attention (llama.cpp reads the head size from it). Why: adapters trained on uniform
         shapes only made heterogeneous subnets worse (WikiText-2 test ppl 42.5 -> 50.4 at 80% latency); but 400
-        more steps with 2 of these per step made it worse still (68.4: see README), so it is off by default."""
+        more steps with 2 of these per step made it worse still (68.4: see README), so it is off by default.
+        With `--heterogeneous-shapes solver`, one of the exact solver's shapes instead (`_solver_pool`)."""
+        if self.solver_pool is not None:
+            return rng.choice(self.solver_pool)
         removal = rng.uniform(0.0, 0.4)
         heads = (0,) + tuple(self.space.heads)
         shapes = [(rng.choice(self.space.heads), rng.choice(self.space.mlp))]

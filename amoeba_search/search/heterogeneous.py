@@ -177,11 +177,8 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
         raise UserError(f"the block scores were computed with compensation {'on' if blocks.compensate else 'off'}: "
                         f"search with the same --{'no-' if not blocks.compensate else ''}compensate, or recompute them")
     dims, setting = ctx.dims, ctx.setting
-    table = blocks.table(metric, dims.num_layers)
-    scores = [dict(layer) for layer in table]                   # every variant's score, for the uniform candidates
-    # Layer 0 keeps its attention (neither removed nor MLP-only): llama.cpp reads the head size from the first
-    # layer, and removing the first layer is ruinous anyway (every DP here keeps it).
-    table[0] = {v: s for v, s in table[0].items() if v[0] > 0}
+    scores = blocks.table(metric, dims.num_layers)              # every variant's score, for the uniform candidates
+    table = solver_table(scores)
     profiled = set(ctx.lut.widths(setting))
     block_ms = {(h, m): ctx.lut.block_ms(setting, h, m) for h, m in profiled}
     unprofiled = sorted({v for layer in table for v in layer if v != REMOVED and v not in profiled})
@@ -241,6 +238,36 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
             "candidates": [{"origin": o, "key": s.key, "block_score": s.score, "proxy_value": v,
                             "predicted_ms": ctx.predictor.predict_subnet_ms(setting, sub, dims)}
                            for o, s, sub, v in ranked]}
+
+
+def solver_table(scores: list[dict[Shape, float]]) -> list[dict[Shape, float]]:
+    """The variants the solver may pick per layer: all scored ones, except that layer 0 keeps its attention
+    (neither removed nor MLP-only): llama.cpp reads the head size from the first layer, and removing the first
+    layer is ruinous anyway (every DP here keeps it)."""
+    return [{v: s for v, s in layer.items() if index or v[0] > 0} for index, layer in enumerate(scores)]
+
+
+def solver_shapes(blocks, num_layers: int, full_shape: Shape, profiles: Sequence, ratios: Sequence[float],
+                  metric: str = "kl") -> list[tuple[Shape, ...]]:
+    """The exact block-score optimum (`pareto_optimum`) at each ratio of the full model's predicted latency, for
+    every setting of every profile, without repeats: the shapes `search --space heterogeneous` starts from on
+    those devices and flows (what the proxy re-ranks and refines lies close to them). Why: fine-tuning on these,
+    not on uniformly random per-layer shapes (measured far harsher), trains adapters on what users deploy.
+    Profiles whose setting has no block of the full shape are skipped; variants a profile lacks are not offered."""
+    table = solver_table(blocks.table(metric, num_layers))
+    found: dict[tuple[Shape, ...], None] = {}
+    for lut in profiles:
+        for setting in lut.settings():
+            block_ms = {(h, m): lut.block_ms(setting, h, m) for h, m in lut.widths(setting)}
+            if full_shape not in block_ms:
+                continue
+            base_ms = lut.base_ms(setting)
+            full_ms = base_ms + len(table) * block_ms[full_shape]
+            for ratio in ratios:
+                best = pareto_optimum(table, block_ms, block_budget_ms(ratio * full_ms, base_ms))
+                if best is not None:
+                    found.setdefault(best.shapes, None)
+    return list(found)
 
 
 def refine(ctx, calibration, shapes: Sequence[Shape], variants: Sequence[Shape], block_ms: dict, budget_ms: float,
