@@ -88,20 +88,19 @@ def main() -> None:
     command = setup(args.threads)
     root = data_root()
     args.out.mkdir(parents=True, exist_ok=True)
-    partial = args.out / "rows.jsonl"                # finished rows survive an interruption
-    done = {(r["target_ratio"], r["method"]): r for r in map(json.loads, partial.read_text().splitlines())} \
-        if partial.exists() else {}
-
     full = load_model("default")
     tuned = dataclasses.replace(full, adapters=load_adapters(full, args.adapters))
+    fingerprints = {"none": None, "adapters": tuned.adapters.fingerprint}
+    partial = args.out / "rows.jsonl"                # finished rows survive an interruption, for the same adapters
+    done = {(r["target_ratio"], r["method"]): r for r in map(json.loads, partial.read_text().splitlines())
+            if r.get("adapters_fingerprint") == fingerprints[r["method"]]} if partial.exists() else {}
     print("scoring the full model, then the full model with adapters", flush=True)
-    full_path = args.out / "full.json"                          # the two full-model scores survive a rerun too
-    if full_path.is_file():
-        full_scores, full_tuned_scores = json.loads(full_path.read_text())
-    else:
-        full_scores = score(full, root, args.windows)
-        full_tuned_scores = score(tuned, root, args.windows)        # through the adapted view of the full shape
-        write_json_atomic(full_path, [full_scores, full_tuned_scores])
+    full_path = args.out / "full.json"        # the full-model scores survive a rerun too (with adapters: the same)
+    saved = json.loads(full_path.read_text()) if full_path.is_file() else [None, None, None]
+    full_scores = saved[0] or score(full, root, args.windows)
+    full_tuned_scores = saved[1] if saved[2:] == [tuned.adapters.fingerprint] else \
+        score(tuned, root, args.windows)                            # through the adapted view of the full shape
+    write_json_atomic(full_path, [full_scores, full_tuned_scores, tuned.adapters.fingerprint])
     rows = []
     strategy = shipped_strategy(blocks=args.space == "heterogeneous")
     for method, loaded in (("none", full), ("adapters", tuned)):
@@ -118,7 +117,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = extract(loaded, found["subnet"], Path(tmp) / "ckpt")
                 scores = score(load_model(str(path)), root, args.windows)
-            row = {"target_ratio": ratio, "method": method, "space": args.space, "subnet": found["key"],
+            row = {"target_ratio": ratio, "method": method, "adapters_fingerprint": fingerprints[method],
+                   "space": args.space, "subnet": found["key"],
                    "layers": len(found["subnet"].layers), "shapes": found["shapes"],
                    "predicted_ms": round(found["predicted_ms"], 3), "target_ms": round(target, 3),
                    "full_model_ms": round(ctx.full_model_ms(), 3), "proxy_value": round(found["proxy_value"], 3),
@@ -130,8 +130,9 @@ def main() -> None:
             rows.append(row)
     record = {"shipped_adapters": str(args.adapters.relative_to(ROOT) if args.adapters.is_relative_to(ROOT)
                                       else args.adapters),
+              "adapters_fingerprint": tuned.adapters.fingerprint,
               "adapters_record": {k: tuned.adapters.record.get(k) for k in ("step", "seconds", "training",
-                                                                            "adapter")},
+                                                                            "adapter", "initialized_from")},
               "full_model": full_scores, "full_with_adapters": full_tuned_scores, "rows": rows,
               "details": {"command": command, "environment": environment(), "trials": args.trials,
                           "space": args.space, "top_k": args.top_k, "refine_rounds": args.refine_rounds,
@@ -155,12 +156,17 @@ def _label(row: dict) -> str:
     return f"{row['layers']} layers ({mlp_only} MLP-only), per-layer widths"
 
 
+def _started_from(adapters_record: dict) -> str:
+    start = adapters_record.get("initialized_from")
+    return "" if not start else f", on top of adapters trained {start['step']} steps (`--init-from`)"
+
+
 def markdown(record: dict) -> str:
     full, tuned = record["full_model"], record["full_with_adapters"]
     lines = ["# Recovery with the shipped adapters", "",
              f"`{record['details']['command']}`; adapters `{record['shipped_adapters']}` "
              f"({record['adapters_record']['step']} steps, {record['adapters_record']['seconds'] / 60:.0f} min of "
-             f"training). Each subnet is searched in the {record['details'].get('space', 'uniform')} space on "
+             f"training{_started_from(record['adapters_record'])}). Each subnet is searched in the {record['details'].get('space', 'uniform')} space on "
              f"{record['details']['profile']} and extracted (adapters merged for `adapters`); every row is the "
              "checkpoint loaded back from disk. With frozen-teacher adapters the full shape gets no update "
              "(`SMoLAdapters.adapts`), so `full model + adapters` is scored through the adapted path and must equal "
