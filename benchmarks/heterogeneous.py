@@ -205,6 +205,8 @@ def main() -> None:
                    "hetero_predicted_ms": round(hetero["predicted_ms"], 3),
                    "hetero_block_score": round(hetero["block_score"], 4), "solver_seconds": hetero["solver_seconds"],
                    "hetero_origin": hetero["origin"], "refine_rounds": args.refine_rounds,
+                   "profile_fingerprint": ctx.lut.fingerprint,
+                   "profile_layers_per_row": ctx.lut.meta["design"]["layers_per_row"],
                    "max_changes": args.max_changes}
             subnets = {"uniform": ctx.subnet(candidate), "hetero": hetero["subnet"]}
             for side, key in (("uniform", candidate.key), ("hetero", hetero["key"])):
@@ -295,7 +297,9 @@ def markdown(record: dict) -> str:
         shapes = ",".join("x" if s == [0, 0] else f"{s[0]}/{s[1]}" for s in r["hetero_shapes"])
         found = f" (found by: {r['hetero_origin']}; refining rounds allowed: {r.get('refine_rounds', 0)})" \
             if "hetero_origin" in r else ""
-        lines.append(f"- {r['flow']} {r['target_ratio']:.0%}: {shapes}{found}")
+        profile = (f"profile {r['profile_fingerprint']}, {r['profile_layers_per_row']}-block rows"
+                   if "profile_fingerprint" in r else "profile not recorded (rows before 2026-12-06 16:00)")
+        lines.append(f"- {r['flow']} {r['target_ratio']:.0%}: {shapes}{found}; {profile}")
     lines += ["", "## Greedy answers of the heterogeneous subnets", ""]
     for r in record["rows"]:
         lines.append(f"- {r['flow']} {r['target_ratio']:.0%}: " + " | ".join(
