@@ -17,7 +17,10 @@ device. The GPU results, benchmarks/results/predictor-nvidia-h100-80gb-hbm3.json
 --results predictor-nvidia-h100-80gb-hbm3 --threads 8 --flow-passes cuda-eager=2` on a lent H100. This project's
 2-core Intel Xeon VM's llama.cpp profile, benchmarks/results/predictor-intel-xeon.json/.md, comes from
 `python benchmarks/predictor_accuracy.py --device intel-xeon --flows llama.cpp --passes 2 --results
-predictor-intel-xeon`.
+predictor-intel-xeon`. Its torch-eager profile re-measured with 20-block rows (the shipped one since),
+benchmarks/results/predictor-intel-xeon-l20.json/.md, comes from `python benchmarks/predictor_accuracy.py --device
+intel-xeon --flows torch-eager --passes 3 --interleave-profile --layers-per-row 20 --estimator quiet --results
+predictor-intel-xeon-l20`.
 """
 
 from __future__ import annotations
