@@ -5,6 +5,7 @@ pruning heads x head_dim no longer equals the hidden size."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,20 +108,31 @@ def gguf_tensors(model: PreTrainedModel) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _copy_tokenizer(writer, source: Path) -> None:
+@functools.lru_cache(maxsize=4)
+def _tokenizer_fields(path: str, mtime_ns: int, size: int) -> tuple:
+    """The `tokenizer.*` fields of a GGUF as (key, value, type, sub-type), read once per file version: parsing the
+    embedded model's 49k-token vocabulary takes ~3 s, and profiling writes one GGUF per timed model."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(source))
-    for key, field in reader.fields.items():
+    fields = []
+    for key, field in GGUFReader(path).fields.items():
         if key.startswith("tokenizer."):
-            sub_type = field.types[1] if len(field.types) > 1 else None
-            writer.add_key_value(key, field.contents(), field.types[0], sub_type)
+            fields.append((key, field.contents(), field.types[0], field.types[1] if len(field.types) > 1 else None))
+    return tuple(fields)
+
+
+def _read_tokenizer(path: Path) -> tuple:
+    stat = os.stat(path)
+    return _tokenizer_fields(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def _copy_tokenizer(writer, source: Path) -> None:
+    for key, value, value_type, sub_type in _read_tokenizer(source):
+        writer.add_key_value(key, value, value_type, sub_type)
 
 
 def gguf_vocab_size(path: Path) -> int:
-    from gguf import GGUFReader
-
-    return len(GGUFReader(str(path)).fields["tokenizer.ggml.tokens"].data)
+    return len(next(value for key, value, _, _ in _read_tokenizer(path) if key == "tokenizer.ggml.tokens"))
 
 
 def _placeholder_tokenizer(writer, vocab_size: int) -> None:

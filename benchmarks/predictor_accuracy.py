@@ -39,7 +39,7 @@ from amoeba_search.extract import extract_model
 from amoeba_search.models import load_model
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.harness import StopRule
-from amoeba_search.profiling.lut import ESTIMATORS, LookupTable, combine_runs
+from amoeba_search.profiling.lut import ESTIMATORS, LookupTable, Setting, combine_runs
 from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key, subnet_widths
 from amoeba_search.profiling.profile import WidthGrid, build_profile, measure_model
 from amoeba_search.profiling.store import ProfileStore
@@ -97,16 +97,16 @@ def load_partial(partial: Path) -> dict[tuple, dict]:
     return rows
 
 
-def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet], rule: StopRule, passes: int,
-                done: dict, partial: Path, before_pass=None, estimator: str = "median") -> list[dict]:
-    """Time every subnet in `passes` round-robin passes (as the profiler does); a subnet's passes are combined
-    by the profile's estimator (lut.ESTIMATORS), as its rows were. `before_pass(p)` runs first in each pass (the
-    interleaved profile's rows)."""
+def measure_all(loaded, flow: str, settings: list[Setting], subnets: dict[str, Subnet], rule: StopRule,
+                passes: int, done: dict, partial: Path, before_pass=None, estimator: str = "median") -> list[dict]:
+    """Time every subnet in `passes` round-robin passes (as the profiler does) at each of `settings`; a subnet's
+    passes are combined by the profile's estimator (lut.ESTIMATORS), as its rows were. `before_pass(p)` runs first
+    in each pass (the interleaved profile's rows)."""
     for pass_index in range(passes):
         if before_pass is not None:
             before_pass(pass_index)
         for name, subnet in subnets.items():
-            pending = [s for s in lut.settings() if (flow, name, setting_key(s), pass_index) not in done]
+            pending = [s for s in settings if (flow, name, setting_key(s), pass_index) not in done]
             model = extract_model(loaded.model, subnet) if pending else None
             for setting in pending:
                 measured = measure_model(FLOWS.get(flow), model, setting, rule)
@@ -122,7 +122,7 @@ def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet],
                       f"w={row['widths']} {row['measured_ms']:.2f} ms", flush=True)
     combined = []
     for name in subnets:
-        for setting in lut.settings():
+        for setting in settings:
             runs = [done[(flow, name, setting_key(setting), p)] for p in range(passes)]
             latency = combine_runs([{"median_ms": r["measured_ms"], "p10_ms": r["p10_ms"]} for r in runs], estimator)
             combined.append({**runs[0], "measured_ms": latency,
@@ -132,10 +132,11 @@ def measure_all(loaded, flow: str, lut: LookupTable, subnets: dict[str, Subnet],
     return combined
 
 
-def interleaved_profile(loaded, lut: LookupTable, fresh: bool, estimator: str, layers_per_row: int | None = None):
-    """Re-measure the profile's rows pass by pass, each pass right before the same validation pass, so a slow
-    drift of a shared machine moves the table and the subnets it is checked against alike; `layers_per_row`
-    (default: the profile's) sets the depth of the timed models of a fresh profile."""
+def interleaved_profile(loaded, lut: LookupTable, settings: list[Setting], fresh: bool, estimator: str,
+                        layers_per_row: int | None = None):
+    """Re-measure the profile's rows at `settings` pass by pass, each pass right before the same validation
+    pass, so a slow drift of a shared machine moves the table and the subnets it is checked against alike;
+    `layers_per_row` (default: the profile's) sets the depth of the timed models of a fresh profile."""
     design = lut.meta["design"]
     layers = layers_per_row or design["layers_per_row"]
     grid = WidthGrid.from_design(design)
@@ -143,7 +144,7 @@ def interleaved_profile(loaded, lut: LookupTable, fresh: bool, estimator: str, l
 
     def before_pass(pass_index: int) -> None:
         print(f"{lut.meta['flow']:14s} pass {pass_index}: profile rows", flush=True)
-        build_profile(loaded, lut.directory, lut.meta["device"], lut.meta["flow"], lut.settings(), grid,
+        build_profile(loaded, lut.directory, lut.meta["device"], lut.meta["flow"], settings, grid,
                       layers, rule, passes=pass_index + 1,
                       overwrite=fresh and pass_index == 0, progress=False, estimator=estimator,
                       block_fit=lut.block_fit)
@@ -221,6 +222,9 @@ def main() -> None:
     parser.add_argument("--layers-per-row", type=int, default=None,
                         help="with --interleave-profile: blocks per timed model of the fresh profile (default: the "
                              "profile's own)")
+    parser.add_argument("--phases", default=None,
+                        help="with --interleave-profile: phases of the fresh profile, e.g. decode,prefill, at the "
+                             "profile's tokens and dtype (default: the profile's own settings)")
     args = parser.parse_args()
     command = setup(args.threads)
     out_json, partial = RESULTS / f"{args.results}.json", RESULTS / f"{args.results}.partial.jsonl"
@@ -241,11 +245,17 @@ def main() -> None:
         estimator = args.estimator or lut.estimator
         if estimator != lut.estimator and not args.interleave_profile:
             raise SystemExit(f"--estimator {estimator}: {lut.name} was fitted with another; add --interleave-profile")
+        settings = lut.settings()
+        if args.phases:
+            if not args.interleave_profile:
+                raise SystemExit("--phases sets a fresh profile's phases: add --interleave-profile")
+            settings = sorted({Setting(phase, s.tokens, s.batch, s.dtype) for s in settings
+                               for phase in args.phases.split(",")}, key=setting_key)
         before_pass = None
         if args.interleave_profile:
-            before_pass = interleaved_profile(loaded, lut, not any(key[0] == flow for key in done), estimator,
-                                              args.layers_per_row)
-        rows = measure_all(loaded, flow, lut, subnets, StopRule(), passes[flow], done, partial, before_pass,
+            before_pass = interleaved_profile(loaded, lut, settings, not any(key[0] == flow for key in done),
+                                              estimator, args.layers_per_row)
+        rows = measure_all(loaded, flow, settings, subnets, StopRule(), passes[flow], done, partial, before_pass,
                            estimator)
         lut = LookupTable.load(lut.directory)                   # the interleaved profile's final fit
         random_rows = [r for r in rows if r["subnet"].startswith("r")]

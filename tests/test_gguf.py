@@ -68,3 +68,22 @@ def test_llama_cpp_runs_a_compensated_subnet_like_pytorch(tiny, tmp_path, tiny_d
         expected = checkpoint(torch.tensor([ids])).logits[0]
     for position in range(len(ids)):
         assert torch.allclose(torch.tensor(llm.scores[position]), expected[position], atol=1e-3)
+
+
+@pytest.mark.embedded
+def test_tokenizer_fields_are_read_once_per_file_version(tmp_path):
+    """Profiling writes one GGUF per timed model: the source vocabulary is parsed once, and again only when the file
+    changes."""
+    import shutil
+
+    from amoeba_search import gguf_export
+
+    copy = shutil.copy(embedded_gguf(), tmp_path / "vocab.gguf")
+    gguf_export._tokenizer_fields.cache_clear()
+    assert gguf_export.gguf_vocab_size(copy) == gguf_export.gguf_vocab_size(copy) == 49152
+    assert gguf_export._tokenizer_fields.cache_info().misses == 1
+    shutil.copy(embedded_gguf(), copy)                       # a new version of the file (mtime)
+    import os
+    os.utime(copy, ns=(0, 0))
+    assert gguf_export.gguf_vocab_size(copy) == 49152
+    assert gguf_export._tokenizer_fields.cache_info().misses == 2

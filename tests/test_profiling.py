@@ -190,6 +190,24 @@ def tiny_profile(tmp_path_factory, tiny_dir):
     return loaded, grid, lut
 
 
+def test_default_rows_are_two_thirds_deep_at_most_20():
+    from amoeba_search.profiling.timed_models import default_layers_per_row
+
+    assert default_layers_per_row(30) == 20 and default_layers_per_row(80) == 20      # SmolLM2, Llama-3-70B
+    assert default_layers_per_row(12) == 8 and default_layers_per_row(4) == 3
+    assert default_layers_per_row(2, mlp_only_rows=True) == 1                        # + its lead block
+    assert default_layers_per_row(1) == 1
+
+
+def test_profile_without_layers_per_row_times_deep_rows(tiny, tmp_path):
+    grid = WidthGrid.for_model(ModelDims.from_config(tiny.model.config), (1.0,), heads=(6,))
+    lut = build_profile(tiny, tmp_path / "dev" / "torch-eager", "dev", "torch-eager", SETTINGS[1:], grid,
+                        rule=FAST, passes=1, progress=False)
+    depth = tiny.model.config.num_hidden_layers
+    assert lut.meta["design"]["layers_per_row"] == round(2 * depth / 3)
+    assert set(MeasurementLog(lut.directory).read()["layers"]) == {0, round(2 * depth / 3)}
+
+
 def test_profile_round_trip_and_predictor(tiny_profile):
     loaded, grid, lut = tiny_profile
     again = LookupTable.load(lut.directory)

@@ -65,8 +65,10 @@ def profile(
     heads: Optional[str] = typer.Option(None, help="Head counts to profile, e.g. 3,6,9 (default: every GQA-valid one)."),
     mlp_widths: Optional[str] = typer.Option(None, "--mlp-widths", help="MLP width ratios, e.g. 0.25,0.5,0.75,1 "
                                                                         "(default: 0.25..1 in eighths)."),
-    layers_per_row: int = typer.Option(8, "--layers-per-row", help="Blocks in each timed model; block latency is "
-                                                                   "(T_k - T_0) / k."),
+    layers_per_row: Optional[int] = typer.Option(None, "--layers-per-row", help="Blocks in each timed model; "
+                                                 "block latency is (T_k - T_0) / k (default: two thirds of the "
+                                                 "model's depth, at most 20: deep rows time blocks as deep subnets "
+                                                 "run them)."),
     passes: int = typer.Option(3, help="Times over the whole grid; each model's passes are combined by --estimator, "
                                        "so slow drifts of a shared machine do not bias one width."),
     estimator: str = typer.Option("median", help="How a model's passes become one latency: median (of the passes' "
@@ -105,7 +107,8 @@ def profile(
         QUICK_MLP_RATIOS if quick else DEFAULT_MLP_RATIOS)
     if not ratios or any(not 0 < r <= 1 for r in ratios):
         raise UserError(f"--mlp-widths: ratios must be in (0, 1], got {ratios}")
-    check_range("--layers-per-row", layers_per_row, 1)
+    if layers_per_row is not None:
+        check_range("--layers-per-row", layers_per_row, 1)
     check_range("--passes", passes, 1)
     check_estimator(estimator, "--estimator")
     check_block_fit(block_fit, "--block-fit")
@@ -274,7 +277,8 @@ def kit(
                                                                         "eighths)."),
     mlp_only_layers: bool = typer.Option(True, "--mlp-only-layers/--no-mlp-only-layers",
                                          help="Also time attention-free (MLP-only) blocks (llama.cpp only)."),
-    layers_per_row: int = typer.Option(8, "--layers-per-row", help="Blocks in each timed model."),
+    layers_per_row: Optional[int] = typer.Option(None, "--layers-per-row", help="Blocks in each timed model "
+                                                 "(default: two thirds of the model's depth, at most 20)."),
     passes: int = typer.Option(2, help="Times run.sh goes over all models (their median is imported)."),
     repetitions: int = typer.Option(10, help="llama-bench -r / optimum-benchmark iterations per test."),
     threads: int = typer.Option(4, help="Threads written into run.sh (THREADS=... overrides)."),
@@ -288,6 +292,7 @@ def kit(
     from ..profiling import llama_bench, optimum_benchmark
     from ..profiling.lut import Setting
     from ..profiling.profile import DEFAULT_MLP_RATIOS, WidthGrid
+    from ..profiling.timed_models import default_layers_per_row
     from ..families.base import model_dims
 
     tools = {"llama.cpp": llama_bench, "torch-eager": optimum_benchmark, "torch-compile": optimum_benchmark}
@@ -301,7 +306,8 @@ def kit(
     if not phase_list or any(p not in ("prefill", "decode") for p in phase_list):
         raise UserError(f"--phases {phases!r}: use prefill, decode or both")
     for name, value in (("--prefill-tokens", prefill_tokens), ("--context", context), ("--passes", passes),
-                        ("--repetitions", repetitions), ("--threads", threads), ("--layers-per-row", layers_per_row)):
+                        ("--repetitions", repetitions), ("--threads", threads),
+                        ("--layers-per-row", layers_per_row or 1)):
         check_range(name, value, 1)
     if not device.strip() or "/" in device:
         raise UserError(f"--device {device!r}: give a plain name")
@@ -317,6 +323,7 @@ def kit(
     grid = WidthGrid.for_model(dims, ratios, tuple(parse_list(heads, int, "--heads")) if heads else None,
                                mlp_only_layers and flow == "llama.cpp")
     most = dims.num_layers - (1 if any(h == 0 for h, _ in grid.widths()) else 0)   # MLP-only rows add a lead block
+    layers_per_row = layers_per_row or default_layers_per_row(dims.num_layers, most < dims.num_layers)
     if layers_per_row > most:
         raise UserError(f"--layers-per-row {layers_per_row}: the model has {dims.num_layers} layers; give at most "
                         f"{most}")

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..artifacts import SCHEMA_VERSION, read_json, write_json_atomic
 from ..errors import UserError
+from ..families.base import model_dims
 from ..models import LoadedModel
 from .lut import Setting
 
@@ -54,13 +55,13 @@ def _commands(settings: list[Setting], repetitions: int) -> str:
     return "\n".join(lines)
 
 
-def write_kit(loaded: LoadedModel, out: Path, device: str, settings: list[Setting], grid, layers_per_row: int = 8,
+def write_kit(loaded: LoadedModel, out: Path, device: str, settings: list[Setting], grid, layers_per_row: int | None = None,
               passes: int = 2, repetitions: int = 10, threads: int = 4, progress: bool = True) -> Path:
     """The GGUF set + kit.json + run.sh for `device`; one dtype for all settings (the GGUF weights)."""
     from tqdm.auto import tqdm
 
     from ..gguf_export import write_gguf
-    from .timed_models import block_model, lead_width
+    from .timed_models import block_model, default_layers_per_row, lead_width
 
     dtypes = {s.dtype for s in settings}
     if len(dtypes) != 1 or next(iter(dtypes)) not in GGUF_TYPES:
@@ -71,6 +72,8 @@ def write_kit(loaded: LoadedModel, out: Path, device: str, settings: list[Settin
     models = out / "models"
     models.mkdir(parents=True, exist_ok=True)
     widths = grid.widths()
+    layers_per_row = layers_per_row or default_layers_per_row(model_dims(loaded.model.config).num_layers,
+                                                              grid.mlp_only)
     configs = [(1, *max(widths))] + [(layers_per_row, h, m) for h, m in widths]
     files = {}
     for layers, heads, mlp in tqdm(configs, desc="llama-bench kit", unit="gguf", disable=not progress):

@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..artifacts import SCHEMA_VERSION, read_json, write_json_atomic
 from ..errors import UserError
+from ..families.base import model_dims
 from ..models import LoadedModel
 from .lut import Setting
 
@@ -108,12 +109,12 @@ def _commands(settings: list[Setting]) -> str:
 
 
 def write_kit(loaded: LoadedModel, out: Path, device: str, flow: str, settings: list[Setting], grid,
-              layers_per_row: int = 8, passes: int = 2, iterations: int = 10, threads: int = 4,
+              layers_per_row: int | None = None, passes: int = 2, iterations: int = 10, threads: int = 4,
               target: str = "cpu", progress: bool = True) -> Path:
     """Configs + kit.json + the optimum-benchmark config + run.sh for `device`; one dtype for all settings."""
     from tqdm.auto import tqdm
 
-    from .timed_models import block_model
+    from .timed_models import block_model, default_layers_per_row
 
     if flow not in FLOW_BACKEND:
         raise UserError(f"--flow {flow!r}: an optimum-benchmark kit times {', '.join(FLOW_BACKEND)}")
@@ -124,6 +125,7 @@ def write_kit(loaded: LoadedModel, out: Path, device: str, flow: str, settings: 
         raise UserError("the kit times batch 1: use --batch 1")
     dtype = next(iter(dtypes))
     widths = [w for w in grid.widths() if w[0] > 0]
+    layers_per_row = layers_per_row or default_layers_per_row(model_dims(loaded.model.config).num_layers)
     configs = [(1, *max(widths))] + [(layers_per_row, h, m) for h, m in widths]
     files = {}
     for layers, heads, mlp in tqdm(configs, desc="optimum-benchmark kit", unit="config", disable=not progress):

@@ -27,7 +27,7 @@ from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, Measureme
                   check_block_fit, check_estimator, combine_runs, fit_lut,
                   read_profile_meta)
 from .store import ProfileStore
-from .timed_models import base_model, block_model, lead_width
+from .timed_models import base_model, block_model, default_layers_per_row, lead_width
 
 DEFAULT_MLP_RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 QUICK_MLP_RATIOS = (0.25, 0.5, 0.75, 1.0)
@@ -131,15 +131,17 @@ def open_profile(directory: Path, meta: dict, overwrite: bool) -> MeasurementLog
 
 
 def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: str, settings: list[Setting],
-                  grid: WidthGrid, layers_per_row: int = 8, rule: StopRule = StopRule(), passes: int = 3,
+                  grid: WidthGrid, layers_per_row: int | None = None, rule: StopRule = StopRule(), passes: int = 3,
                   overwrite: bool = False, progress: bool = True, estimator: str = "median",
                   block_fit: str = "linear") -> LookupTable:
     """Measure every missing row (resuming), pass after pass over the grid, then fit (passes combined by
-    `estimator`, lut.ESTIMATORS; blocks by `block_fit`, lut.BLOCK_FITS) and write lut.csv."""
+    `estimator`, lut.ESTIMATORS; blocks by `block_fit`, lut.BLOCK_FITS) and write lut.csv. `layers_per_row`:
+    blocks per timed model (default: `default_layers_per_row`)."""
     flow = FLOWS.get(flow_name)
     for setting in settings:
         flow.require(setting.dtype)
     dims = model_dims(loaded.model.config)
+    layers_per_row = layers_per_row or default_layers_per_row(dims.num_layers, grid.mlp_only)
     if not 1 <= layers_per_row <= dims.num_layers:
         raise UserError(f"--layers-per-row must be in 1..{dims.num_layers}, got {layers_per_row}")
     if passes < 1:
@@ -188,7 +190,8 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
 
 
 def make_profile(loaded: LoadedModel, store: ProfileStore, flow_name: str, device: str | None,
-                 settings: list[Setting], grid: WidthGrid, layers_per_row: int = 8, rule: StopRule = StopRule(),
+                 settings: list[Setting], grid: WidthGrid, layers_per_row: int | None = None,
+                 rule: StopRule = StopRule(),
                  passes: int = 3, overwrite: bool = False, progress: bool = True,
                  estimator: str = "median", block_fit: str = "linear") -> LookupTable:
     """The one call behind `amoeba profile`: measure a measured flow on this machine (device: its CPU/GPU model
