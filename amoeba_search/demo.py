@@ -24,7 +24,7 @@ from .profiling.environment import default_device_slug, device_name
 from .profiling.flows import FLOWS
 from .profiling.harness import StopRule
 from .profiling.lut import LookupTable, Setting
-from .profiling.load import load_warnings
+from .profiling.load import drift_warning, load_warnings
 from .profiling.profile import QUICK_MLP_RATIOS, WidthGrid, build_profile, measured_latency
 from .profiling.store import ProfileStore
 from .resources import shipped_strategy
@@ -129,6 +129,11 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
             rows.append(measure_row(name, loaded, view, predicted, setting, root, questions, windows))
     console.print(quality_table(rows, f"decode latency ({FLOW}, C=128) and held-out quality, measured on this machine",
                                 setting))
+    drift = drift_warning(rows[0]["predicted_ms"], rows[0]["measured_ms"], rows[1]["predicted_ms"],
+                          rows[1]["measured_ms"])
+    if drift:
+        console.print(f"[yellow]warning:[/] {escape(drift)}")
+        load.append(drift)
     print_samples(console, rows)
     console.rule("5. Pareto front")
     front_study = pareto(ctx, trials, progress=True)

@@ -388,3 +388,44 @@ def test_fixed_first_trials_survive_two_sqlite_workers(tmp_path):
     trials = optuna.load_study(study_name="s", storage=url).trials
     assert len(trials) == 60 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert all(t.params["x"] == t.number for t in trials)
+
+
+def test_extract_report_warns_when_the_full_model_is_off_its_profile(world, tmp_path, monkeypatch):
+    """The flow itself is the last check of the machine: a full model timed at twice its prediction is reported
+    with the subnet's share of the full model, predicted and measured, and --strict refuses before any quality run."""
+    from amoeba_search.profiling import load as load_module
+    from amoeba_search.profiling import profile as profile_module
+    from amoeba_search.profiling.harness import StopRule
+    from amoeba_search.search.report import best_record, verify, write_best
+
+    loaded, _, root, data = world
+    profiles = tmp_path / "profiles"
+    grid = WidthGrid.for_model(ModelDims.from_config(loaded.model.config), (0.5, 1.0), heads=(3, 6))
+    profile_module.build_profile(loaded, profiles / "here" / "torch-eager", "here", "torch-eager", [SETTING], grid,
+                                 layers_per_row=2, rule=StopRule(warmup=1, min_repeats=3, max_repeats=5, rel=0.5,
+                                                                 max_seconds=1.0), passes=1, progress=False)
+    request = SearchRequest(str(root / "strategy.json"), "here", "torch-eager", proxy_samples=2,
+                            storage=f"sqlite:///{tmp_path}/v.db", profiles_dir=str(profiles), data_dir=str(data),
+                            min_depth=2)
+    ctx = open_search(request, loaded)
+    target = ctx.resolve_target(None, 1.0)             # timed on a busy machine: any subnet fits
+    study = search(ctx, target, 6, seed=0)
+    best_path = write_best(ctx, best_record(ctx, study, feasible_best(study, ctx.proxy), target), tmp_path / "b.json")
+    predicted = json.loads(best_path.read_text())["search"]["predicted_ms"]
+
+    def twice_as_slow(flow, model, setting, passes=3, estimator="median"):
+        measured = 2 * (ctx.full_model_ms() if model is loaded.model else predicted)
+        return {"measured_ms": measured, "median_ms": measured, "p10_ms": measured, "p90_ms": measured}
+
+    monkeypatch.setattr(profile_module, "measured_latency", twice_as_slow)
+    monkeypatch.setattr(load_module, "load_warnings", lambda environment=None: [])     # the probes see nothing
+    result = verify(ctx, best_path, tmp_path / "ckpt", data, windows=2, questions=4, passes=1)
+    (line,) = result["load_warnings"]
+    share = f"{predicted / ctx.full_model_ms():.0%}"
+    assert "(+100%): this machine is not in the state its profile was made in" in line
+    assert f"the subnet is {share} of the full model predicted, {share} measured" in line
+    quality_runs = []
+    monkeypatch.setattr("amoeba_search.quality.quality", lambda *a, **k: quality_runs.append(1))
+    with pytest.raises(UserError, match="--strict: the full model measured"):
+        verify(ctx, best_path, tmp_path / "ckpt2", data, windows=2, questions=4, passes=1, strict=True)
+    assert quality_runs == []

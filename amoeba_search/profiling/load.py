@@ -10,7 +10,12 @@
 
 Either prints a warning beside every measured latency (and `--strict` refuses), because a latency measured on a
 loaded machine says little about the deployed subnet, and a prediction from a profile made in other conditions
-says little about this machine."""
+says little about this machine.
+
+After timing, a third check needs no probe: the full model measured through the flow against its prediction
+(`drift_warning`). Why: on the 2-core Xeon, llama.cpp decode of the full model ran 10-12 ms for an hour against
+the 5.4 ms of its profile, while both probes stayed within 17% and the CPUs showed ~1% steal; only the flow itself
+saw it."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from pathlib import Path
 
 BUSY_WARN = 0.25            # share of all CPUs busy with other work
 SPEED_WARN_PCT = 15.0       # reference kernel slower or faster than recorded by more than this
+DRIFT_WARN_PCT = 10.0       # full model measured vs predicted by more than this
 _KERNEL_SIZE, _KERNEL_REPEATS = 256, 20
 _MEMORY_ROWS, _MEMORY_COLUMNS = 65536, 1024      # fp32: 256 MiB, larger than most last-level caches
 
@@ -104,3 +110,21 @@ def load_warnings(environment: dict | None = None) -> list[str]:
                          f"{'slower' if change_pct > 0 else 'faster'} than when the profile was made "
                          f"({now:.2f} vs {recorded:.2f} ms): predictions from it are off by about as much")
     return lines
+
+
+def drift_warning(full_predicted_ms: float, full_measured_ms: float, subnet_predicted_ms: float | None = None,
+                  subnet_measured_ms: float | None = None) -> str | None:
+    """A line when the full model, timed now through the flow, is more than DRIFT_WARN_PCT off its prediction: the
+    machine is not in the state its profile was made in, so a subnet's measured-vs-predicted error is mostly the
+    machine's. With the subnet's figures it adds the comparison that survives a uniformly slower machine: the
+    subnet's latency as a share of the full model's, predicted and measured."""
+    drift_pct = 100 * (full_measured_ms - full_predicted_ms) / full_predicted_ms
+    if abs(drift_pct) <= DRIFT_WARN_PCT:
+        return None
+    line = (f"the full model measured {full_measured_ms:.2f} ms against {full_predicted_ms:.2f} ms predicted "
+            f"({drift_pct:+.0f}%): this machine is not in the state its profile was made in, so measured-vs-"
+            "predicted errors here are mostly the machine's; time again on an idle machine or re-profile")
+    if subnet_predicted_ms is not None and subnet_measured_ms is not None:
+        line += (f" (the subnet is {subnet_predicted_ms / full_predicted_ms:.0%} of the full model predicted, "
+                 f"{subnet_measured_ms / full_measured_ms:.0%} measured)")
+    return line

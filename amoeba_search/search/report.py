@@ -64,7 +64,7 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
     from ..data import data_root
     from ..extract import extract
     from ..models import load_model
-    from ..profiling.load import load_warnings
+    from ..profiling.load import drift_warning, load_warnings
     from ..profiling.profile import measured_latency
     from ..quality import report_row
 
@@ -79,12 +79,18 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
     load = load_warnings(ctx.lut.meta["environment"]) if measure else []
     if load and strict:
         raise UserError(f"--strict: {load[0]}; time on an idle machine, or drop --strict to get a warning")
-    for name, loaded, predicted in (("full model", full, ctx.full_model_ms()),
-                                    (f"{record['candidate']} extracted" + (", adapters merged" if
-                                                                           ctx.loaded.adapters else ""),
-                                     handed_over, record["predicted_ms"])):
-        latency = measured_latency(FLOWS.get(ctx.lut.meta["flow"]), loaded.model, ctx.setting, passes,
-                                   ctx.lut.estimator) if measure else {}
+    models = (("full model", full, ctx.full_model_ms()),
+              (f"{record['candidate']} extracted" + (", adapters merged" if ctx.loaded.adapters else ""),
+               handed_over, record["predicted_ms"]))
+    latencies = [measured_latency(FLOWS.get(ctx.lut.meta["flow"]), loaded.model, ctx.setting, passes,
+                                  ctx.lut.estimator) if measure else {} for _, loaded, _ in models]
+    if measure:                            # before the quality runs, so --strict refuses early
+        drift = drift_warning(ctx.full_model_ms(), latencies[0]["measured_ms"], record["predicted_ms"],
+                              latencies[1]["measured_ms"])
+        if drift and strict:
+            raise UserError(f"--strict: {drift}")
+        load += [drift] if drift else []
+    for (name, loaded, predicted), latency in zip(models, latencies):
         rows.append(report_row(name, loaded, None, predicted, latency, root, questions, windows))
     result = {"subnet": record["candidate"], "checkpoint": str(extract_dir), "predicted_ms": record["predicted_ms"],
               "rows": rows, "load_warnings": load}
