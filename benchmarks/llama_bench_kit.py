@@ -1,7 +1,9 @@
 """Claim: a device without amoeba_search can be profiled with llama.cpp's own llama-bench: the kit written by
 `amoeba profile kit` (GGUF set + run.sh), run here with a llama-bench built from the same llama.cpp release as
 llama-cpp-python, imports into a profile whose predictions are within 5% of the native llama.cpp profile's
-(`amoeba profile --flow llama.cpp` on this machine), for random uniform and heterogeneous subnets.
+(`amoeba profile --flow llama.cpp` on this machine), for random uniform and heterogeneous subnets. With
+--native-passes N the native profile is re-timed in the same run, pass by pass between the kit's passes, so the
+comparison is about the two tools and not about how the shared machine drifted between two runs.
 
 Needs a llama-bench binary (--llama-bench, or $AMOEBA_LLAMA_BENCH; `make llama-bench` builds one). Writes
 benchmarks/results/llama_bench_kit.{json,md}."""
@@ -25,7 +27,8 @@ from amoeba_search.profiling.llama_bench import write_kit
 from amoeba_search.profiling.load import load_warnings
 from amoeba_search.profiling.lut import LookupTable
 from amoeba_search.profiling.predictor import Predictor
-from amoeba_search.profiling.profile import WidthGrid, import_profile
+from amoeba_search.profiling.harness import StopRule
+from amoeba_search.profiling.profile import WidthGrid, build_profile, import_profile
 from amoeba_search.profiling.store import ProfileStore
 from amoeba_search.families.base import model_dims
 
@@ -45,6 +48,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--subnets", type=int, default=40)
     parser.add_argument("--passes", type=int, default=5, help="llama-bench passes over the kit's models")
+    parser.add_argument("--native-passes", type=int, default=0,
+                        help="re-time the native profile in this run: one native pass right before each kit pass "
+                             "(the same minutes, so a shared machine's drift hits both alike; replaces --passes); "
+                             "0: compare with the committed native profile")
+    parser.add_argument("--layers-per-row", type=int, default=None,
+                        help="with --native-passes: blocks per timed model of both (default: the committed "
+                             "profile's)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     command = setup(args.threads)
@@ -55,12 +65,25 @@ def main() -> None:
     grid = WidthGrid.from_design(design)
     settings = native.settings()
     warnings = load_warnings(native.meta["environment"])
+    layers = args.layers_per_row or design["layers_per_row"]
+    interleaved = args.native_passes > 0
     with tempfile.TemporaryDirectory() as tmp:
-        kit = write_kit(loaded, Path(tmp) / "kit", "kit-here", settings, grid, design["layers_per_row"],
-                        passes=args.passes, repetitions=10, threads=args.threads)
-        started = time.perf_counter()
-        subprocess.run([str(kit / "run.sh")], check=True, env={**os.environ, "LLAMA_BENCH": args.llama_bench})
-        bench_seconds = time.perf_counter() - started
+        kit = write_kit(loaded, Path(tmp) / "kit", "kit-here", settings, grid, layers,
+                        passes=1 if interleaved else args.passes, repetitions=10, threads=args.threads)
+        bench_seconds, results = 0.0, []
+        for pass_index in range(args.native_passes or 1):
+            if interleaved:                                  # the native rows of this pass, then the kit's
+                print(f"pass {pass_index + 1}/{args.native_passes}: native profile rows", flush=True)
+                native = build_profile(loaded, Path(tmp) / "native" / "llama.cpp", "native-here", "llama.cpp",
+                                       settings, grid, layers, StopRule(**design["stop_rule"]),
+                                       passes=pass_index + 1, progress=False, estimator=native.estimator,
+                                       block_fit=native.block_fit)
+                print(f"pass {pass_index + 1}/{args.native_passes}: llama-bench", flush=True)
+            started = time.perf_counter()
+            subprocess.run([str(kit / "run.sh")], check=True, env={**os.environ, "LLAMA_BENCH": args.llama_bench})
+            bench_seconds += time.perf_counter() - started
+            results.append((kit / "results.jsonl").read_text())
+        (kit / "results.jsonl").write_text("".join(results))             # every pass: the import combines them
         imported = import_profile(loaded, kit / "results.jsonl", ProfileStore(Path(tmp) / "profiles"), "kit-here",
                                   "llama.cpp", estimator=native.estimator, block_fit=native.block_fit)
         rows, rng = [], random.Random(0)
@@ -82,14 +105,20 @@ def main() -> None:
                              "kit_base_ms": round(imported.base_ms(kit_setting), 4)})
     record = {"rows": rows, "details": {"command": command, "environment": environment(), "device": args.device,
                                        "llama_bench": args.llama_bench, "llama_bench_seconds": round(bench_seconds),
-                                       "load_warnings": warnings, "passes": args.passes,
+                                       "load_warnings": warnings, "passes": args.native_passes or args.passes,
+                                       "native": "re-timed in this run, interleaved with the kit's passes"
+                                                 if interleaved else "the committed profile",
+                                       "layers_per_row": layers,
                                        "estimator": native.estimator, "block_fit": native.block_fit,
                                        "compared": "predictions (base + sum of blocks, no correction) of the same "
                                                    "random subnets from both profiles"}}
     args.results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.results / "llama_bench_kit.json", record)
-    lines = ["# llama-bench kit vs native llama.cpp profile", "", f"`{command}`; native profile `{args.device}/"
-             f"llama.cpp`; llama-bench `{args.llama_bench}` ({bench_seconds:.0f} s for the kit's {args.passes} passes); "
+    native_what = (f"native profile re-timed in this run, one pass right before each of the kit's {args.native_passes} "
+                   f"passes" if interleaved else f"native profile `{args.device}/llama.cpp` (committed)")
+    lines = ["# llama-bench kit vs native llama.cpp profile", "", f"`{command}`; {native_what}; {layers}-block rows; "
+             f"llama-bench `{args.llama_bench}` ({bench_seconds:.0f} s for the kit's "
+             f"{args.native_passes or args.passes} passes); "
              f"both profiles: {native.estimator} estimator, {native.block_fit} block fit. "
              "Difference = kit-profile prediction vs native-profile prediction of the same random subnet.", "",
              "| phase | tokens | dtype | subnets | n | MAPE % | median diff % | within ±5% | base ms native / kit |",

@@ -26,6 +26,7 @@ from amoeba_search.data import data_root
 from amoeba_search.extract import extract
 from amoeba_search.finetune.checkpoint import load_adapters
 from amoeba_search.models import load_model
+from amoeba_search.profiling.store import ProfileStore
 from amoeba_search.quality import quality
 from amoeba_search.resources import shipped_adapters, shipped_strategy
 from amoeba_search.search.heterogeneous import heterogeneous_search
@@ -91,9 +92,11 @@ def main() -> None:
     full = load_model("default")
     tuned = dataclasses.replace(full, adapters=load_adapters(full, args.adapters))
     fingerprints = {"none": None, "adapters": tuned.adapters.fingerprint}
-    partial = args.out / "rows.jsonl"                # finished rows survive an interruption, for the same adapters
+    profile = ProfileStore().load(args.device, "torch-eager")      # its targets: a re-made profile moves them
+    partial = args.out / "rows.jsonl"       # finished rows survive an interruption, for the same adapters and profile
     done = {(r["target_ratio"], r["method"]): r for r in map(json.loads, partial.read_text().splitlines())
-            if r.get("adapters_fingerprint") == fingerprints[r["method"]]} if partial.exists() else {}
+            if r.get("adapters_fingerprint") == fingerprints[r["method"]]
+            and r.get("profile_fingerprint") == profile.fingerprint} if partial.exists() else {}
     print("scoring the full model, then the full model with adapters", flush=True)
     full_path = args.out / "full.json"        # the full-model scores survive a rerun too (with adapters: the same)
     saved = json.loads(full_path.read_text()) if full_path.is_file() else [None, None, None]
@@ -121,7 +124,8 @@ def main() -> None:
                    "space": args.space, "subnet": found["key"],
                    "layers": len(found["subnet"].layers), "shapes": found["shapes"],
                    "predicted_ms": round(found["predicted_ms"], 3), "target_ms": round(target, 3),
-                   "full_model_ms": round(ctx.full_model_ms(), 3), "proxy_value": round(found["proxy_value"], 3),
+                   "full_model_ms": round(ctx.full_model_ms(), 3), "profile_fingerprint": ctx.lut.fingerprint,
+                   "proxy_value": round(found["proxy_value"], 3),
                    **scores,
                    "arc_easy_retained": retained(scores["arc_easy_acc"], full_scores["arc_easy_acc"])}
             print(json.dumps({k: v for k, v in row.items() if k not in ("generation", "shapes")}), flush=True)
@@ -137,7 +141,8 @@ def main() -> None:
               "details": {"command": command, "environment": environment(), "trials": args.trials,
                           "space": args.space, "top_k": args.top_k, "refine_rounds": args.refine_rounds,
                           "strategy": strategy.name,
-                          "profile": f"{args.device}/torch-eager decode C=128 (committed)",
+                          "profile": f"{args.device}/torch-eager decode C=128 (committed; fingerprint "
+                                     f"{profile.fingerprint}, {profile.meta['design']['layers_per_row']}-block rows)",
                           "proxy": "WikiText-2 valid perplexity (8 x 256 tokens)", "chance_pct": CHANCE_PCT}}
     args.results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.results / "recovery.json", record)
