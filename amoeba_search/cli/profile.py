@@ -306,9 +306,10 @@ def kit(
     if not phase_list or any(p not in ("prefill", "decode") for p in phase_list):
         raise UserError(f"--phases {phases!r}: use prefill, decode or both")
     for name, value in (("--prefill-tokens", prefill_tokens), ("--context", context), ("--passes", passes),
-                        ("--repetitions", repetitions), ("--threads", threads),
-                        ("--layers-per-row", layers_per_row or 1)):
+                        ("--repetitions", repetitions), ("--threads", threads)):
         check_range(name, value, 1)
+    if layers_per_row is not None:
+        check_range("--layers-per-row", layers_per_row, 1)
     if not device.strip() or "/" in device:
         raise UserError(f"--device {device!r}: give a plain name")
     check_output(out, directory=True)
@@ -323,7 +324,8 @@ def kit(
     grid = WidthGrid.for_model(dims, ratios, tuple(parse_list(heads, int, "--heads")) if heads else None,
                                mlp_only_layers and flow == "llama.cpp")
     most = dims.num_layers - (1 if any(h == 0 for h, _ in grid.widths()) else 0)   # MLP-only rows add a lead block
-    layers_per_row = layers_per_row or default_layers_per_row(dims.num_layers, most < dims.num_layers)
+    if layers_per_row is None:
+        layers_per_row = default_layers_per_row(dims.num_layers, most < dims.num_layers)
     if layers_per_row > most:
         raise UserError(f"--layers-per-row {layers_per_row}: the model has {dims.num_layers} layers; give at most "
                         f"{most}")

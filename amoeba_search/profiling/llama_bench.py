@@ -72,8 +72,8 @@ def write_kit(loaded: LoadedModel, out: Path, device: str, settings: list[Settin
     models = out / "models"
     models.mkdir(parents=True, exist_ok=True)
     widths = grid.widths()
-    layers_per_row = layers_per_row or default_layers_per_row(model_dims(loaded.model.config).num_layers,
-                                                              grid.mlp_only)
+    if layers_per_row is None:
+        layers_per_row = default_layers_per_row(model_dims(loaded.model.config).num_layers, grid.mlp_only)
     configs = [(1, *max(widths))] + [(layers_per_row, h, m) for h, m in widths]
     files = {}
     for layers, heads, mlp in tqdm(configs, desc="llama-bench kit", unit="gguf", disable=not progress):

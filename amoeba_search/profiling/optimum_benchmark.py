@@ -125,7 +125,8 @@ def write_kit(loaded: LoadedModel, out: Path, device: str, flow: str, settings: 
         raise UserError("the kit times batch 1: use --batch 1")
     dtype = next(iter(dtypes))
     widths = [w for w in grid.widths() if w[0] > 0]
-    layers_per_row = layers_per_row or default_layers_per_row(model_dims(loaded.model.config).num_layers)
+    if layers_per_row is None:
+        layers_per_row = default_layers_per_row(model_dims(loaded.model.config).num_layers)
     configs = [(1, *max(widths))] + [(layers_per_row, h, m) for h, m in widths]
     files = {}
     for layers, heads, mlp in tqdm(configs, desc="optimum-benchmark kit", unit="config", disable=not progress):

@@ -141,7 +141,8 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
     for setting in settings:
         flow.require(setting.dtype)
     dims = model_dims(loaded.model.config)
-    layers_per_row = layers_per_row or default_layers_per_row(dims.num_layers, grid.mlp_only)
+    if layers_per_row is None:
+        layers_per_row = default_layers_per_row(dims.num_layers, grid.mlp_only)
     if not 1 <= layers_per_row <= dims.num_layers:
         raise UserError(f"--layers-per-row must be in 1..{dims.num_layers}, got {layers_per_row}")
     if passes < 1:
