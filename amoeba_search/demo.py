@@ -21,11 +21,9 @@ from .finetune.checkpoint import load_adapters
 from .models import LoadedModel, load_model
 from .plot import pareto_figure, render, render_html
 from .profiling.environment import default_device_slug, device_name
-from .profiling.flows import FLOWS
 from .profiling.harness import StopRule
 from .profiling.lut import LookupTable, Setting
-from .profiling.load import drift_warning, load_warnings
-from .profiling.profile import QUICK_MLP_RATIOS, WidthGrid, build_profile, measured_latency
+from .profiling.profile import QUICK_MLP_RATIOS, WidthGrid, build_profile
 from .profiling.store import ProfileStore
 from .resources import shipped_strategy
 from .search.report import best_record, pareto_rows, write_best
@@ -33,8 +31,8 @@ from .search.session import SearchRequest, open_search, run_search
 from .search.study import feasible_best, pareto, write_csv
 from .selection.space import Candidate
 from .selection.strategy import Strategy
-from .quality import print_samples, quality_table, report_row
-from .subnet import Subnet
+from .quality import print_samples, quality_table
+from .handover import measure_handover
 from .families.base import model_dims
 
 FLOW = "torch-eager"
@@ -113,27 +111,17 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
     console.rule("4. extract and measure")
     subnet = ctx.subnet(candidate)
     checkpoint = extract(ctx.loaded, subnet, out / "best_checkpoint", overwrite=True)   # adapters merged in
-    rows = []
     measured = [("full model", full, None, ctx.full_model_ms()),
                 (f"searched {candidate.key}" + (" + adapters, extracted" if adapters else ", extracted"),
                  load_model(str(checkpoint)), None, ctx.latency_ms(candidate))]
     if adapters:                               # what the adapters bought: the same subnet without them
         measured.append((f"searched {candidate.key}, not fine-tuned", full, subnet, None))
-    load = load_warnings(lut.meta["environment"])
-    if load and strict:
-        raise UserError(f"--strict: {load[0]}; run the demo on an idle machine, or drop --strict")
+    rows, load = measure_handover(measured, FLOW, setting, lut.meta["environment"], root, questions, windows,
+                                  estimator=lut.estimator, strict=strict, console=console)
     for line in load:
         console.print(f"[yellow]warning:[/] {escape(line)}")
-    for name, loaded, view, predicted in measured:
-        with console.status(f"{name}: decode latency, WikiText-2 test ppl, ARC-easy accuracy, greedy answers"):
-            rows.append(measure_row(name, loaded, view, predicted, setting, root, questions, windows))
     console.print(quality_table(rows, f"decode latency ({FLOW}, C=128) and held-out quality, measured on this machine",
                                 setting))
-    drift = drift_warning(rows[0]["predicted_ms"], rows[0]["measured_ms"], rows[1]["predicted_ms"],
-                          rows[1]["measured_ms"])
-    if drift:
-        console.print(f"[yellow]warning:[/] {escape(drift)}")
-        load.append(drift)
     print_samples(console, rows)
     console.rule("5. Pareto front")
     front_study = pareto(ctx, trials, progress=True)
@@ -154,14 +142,3 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
         ("best subnet", best_path), ("extracted checkpoint", checkpoint), ("pareto CSV", csv),
         *(("pareto plot", path) for path in figures if path.suffix != ".svg"), ("record", out / "demo.json"))))
     return record
-
-
-def measure_row(name: str, loaded: LoadedModel, view: Subnet | None, predicted_ms: float | None, setting: Setting,
-                root: Path, questions: int, windows: int) -> dict:
-    """Real decode latency through the profiled flow (only for a dense model, as deployed: median of 3 passes,
-    p10/p90 of their samples), held-out quality (WikiText-2 test, ARC-easy with standard errors) and greedy
-    answers, of a model or a view."""
-    latency = {} if view is not None else measured_latency(FLOWS.get(FLOW), loaded.model, setting)
-    row = report_row(name, loaded, view, predicted_ms, latency, root, questions, windows)
-    row["layers"] = len(view.layers) if view else loaded.model.config.num_hidden_layers
-    return row

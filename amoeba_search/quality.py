@@ -83,7 +83,8 @@ def report_row(name: str, loaded: LoadedModel, view: Subnet | None, predicted_ms
     return {"name": name, "path": str(loaded.path), "predicted_ms": predicted_ms,
             "measured_ms": latency.get("measured_ms"), "measured_p10_ms": latency.get("p10_ms"),
             "measured_p90_ms": latency.get("p90_ms"), "tasks": record["tasks"], "warnings": record["warnings"],
-            "generation": record["generation"]}
+            "generation": record["generation"],
+            "layers": len(view.layers) if view is not None else loaded.model.config.num_hidden_layers}
 
 
 def metric_cells(name: str, result: dict) -> dict[str, str]:

@@ -64,9 +64,7 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
     from ..data import data_root
     from ..extract import extract
     from ..models import load_model
-    from ..profiling.load import drift_warning, load_warnings
-    from ..profiling.profile import measured_latency
-    from ..quality import report_row
+    from ..handover import measure_handover
 
     record = read_json(best_path, "best subnet", "run `amoeba search`")["search"]
     subnet = Subnet.load(best_path, ctx.dims, ctx.loaded.fingerprint)
@@ -74,24 +72,12 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
     handed_over = load_model(str(extract_dir))
     root = data_root(data_dir)
     measure = is_this_machine(ctx)
-    rows = []
     full = dataclasses.replace(ctx.loaded, adapters=None)          # the original model, what users compare with
-    load = load_warnings(ctx.lut.meta["environment"]) if measure else []
-    if load and strict:
-        raise UserError(f"--strict: {load[0]}; time on an idle machine, or drop --strict to get a warning")
-    models = (("full model", full, ctx.full_model_ms()),
+    models = [("full model", full, None, ctx.full_model_ms()),
               (f"{record['candidate']} extracted" + (", adapters merged" if ctx.loaded.adapters else ""),
-               handed_over, record["predicted_ms"]))
-    latencies = [measured_latency(FLOWS.get(ctx.lut.meta["flow"]), loaded.model, ctx.setting, passes,
-                                  ctx.lut.estimator) if measure else {} for _, loaded, _ in models]
-    if measure:                            # before the quality runs, so --strict refuses early
-        drift = drift_warning(ctx.full_model_ms(), latencies[0]["measured_ms"], record["predicted_ms"],
-                              latencies[1]["measured_ms"])
-        if drift and strict:
-            raise UserError(f"--strict: {drift}")
-        load += [drift] if drift else []
-    for (name, loaded, predicted), latency in zip(models, latencies):
-        rows.append(report_row(name, loaded, None, predicted, latency, root, questions, windows))
+               handed_over, None, record["predicted_ms"])]
+    rows, load = measure_handover(models, ctx.lut.meta["flow"], ctx.setting, ctx.lut.meta["environment"], root,
+                                  questions, windows, ctx.lut.estimator, passes, timed=measure, strict=strict)
     result = {"subnet": record["candidate"], "checkpoint": str(extract_dir), "predicted_ms": record["predicted_ms"],
               "rows": rows, "load_warnings": load}
     small = rows[1]
