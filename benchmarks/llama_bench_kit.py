@@ -33,8 +33,8 @@ from amoeba_search.profiling.store import ProfileStore
 from amoeba_search.families.base import model_dims
 
 
-def random_widths(native: LookupTable, setting, layers: int, rng: random.Random, heterogeneous: bool) -> list:
-    widths = native.widths(setting)
+def random_widths(table: LookupTable, setting, layers: int, rng: random.Random, heterogeneous: bool) -> list:
+    widths = table.widths(setting)
     depth = rng.randint(layers // 2, layers)
     if heterogeneous:
         return [rng.choice(widths) for _ in range(depth)]
@@ -59,12 +59,13 @@ def main() -> None:
     args = parser.parse_args()
     command = setup(args.threads)
     loaded = load_model("default")
-    native = LookupTable.load(ProfileStore().directory(args.device, "llama.cpp"))
-    design = native.meta["design"]
+    committed = LookupTable.load(ProfileStore().directory(args.device, "llama.cpp"))
+    native = committed                   # what the kit is compared with: re-timed below with --native-passes
+    design = committed.meta["design"]
     dims = model_dims(loaded.model.config)
     grid = WidthGrid.from_design(design)
-    settings = native.settings()
-    warnings = load_warnings(native.meta["environment"])
+    settings = committed.settings()
+    warnings = load_warnings(committed.meta["environment"])
     layers = args.layers_per_row or design["layers_per_row"]
     interleaved = args.native_passes > 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,8 +77,8 @@ def main() -> None:
                 print(f"pass {pass_index + 1}/{args.native_passes}: native profile rows", flush=True)
                 native = build_profile(loaded, Path(tmp) / "native" / "llama.cpp", "native-here", "llama.cpp",
                                        settings, grid, layers, StopRule(**design["stop_rule"]),
-                                       passes=pass_index + 1, progress=False, estimator=native.estimator,
-                                       block_fit=native.block_fit)
+                                       passes=pass_index + 1, progress=False, estimator=committed.estimator,
+                                       block_fit=committed.block_fit)
                 print(f"pass {pass_index + 1}/{args.native_passes}: llama-bench", flush=True)
             started = time.perf_counter()
             subprocess.run([str(kit / "run.sh")], check=True, env={**os.environ, "LLAMA_BENCH": args.llama_bench})
