@@ -382,3 +382,70 @@ def test_init_from_starts_at_trained_adapters_and_resumes_only_with_them(world, 
     with pytest.raises(UserError, match="another adapter"):
         Trainer(loaded, strategy, root / "strategy.json", data, tmp_path / "c", config,
                 AdapterConfig(experts=1, top_k=1, rank=4), progress=False, init_from=tmp_path / "a")
+
+
+def test_one_subnet_fine_tune_serves_that_subnet_only(world, tmp_path, tiny_dir, tiny_data):
+    """`finetune --subnet`: every step distils that subnet alone and lowers its loss; the adapters merge into it
+    (extract) but refuse any other subnet and a search, leave the full model alone, and resume only for it."""
+    loaded, strategy, root, _ = world
+    target = candidate_subnet(loaded.model, strategy, Candidate(3, 4, 24))
+    other = candidate_subnet(loaded.model, strategy, Candidate(4, 4, 24))
+    with pytest.raises(UserError, match="--subnets-per-step 1"):
+        Trainer(loaded, strategy, root / "strategy.json", world[3], tmp_path / "k4", TrainConfig(steps=1), ADAPTER,
+                progress=False, target=target)
+    config = TrainConfig(steps=4, subnets_per_step=1, batch_size=2, seq_len=32, lr=1e-2, checkpoint_every=4)
+    run = Trainer(loaded, strategy, root / "strategy.json", world[3], tmp_path / "one", config, ADAPTER,
+                  progress=False, target=target)
+    assert run.sandwich(0) == run.sandwich(3) == [target]
+    before = sandwich_losses(run, 0)
+    run.train()
+    assert sandwich_losses(run, 0)[0] < before[0]
+    assert {tuple(h["subnets"]) for h in run.record["history"]} == {(run.record["history"][0]["subnets"][0],)}
+    adapters = load_adapters(loaded, tmp_path / "one")
+    ids = torch.randint(0, 257, (1, 16))
+    with torch.no_grad(), adapters.applied(loaded.model, target) as model:
+        model(input_ids=ids)
+    with pytest.raises(UserError, match="fine-tuned for one subnet"):
+        with adapters.applied(loaded.model, other):
+            pass
+    with pytest.raises(UserError, match="fine-tuned for one subnet"):
+        adapters.merge_into(load_model(str(loaded.path)).model, other)
+    from amoeba_search.profiling.lut import Setting
+    from amoeba_search.profiling.profile import WidthGrid
+    from amoeba_search.profiling.roofline import DeviceSpec, estimate_profile
+    from amoeba_search.search.session import SearchRequest, open_search
+
+    grid = WidthGrid.for_model(ModelDims.from_config(loaded.model.config), (0.5, 1.0), heads=(3, 6))
+    spec = DeviceSpec("toy", 1.0, {"float32": 0.01}, {"bandwidth": 1.0, "compute": 1.0})
+    estimate_profile(loaded, spec, tmp_path / "toy" / "roofline", [Setting("decode", 32, 1, "float32")], grid)
+    loaded.adapters = adapters
+    try:
+        with pytest.raises(UserError, match="fine-tuned for one subnet"):
+            open_search(SearchRequest(str(root / "strategy.json"), "toy", "roofline", storage=f"sqlite:///{tmp_path}/"
+                                      "s.db", profiles_dir=str(tmp_path), data_dir=str(tiny_data)), loaded)
+    finally:
+        loaded.adapters = None
+    with pytest.raises(UserError, match="holds a run for subnet"):
+        Trainer(loaded, strategy, root / "strategy.json", world[3], tmp_path / "one", config, ADAPTER,
+                progress=False, target=other)
+    with pytest.raises(UserError, match="holds a run for subnet"):
+        trainer(world, tmp_path / "one", steps=4, checkpoint_every=4)
+    # the CLI: train for a subnet file, extract it with the adapters merged, refuse another subnet and a search
+    target.save(tmp_path / "s.json", loaded.fingerprint)
+    other.save(tmp_path / "o.json", loaded.fingerprint)
+    common = ["--model", str(tiny_dir), "--data-dir", str(tiny_data)]
+    result = amoeba("finetune", "--strategy", root / "strategy.json", "--subnet", tmp_path / "s.json", "--out",
+                    tmp_path / "cli", "--steps", "2", "--seq-len", "32", "--experts", "1", "--rank", "4",
+                    "--data", tiny_data / "wikitext2" / "valid.txt", "--corpus", "none", *common)
+    assert result.returncode == 0, result.stderr
+    assert "only" in result.stdout and json.loads((tmp_path / "cli" / "step-000002" / "adapters.json").read_text()
+                                                 )["training"]["subnets_per_step"] == 1
+    result = amoeba("extract", "--adapters", tmp_path / "cli", "--subnet", tmp_path / "s.json", "--out",
+                    tmp_path / "ckpt", "--model", str(tiny_dir))
+    assert result.returncode == 0, result.stderr
+    result = amoeba("extract", "--adapters", tmp_path / "cli", "--subnet", tmp_path / "o.json", "--out",
+                    tmp_path / "ckpt2", "--model", str(tiny_dir))
+    assert result.returncode == 2 and "fine-tuned for one subnet" in result.stderr
+    assert not (tmp_path / "ckpt2").exists()
+    result = amoeba("finetune", "--subnet", tmp_path / "missing.json", "--out", tmp_path / "x", *common)
+    assert result.returncode == 2 and "--subnet" in result.stderr and "no such file" in result.stderr

@@ -19,7 +19,8 @@ app = new_app("")
 @app.command(epilog=example("amoeba finetune --steps 200 --out adapters",
                             "amoeba finetune --experts 4 --rank 8 --alpha 16 --out smol",
                             "amoeba finetune --teacher inplace --corpus none --out paper-recipe",
-                            "amoeba finetune --strategy strategy.json --data my.jsonl --experts 1 --out lora"))
+                            "amoeba finetune --strategy strategy.json --data my.jsonl --experts 1 --out lora",
+                            "amoeba finetune --subnet best_subnet.json --init-from default --steps 300 --out mine"))
 def finetune(
     strategy: Path = StrategyOption,
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Training data, repeatable: JSONL instruction "
@@ -76,13 +77,18 @@ def finetune(
                                                                        "'default': the shipped ones) of the same "
                                                                        "model, strategy and adapter settings; fresh "
                                                                        "optimizer and schedule."),
+    subnet: Optional[Path] = typer.Option(None, "--subnet", help="Fine-tune for this one subnet (a subnet file, e.g. "
+                                                                 "`amoeba search`'s best_subnet.json): every step "
+                                                                 "distils it alone (K = 1), so a CPU budget goes "
+                                                                 "to the subnet you deploy; the adapters then serve "
+                                                                 "that subnet only."),
     model: str = ModelOption,
     dtype: str = DtypeOption,
     data_dir: Optional[Path] = DataDirOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
-    """Fine-tune one set of LoRA adapters (or SMoL experts) so every subnet recovers at once; merge one with
-    `amoeba extract --adapters`."""
+    """Fine-tune one set of LoRA adapters (or SMoL experts) so every subnet recovers at once (or, with --subnet,
+    the one you deploy); merge one with `amoeba extract --adapters`."""
     setup(threads)
     from ..data import data_root, read_training_texts
     from ..finetune.recipe import TrainConfig, Trainer
@@ -97,6 +103,12 @@ def finetune(
     check_range("--lr", lr, 0, low_open=True)
     check_range("--alpha", alpha, 0, low_open=True)
     check_output(out, directory=True)
+    if subnet is not None:
+        if not subnet.is_file():
+            raise UserError(f"--subnet {subnet}: no such file; write one with `amoeba search` or `amoeba subnet`")
+        if heterogeneous_per_step:
+            raise UserError("--subnet trains that one subnet: drop --heterogeneous-per-step")
+        subnets_per_step = 1
     from ..models import torch_dtype
 
     torch_dtype(dtype)                         # before the data lookup: option values first
@@ -126,13 +138,19 @@ def finetune(
         from ..finetune.checkpoint import shipped_adapters_for
 
         init_from = shipped_adapters_for(loaded) if str(init_from) == "default" else Path(init_from)
-    trainer = Trainer(loaded, strategy_obj, path, texts, out, config, adapter, init_from=init_from)
+    target = None
+    if subnet is not None:
+        from ..subnet import ModelDims, Subnet
+
+        target = Subnet.load(subnet, ModelDims.from_config(loaded.model.config), loaded.fingerprint)
+    trainer = Trainer(loaded, strategy_obj, path, texts, out, config, adapter, init_from=init_from, target=target)
     if trainer.record["step"]:
         console.print(f"resuming {out} at step {trainer.record['step']}/{steps}")
     space = trainer.space
+    what = (f"subnet {target.summary(trainer.dims)} only" if target is not None else
+            f"{space.size} subnets ({len(space.depths)} depths x {len(space.heads)} heads x {len(space.mlp)} MLP widths)")
     console.print(f"fine-tuning {sum(p.numel() for p in trainer.adapters.parameters()) / 1e6:.2f} M adapter "
-                  f"parameters over {space.size} subnets ({len(space.depths)} depths x {len(space.heads)} heads x "
-                  f"{len(space.mlp)} MLP widths) on {trainer.record['data']['tokens']} tokens, teacher {teacher}")
+                  f"parameters for {what} on {trainer.record['data']['tokens']} tokens, teacher {teacher}")
     record = trainer.train()
     console.print(f"done: {record['step']} steps in {record['seconds'] / 60:.1f} min; adapters in {out}; evaluate a "
                   f"subnet with `amoeba evaluate --adapters {out} --subnet s.json`, deploy it with "

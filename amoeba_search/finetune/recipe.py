@@ -38,7 +38,7 @@ from ..selection.width import heterogeneous_subnet
 from ..subnet import Subnet
 from ..families.base import model_dims
 from .checkpoint import build_adapters, checkpoints, read_record, restore, save_checkpoint
-from .smol import AdapterConfig, SMoLAdapters
+from .smol import AdapterConfig, SMoLAdapters, subnet_fingerprint
 
 
 @dataclass(frozen=True)
@@ -116,15 +116,27 @@ def balanced(loss: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return loss * (reference.detach() / loss.detach().clamp_min(1e-12))
 
 
-def subnet_key(candidate: Candidate | tuple[Shape, ...]) -> str:
+Drawn = Candidate | tuple[Shape, ...] | Subnet        # a uniform shape, a shape per layer, or the one --subnet
+
+
+def subnet_key(candidate: Drawn) -> str:
+    if isinstance(candidate, Subnet):
+        return "subnet-" + subnet_fingerprint(candidate)
     return candidate.key if isinstance(candidate, Candidate) else shapes_key(candidate)
 
 
 class Trainer:
     def __init__(self, loaded: LoadedModel, strategy: Strategy, strategy_path: Path, data: dict[str, list[str]],
                  out_dir: Path, config: TrainConfig, adapter_config: AdapterConfig, space: SearchSpace | None = None,
-                 progress: bool = True, init_from: Path | None = None, shape_profiles: list | None = None) -> None:
+                 progress: bool = True, init_from: Path | None = None, shape_profiles: list | None = None,
+                 target: Subnet | None = None) -> None:
+        """`target`: fine-tune for that one subnet (every step distils it alone) instead of every subnet at once:
+        the most recovery per CPU-minute for a subnet already searched, and adapters that serve it only."""
         strategy.check_model(loaded.fingerprint)
+        if target is not None and (config.subnets_per_step != 1 or config.heterogeneous_per_step):
+            raise UserError("--subnet trains one subnet per step: use --subnets-per-step 1 and no "
+                            "--heterogeneous-per-step")
+        self.target = target
         self.loaded, self.strategy, self.out_dir, self.config, self.progress = loaded, strategy, Path(out_dir), config, progress
         self.dims = model_dims(loaded.model.config)
         self.space = space or SearchSpace.from_strategy(strategy, self.dims)
@@ -143,6 +155,9 @@ class Trainer:
                        "training": dataclasses.asdict(config), "weights_dtype": loaded.dtype_name,
                        "data": {"files": list(data), "tokens": len(self.tokens)},
                        "step": 0, "seconds": 0.0, "history": []}
+        if target is not None:
+            self.record["subnet"] = {"fingerprint": subnet_fingerprint(target),
+                                     "describe": target.summary(self.dims), "layers": list(target.layers)}
         if self.solver_pool is not None:
             self.record["solver_shapes"] = {"ratios": list(SOLVER_RATIOS), "profiles": self.shape_profile_names,
                                             "distinct": len(self.solver_pool)}
@@ -208,6 +223,9 @@ class Trainer:
         if not found:
             return
         saved = read_record(found[-1])
+        if saved.get("subnet") != self.record.get("subnet"):
+            raise UserError(f"{self.out_dir} holds a run for {'subnet ' + saved['subnet']['describe'] if saved.get('subnet') else 'every subnet'}"
+                            f", not this one: pass the same --subnet to resume it, or a new --out")
         for field in ("model", "strategy", "space", "adapter"):
             if saved[field] != self.record[field]:
                 raise UserError(f"{self.out_dir} holds a run with a different {field}: pass a new --out, or the "
@@ -253,15 +271,19 @@ class Trainer:
                             "or use --heterogeneous-shapes random")
         return pool
 
-    def _subnet(self, candidate: Candidate | tuple[Shape, ...]) -> Subnet:
+    def _subnet(self, candidate: Drawn) -> Subnet:
+        if isinstance(candidate, Subnet):
+            return candidate
         if isinstance(candidate, Candidate):
             return candidate_subnet(self.loaded.model, self.strategy, candidate)
         return heterogeneous_subnet(self.loaded.model, self.strategy.width, candidate)
 
     # ---- one step -------------------------------------------------------------------------------------------
-    def sandwich(self, step: int) -> list[Candidate | tuple[Shape, ...]]:
+    def sandwich(self, step: int) -> list[Drawn]:
         """Largest, smallest, then K-2 random subnets: uniformly random shapes of the space, the last
-        `heterogeneous_per_step` of them with a random shape per layer (`random_shapes`)."""
+        `heterogeneous_per_step` of them with a random shape per layer (`random_shapes`); or the target alone."""
+        if self.target is not None:
+            return [self.target]
         rng = random.Random(self.config.seed * 1_000_003 + step)
         chosen: list = [self.space.largest, self.space.smallest][: self.config.subnets_per_step]
         uniform = self.config.subnets_per_step - self.config.heterogeneous_per_step
@@ -361,7 +383,8 @@ class Trainer:
         start_step = self.record["step"]
         if start_step >= self.config.steps:
             return self.record
-        names = ["full", "small"] + [f"r{i}" for i in range(1, self.config.subnets_per_step - 1)]
+        names = ["subnet"] if self.target is not None else (
+            ["full", "small"] + [f"r{i}" for i in range(1, self.config.subnets_per_step - 1)])
         bar = tqdm(range(start_step, self.config.steps), initial=start_step, total=self.config.steps,
                    desc="finetune", unit="step", disable=not self.progress)
         for step in bar:

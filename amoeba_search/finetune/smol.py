@@ -8,6 +8,8 @@ experts act through forward hooks added while a subnet is active, so the same we
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Iterator
@@ -105,6 +107,11 @@ class LoRAExperts(nn.Module):
         return B @ A                                                        # (out, in)
 
 
+def subnet_fingerprint(subnet: Subnet) -> str:
+    """What adapters fine-tuned for one subnet are tied to: its kept layers, heads, channels and bias."""
+    return hashlib.sha256(json.dumps(subnet.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
 class SMoLAdapters(nn.Module):
     """Router + experts for every target linear of every layer, tied to the space of shapes they were trained on."""
 
@@ -133,9 +140,19 @@ class SMoLAdapters(nn.Module):
             raise UserError(f"adapters were trained with strategy {trained}, not {strategy.fingerprint}: pass the "
                             "strategy used by `amoeba finetune`, or fine-tune for this one")
 
+    def check_subnet(self, subnet: Subnet) -> None:
+        """Adapters fine-tuned for one subnet (`amoeba finetune --subnet`) serve that subnet only; on any other they
+        would be an update nobody trained. The full model is allowed where `adapts` leaves it untouched."""
+        trained = self.record.get("subnet")
+        if trained and self.adapts(subnet) and subnet_fingerprint(subnet) != trained["fingerprint"]:
+            raise UserError(f"these adapters ({self.path}) were fine-tuned for one subnet ({trained['describe']}, "
+                            f"fingerprint {trained['fingerprint']}), not this one ({subnet.summary(self.dims)}): "
+                            "use them with that subnet, or one-for-all adapters (`amoeba finetune` without --subnet)")
+
     def describe(self) -> dict:
         return {"path": str(self.path), "fingerprint": self.fingerprint, "step": self.record.get("step"),
-                "adapter": self.config.to_dict()}
+                "adapter": self.config.to_dict(),
+                **({"subnet": self.record["subnet"]["fingerprint"]} if self.record.get("subnet") else {})}
 
     @property
     def saw_heterogeneous(self) -> bool:
@@ -181,6 +198,7 @@ class SMoLAdapters(nn.Module):
                 generator: torch.Generator | None = None) -> Iterator[PreTrainedModel]:
         """The in-place subnet view with every kept layer's experts added: y = W x + scaling * sum_e g_e B_e A_e x,
         the LoRA restricted to the rows/columns the subnet keeps (nothing added where `adapts` says no)."""
+        self.check_subnet(subnet)
         if not self.adapts(subnet):
             with subnet_view(model, subnet):
                 yield model
@@ -205,6 +223,7 @@ class SMoLAdapters(nn.Module):
     @torch.no_grad()
     def merge_into(self, model: PreTrainedModel, subnet: Subnet) -> None:
         """Add this subnet's mixed update to the full-size weights of its kept layers (router in eval mode)."""
+        self.check_subnet(subnet)
         if not self.adapts(subnet):
             return
         was_training = self.training

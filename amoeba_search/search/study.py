@@ -50,6 +50,10 @@ class SearchContext:
         self.strategy.check_model(self.loaded.fingerprint)
         if self.loaded.adapters is not None:
             self.loaded.adapters.check_strategy(self.strategy)
+            if self.loaded.adapters.record.get("subnet"):
+                raise UserError("these adapters were fine-tuned for one subnet (`amoeba finetune --subnet`), so they "
+                                "say nothing about the others a search scores: search with one-for-all adapters, "
+                                "then fine-tune the subnet it hands over")
         if self.lut.meta.get("model") != self.loaded.fingerprint:
             raise UserError(f"profile {self.lut.name} was made for model {self.lut.meta.get('model')}, not "
                             f"{self.loaded.fingerprint}: profile this model")
