@@ -16,6 +16,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,6 +36,8 @@ from amoeba_search.search.heterogeneous import heterogeneous_search
 from amoeba_search.search.session import SearchRequest, open_search, run_search
 from amoeba_search.search.study import feasible_best
 from amoeba_search.selection.space import Candidate
+from amoeba_search.selection.strategy import Strategy
+from amoeba_search.selection.width import heterogeneous_subnet
 from amoeba_search.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +77,41 @@ def searched(ctx, target_ms: float, args) -> dict:
             "predicted_ms": ctx.latency_ms(candidate), "proxy_value": best.value}
 
 
+def subnet_tuned(row: dict, tuned, args, root: Path, fingerprint: str, full_scores: dict, partial: Path) -> dict:
+    """The adapters row's subnet, fine-tuned alone from the shipped adapters with the user's own command (resumable
+    under --out), merged, extracted and scored like the others."""
+    run = args.out / f"subnet-{row['target_ratio']}-{args.subnet_steps}"
+    subnet_file = run.parent / f"{run.name}.subnet.json"
+    strategy = shipped_strategy(blocks=True)
+    subnet = heterogeneous_subnet(tuned.model, Strategy.load(strategy).width, [tuple(s) for s in row["shapes"]])
+    subnet.save(subnet_file, tuned.fingerprint)
+    command = ["amoeba", "finetune", "--strategy", str(strategy), "--subnet", str(subnet_file), "--init-from",
+               str(args.adapters), "--steps", str(args.subnet_steps), "--checkpoint-every", "50",
+               *adapter_options(tuned.adapters.record), "--corpus", str(ROOT / "adapters" / "smollm2-135m.corpus.jsonl"),
+               "--threads", str(args.threads), "--out", str(run)]
+    print("$ " + shlex.join(command), flush=True)
+    subprocess.run([sys.executable, "-m", "amoeba_search.cli", *command[1:]], check=True)
+    own = dataclasses.replace(tuned, adapters=load_adapters(tuned, run))
+    with tempfile.TemporaryDirectory() as tmp:
+        scores = score(load_model(str(extract(own, subnet, Path(tmp) / "ckpt"))), root, args.windows)
+    result = {**{k: row[k] for k in ("target_ratio", "space", "subnet", "layers", "shapes", "predicted_ms",
+                                     "target_ms", "full_model_ms", "profile_fingerprint", "proxy_value")},
+              "method": "adapters+subnet", "adapters_fingerprint": fingerprint, "subnet_steps": args.subnet_steps,
+              "subnet_command": shlex.join(command), "subnet_training_seconds": round(own.adapters.record["seconds"]),
+              **scores, "arc_easy_retained": retained(scores["arc_easy_acc"], full_scores["arc_easy_acc"])}
+    print(json.dumps({k: v for k, v in result.items() if k not in ("generation", "shapes")}), flush=True)
+    with partial.open("a") as handle:
+        handle.write(json.dumps(result) + "\n")
+    return result
+
+
+def adapter_options(record: dict) -> list[str]:
+    """The shipped adapters' own settings, so `--init-from` accepts them."""
+    adapter, training = record["adapter"], record["training"]
+    return ["--experts", str(adapter["experts"]), "--rank", str(adapter["rank"]), "--alpha", str(adapter["alpha"]),
+            "--teacher", training["teacher"], "--mixed-precision", training["mixed_precision"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapters", type=Path, default=shipped_adapters())
@@ -82,6 +122,9 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=8, help="heterogeneous space: solutions re-ranked by the proxy")
     parser.add_argument("--refine-rounds", type=int, default=1, help="heterogeneous space: local rounds")
     parser.add_argument("--windows", type=int, default=40, help="WikiText-2 test windows of 512 tokens (first N)")
+    parser.add_argument("--subnet-steps", type=int, default=0,
+                        help="also fine-tune each target's adapters-searched subnet alone for this many steps, from "
+                             "the shipped adapters (`amoeba finetune --subnet`; method 'adapters+subnet'); 0: no")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "recovery")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -91,7 +134,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     full = load_model("default")
     tuned = dataclasses.replace(full, adapters=load_adapters(full, args.adapters))
-    fingerprints = {"none": None, "adapters": tuned.adapters.fingerprint}
+    fingerprints = {"none": None, "adapters": tuned.adapters.fingerprint,
+                    "adapters+subnet": f"{tuned.adapters.fingerprint}+{args.subnet_steps}"}
     profile = ProfileStore().load(args.device, "torch-eager")      # its targets: a re-made profile moves them
     partial = args.out / "rows.jsonl"       # finished rows survive an interruption, for the same adapters and profile
     done = {(r["target_ratio"], r["method"]): r for r in map(json.loads, partial.read_text().splitlines())
@@ -132,6 +176,11 @@ def main() -> None:
             with partial.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             rows.append(row)
+    if args.subnet_steps:
+        for row in [r for r in rows if r["method"] == "adapters"]:
+            key = (row["target_ratio"], "adapters+subnet")
+            rows.append(done[key] if key in done else subnet_tuned(row, tuned, args, root, fingerprints[key[1]],
+                                                                    full_scores, partial))
     record = {"shipped_adapters": str(args.adapters.relative_to(ROOT) if args.adapters.is_relative_to(ROOT)
                                       else args.adapters),
               "adapters_fingerprint": tuned.adapters.fingerprint,
@@ -188,6 +237,12 @@ def markdown(record: dict) -> str:
         lines.append(f"| {r['target_ratio']:.0%} latency, {r['method']} | {_label(r)} | {r['predicted_ms']:.2f} | "
                      f"{_mc(r, 'arc_easy')} | {r['arc_easy_retained']} | {_mc(r, 'arc_challenge')} | "
                      f"{r['wikitext2_test_ppl']:.2f} |")
+    tuned_alone = [r for r in record["rows"] if r["method"] == "adapters+subnet"]
+    if tuned_alone:
+        lines += ["", f"`adapters+subnet`: the `adapters` row's subnet, fine-tuned alone from the shipped adapters for "
+                  f"{tuned_alone[0]['subnet_steps']} steps (`amoeba finetune --subnet`, "
+                  f"{tuned_alone[0]['subnet_training_seconds'] / 60:.0f} min on this CPU), merged and extracted: "
+                  f"`{tuned_alone[0]['subnet_command']}`."]
     lines += ["", "Differences under about 2 standard errors of the difference (~4 points for ARC-e, ~5 for ARC-c) "
               "are within noise; ARC-challenge is near chance for this 135M model even at full size.", "",
               "Warnings (scores within 2 standard errors of chance):"]

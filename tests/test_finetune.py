@@ -177,6 +177,11 @@ def test_resume_refuses_different_settings(world, tmp_path):
     trainer(world, tmp_path / "run", steps=2).train()
     with pytest.raises(UserError, match=r"different training settings \(lr, steps\)"):
         trainer(world, tmp_path / "run", steps=4, lr=5e-3)
+    loaded, strategy, root, data = world                 # the same strategy from another path (or cwd) resumes
+    moved = tmp_path / "elsewhere.json"
+    moved.write_bytes((root / "strategy.json").read_bytes())
+    config = TrainConfig(steps=2, batch_size=2, seq_len=32, lr=1e-2, checkpoint_every=2)
+    assert Trainer(loaded, strategy, moved, data, tmp_path / "run", config, ADAPTER, progress=False).record["step"] == 2
 
 
 def test_bf16_weights_train_fp32_adapters_and_do_not_resume_an_fp32_run(world, tmp_path):

@@ -226,7 +226,10 @@ class Trainer:
         if saved.get("subnet") != self.record.get("subnet"):
             raise UserError(f"{self.out_dir} holds a run for {'subnet ' + saved['subnet']['describe'] if saved.get('subnet') else 'every subnet'}"
                             f", not this one: pass the same --subnet to resume it, or a new --out")
-        for field in ("model", "strategy", "space", "adapter"):
+        if saved["strategy"]["fingerprint"] != self.record["strategy"]["fingerprint"]:    # its path may differ
+            raise UserError(f"{self.out_dir} holds a run with a different strategy: pass a new --out, or the same "
+                            "strategy to resume it")
+        for field in ("model", "space", "adapter"):
             if saved[field] != self.record[field]:
                 raise UserError(f"{self.out_dir} holds a run with a different {field}: pass a new --out, or the "
                                 "same settings to resume it")
