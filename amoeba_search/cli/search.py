@@ -215,6 +215,10 @@ def _report_extract(ctx, out: Path, extract_dir: Path | None, search: dict, stri
         console.print(quality_table(result["rows"], "the extracted subnet beside the full model", ctx.setting))
         print_samples(console, result["rows"])
         console.print(result["summary"])
+        start = "" if ctx.loaded.adapters is None else f" --init-from {ctx.loaded.adapters.path}"
+        console.print(f"more recovery for this one subnet (same --model and --strategy): `amoeba finetune --subnet "
+                      f"{out}{start} --steps 300 --out tuned`, then `amoeba extract --adapters tuned --subnet {out} "
+                      "--out ckpt`")
     else:
         console.print(f"extract it with `amoeba extract --subnet {out} --out ckpt/best`")
 
