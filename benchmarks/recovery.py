@@ -87,8 +87,8 @@ def subnet_tuned(row: dict, tuned, args, root: Path, fingerprint: str, full_scor
     subnet.save(subnet_file, tuned.fingerprint)
     command = ["amoeba", "finetune", "--strategy", str(strategy), "--subnet", str(subnet_file), "--init-from",
                str(args.adapters), "--steps", str(args.subnet_steps), "--checkpoint-every", "50",
-               *adapter_options(tuned.adapters.record), "--corpus", str(ROOT / "adapters" / "smollm2-135m.corpus.jsonl"),
-               "--threads", str(args.threads), "--out", str(run)]
+               *adapter_options(tuned.adapters.record), "--corpus",
+               str(ROOT / "adapters" / "smollm2-135m.corpus.jsonl"), "--threads", str(args.threads), "--out", str(run)]
     print("$ " + shlex.join(command), flush=True)
     subprocess.run([sys.executable, "-m", "amoeba_search.cli", *command[1:]], check=True)
     own = dataclasses.replace(tuned, adapters=load_adapters(tuned, run))

@@ -148,7 +148,8 @@ def finetune(
         console.print(f"resuming {out} at step {trainer.record['step']}/{steps}")
     space = trainer.space
     what = (f"one subnet ({target.summary(trainer.dims)})" if target is not None else
-            f"{space.size} subnets ({len(space.depths)} depths x {len(space.heads)} heads x {len(space.mlp)} MLP widths)")
+            f"{space.size} subnets ({len(space.depths)} depths x {len(space.heads)} heads x {len(space.mlp)} MLP "
+            "widths)")
     console.print(f"fine-tuning {sum(p.numel() for p in trainer.adapters.parameters()) / 1e6:.2f} M adapter "
                   f"parameters for {what} on {trainer.record['data']['tokens']} tokens, teacher {teacher}")
     record = trainer.train()

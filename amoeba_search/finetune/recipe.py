@@ -224,8 +224,9 @@ class Trainer:
             return
         saved = read_record(found[-1])
         if saved.get("subnet") != self.record.get("subnet"):
-            raise UserError(f"{self.out_dir} holds a run for {'subnet ' + saved['subnet']['describe'] if saved.get('subnet') else 'every subnet'}"
-                            f", not this one: pass the same --subnet to resume it, or a new --out")
+            trained = f"subnet {saved['subnet']['describe']}" if saved.get("subnet") else "every subnet"
+            raise UserError(f"{self.out_dir} holds a run for {trained}, not this one: pass the same --subnet to "
+                            "resume it, or a new --out")
         if saved["strategy"]["fingerprint"] != self.record["strategy"]["fingerprint"]:    # its path may differ
             raise UserError(f"{self.out_dir} holds a run with a different strategy: pass a new --out, or the same "
                             "strategy to resume it")
