@@ -157,7 +157,7 @@ class Trainer:
                        "step": 0, "seconds": 0.0, "history": []}
         if target is not None:
             self.record["subnet"] = {"fingerprint": subnet_fingerprint(target),
-                                     "describe": target.summary(self.dims), "layers": list(target.layers)}
+                                     "summary": target.summary(self.dims), "layers": list(target.layers)}
         if self.solver_pool is not None:
             self.record["solver_shapes"] = {"ratios": list(SOLVER_RATIOS), "profiles": self.shape_profile_names,
                                             "distinct": len(self.solver_pool)}
@@ -224,7 +224,7 @@ class Trainer:
             return
         saved = read_record(found[-1])
         if saved.get("subnet") != self.record.get("subnet"):
-            trained = f"subnet {saved['subnet']['describe']}" if saved.get("subnet") else "every subnet"
+            trained = f"subnet {saved['subnet']['summary']}" if saved.get("subnet") else "every subnet"
             raise UserError(f"{self.out_dir} holds a run for {trained}, not this one: pass the same --subnet to "
                             "resume it, or a new --out")
         if saved["strategy"]["fingerprint"] != self.record["strategy"]["fingerprint"]:    # its path may differ

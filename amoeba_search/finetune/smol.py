@@ -145,7 +145,7 @@ class SMoLAdapters(nn.Module):
         would be an update nobody trained. The full model is allowed where `adapts` leaves it untouched."""
         trained = self.record.get("subnet")
         if trained and self.adapts(subnet) and subnet_fingerprint(subnet) != trained["fingerprint"]:
-            raise UserError(f"these adapters ({self.path}) were fine-tuned for one subnet ({trained['describe']}, "
+            raise UserError(f"these adapters ({self.path}) were fine-tuned for one subnet ({trained['summary']}, "
                             f"fingerprint {trained['fingerprint']}), not this one ({subnet.summary(self.dims)}): "
                             "use them with that subnet, or one-for-all adapters (`amoeba finetune` without --subnet)")
 
