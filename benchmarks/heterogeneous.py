@@ -158,6 +158,9 @@ def main() -> None:
                                                                         "device_profiles/)")
     parser.add_argument("--retime", action="store_true", help="time the finished rows' subnets again (with the full "
                                                               "model, round-robin), keeping their scores")
+    parser.add_argument("--research-stale", action="store_true", help="search again the finished rows of --targets "
+                                                                      "chosen on another profile than the current one "
+                                                                      "(or on one not recorded)")
     args = parser.parse_args()
     command = setup(args.threads)
     root = data_root()
@@ -180,6 +183,11 @@ def main() -> None:
             predictiveness = score_predictiveness(ctx, args.random_subnets, seed=0)
             print(json.dumps({"score_predictiveness": predictiveness}), flush=True)
         for ratio in [float(r) for r in args.targets.split(",")]:
+            if (flow, ratio) in done and args.research_stale and \
+                    done[(flow, ratio)].get("profile_fingerprint") != ctx.lut.fingerprint:
+                print(f"{flow} {ratio:.0%}: chosen on profile {done[(flow, ratio)].get('profile_fingerprint')}, "
+                      f"now {ctx.lut.fingerprint}: searching again", flush=True)
+                del done[(flow, ratio)]
             if (flow, ratio) in done:
                 row = done[(flow, ratio)]
                 if args.retime:
@@ -207,7 +215,7 @@ def main() -> None:
                    "hetero_origin": hetero["origin"], "refine_rounds": args.refine_rounds,
                    "profile_fingerprint": ctx.lut.fingerprint,
                    "profile_layers_per_row": ctx.lut.meta["design"]["layers_per_row"],
-                   "max_changes": args.max_changes}
+                   "max_changes": args.max_changes, "command": command}
             subnets = {"uniform": ctx.subnet(candidate), "hetero": hetero["subnet"]}
             for side, key in (("uniform", candidate.key), ("hetero", hetero["key"])):
                 if key not in quality_cache:                       # once per subnet, shared by the flows
@@ -228,17 +236,21 @@ def main() -> None:
             with partial.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             rows.append(row)
-    if args.retime:                                       # the re-timed rows replace the finished ones
-        others = [r for r in done.values() if r not in rows]
+    handled = {(r["flow"], r["target_ratio"]) for r in rows}
+    if args.retime or args.research_stale:                # the re-timed / re-searched rows replace the finished ones
+        others = [r for r in map(json.loads, partial.read_text().splitlines())
+                  if (r["flow"], r["target_ratio"]) not in handled]
         partial.with_suffix(".tmp").write_text("".join(json.dumps(r) + "\n" for r in others + rows))
         partial.with_suffix(".tmp").replace(partial)
     existing_path = args.results / "heterogeneous.json"
     existing = read_json(existing_path, "results", "") if existing_path.is_file() else {}
     flows = args.flows.split(",")
-    kept = [r for r in existing.get("rows", []) if r["flow"] not in flows]   # flows this run did not measure
+    kept = [r for r in existing.get("rows", []) if (r["flow"], r["target_ratio"]) not in handled]   # not run now
     commands = {**existing.get("details", {}).get("commands", {}), **{f: command for f in flows}}
     for r in kept:
         commands.setdefault(r["flow"], existing.get("details", {}).get("command", ""))
+        if r["flow"] in flows:                            # a row this run kept from an earlier command
+            r.setdefault("command", existing.get("details", {}).get("commands", {}).get(r["flow"], ""))
     record = {"rows": kept + rows, "solver": solver, "score_predictiveness": predictiveness,
               "details": {"command": command, "commands": commands, "environment": environment(),
                           "device": args.device, "profiles_dir": str(args.profiles_dir or "device_profiles"),
@@ -299,7 +311,9 @@ def markdown(record: dict) -> str:
             if "hetero_origin" in r else ""
         profile = (f"profile {r['profile_fingerprint']}, {r['profile_layers_per_row']}-block rows"
                    if "profile_fingerprint" in r else "profile not recorded (rows before 2026-12-06 16:00)")
-        lines.append(f"- {r['flow']} {r['target_ratio']:.0%}: {shapes}{found}; {profile}")
+        run = f"; command `{r['command']}`" if r.get("command") else ""
+        timed = f"; timed {r['latency_timed']}" if r.get("latency_timed") else ""
+        lines.append(f"- {r['flow']} {r['target_ratio']:.0%}: {shapes}{found}; {profile}{run}{timed}")
     lines += ["", "## Greedy answers of the heterogeneous subnets", ""]
     for r in record["rows"]:
         lines.append(f"- {r['flow']} {r['target_ratio']:.0%}: " + " | ".join(

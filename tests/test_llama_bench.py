@@ -37,7 +37,8 @@ def fake_llama_bench(kit_dir: Path) -> Path:
             calls = max(1, test["n_gen"])                   # a decode sample times n_gen tokens
             samples = [int(ms * 1e6 * f * calls) for f in (0.99, 1.0, 1.01)]
             lines.append(json.dumps({"model_filename": f"models/{name}", "model_type": "deci ?B F32", **test,
-                                     "avg_ns": samples[1], "stddev_ns": 1000, "samples_ns": samples}))
+                                     "flash_attn": 0, "avg_ns": samples[1], "stddev_ns": 1000,
+                                     "samples_ns": samples}))
     path = kit_dir / "results.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -55,6 +56,7 @@ def test_kit_files_and_a_llama_bench_import(tiny, kit_dir, tmp_path):
     assert len(kit["files"]) == 1 + 4 + 2 and all((kit_dir / "models" / f).is_file() for f in kit["files"])
     script = (kit_dir / "run.sh").read_text()
     assert "-p 16 -n 0" in script and "-p 0 -n 16 -d 16" in script and os.access(kit_dir / "run.sh", os.X_OK)
+    assert script.count("-fa 0") == 2 and kit["flash_attention"] == 0        # as the native flow times
     lut = import_profile(tiny, fake_llama_bench(kit_dir), ProfileStore(tmp_path / "profiles"), "toybox", "llama.cpp")
     for setting in SETTINGS:
         setting = lut.setting(setting.phase)
@@ -83,7 +85,9 @@ def test_a_quiet_import_fits_each_row_fast_tail(tiny, kit_dir, tmp_path):
     (lambda t: t.replace('"n_prompt": 0', '"n_prompt": 5'), "mixes prompt"),
     (lambda t: t.replace("models/L", "models/X"), "not one of the kit's GGUFs"),
     (lambda t: t[: t.index("\n") + 20], "not llama-bench JSON"),
-    (lambda t: t.replace('"avg_ns"', '"avg"').replace('"samples_ns"', '"s"'), "avg_ns or samples_ns")])
+    (lambda t: t.replace('"avg_ns"', '"avg"').replace('"samples_ns"', '"s"'), "avg_ns or samples_ns"),
+    (lambda t: t.replace('"flash_attn": 0', '"flash_attn": -1', 1), "flash attention auto, the native llama.cpp "
+                                                                      "flow with it off: rerun the kit's run.sh")])
 def test_a_damaged_llama_bench_file_is_one_line(tiny, kit_dir, tmp_path, damage, message):
     path = fake_llama_bench(kit_dir)
     path.write_text(damage(path.read_text()))

@@ -11,7 +11,10 @@ so `-n 1` times each token right after a prefill, while llama-cpp-python (the na
 token after token. On the 2-core Xeon, on the same GGUF files, `-n 1` ran 8-15% slower than back-to-back native
 decode of 20-block models and `-n 16` within the noise of it (out-of-tree diagnosis, noisy host; the interleaved
 benchmarks/llama_bench_kit.py is the check). The context grows by G-1 tokens during a repetition: at C=128 that
-moves a 135M model's attention cost by well under 1% of a token's time."""
+moves a 135M model's attention cost by well under 1% of a token's time.
+
+Flash attention is set as the native flow sets it (flows.llama_cpp.FLASH_ATTENTION): llama-bench's default, `-fa
+auto`, is on for a CPU, and with it on the kit predicted 7% less than the native (off) profile for uniform subnets."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from ..artifacts import SCHEMA_VERSION, read_json, write_json_atomic
 from ..errors import UserError
 from ..families.base import model_dims
 from ..models import LoadedModel
+from .flows.llama_cpp import FLASH_ATTENTION
 from .lut import Setting
 
 KIT_FILE = "kit.json"
@@ -54,14 +58,16 @@ echo "wrote $(pwd)/results.jsonl"
 
 
 DECODE_TOKENS = 16
+FA_NAMES = {0: "off", 1: "on", -1: "auto"}            # llama-bench's JSON flash_attn values
 
 
 def _commands(settings: list[Setting], repetitions: int, decode_tokens: int) -> str:
     lines = []
     for s in settings:
         test = f"-p {s.tokens} -n 0" if s.phase == "prefill" else f"-p 0 -n {decode_tokens} -d {s.tokens}"
-        lines.append(f'    "$LLAMA_BENCH" -m "$model" {test} -r {repetitions} -t "$THREADS" -o jsonl >> '
-                     "results.jsonl.tmp")
+        # -fa 0/1 (not off/on): older llama-bench builds, still on many devices, read only the number
+        lines.append(f'    "$LLAMA_BENCH" -m "$model" {test} -r {repetitions} -t "$THREADS" -fa {int(FLASH_ATTENTION)} '
+                     "-o jsonl >> results.jsonl.tmp")
     return "\n".join(lines)
 
 
@@ -95,7 +101,8 @@ def write_kit(loaded: LoadedModel, out: Path, device: str, settings: list[Settin
     write_json_atomic(out / KIT_FILE, {
         "schema_version": SCHEMA_VERSION, "kind": KIT_KIND, "model": loaded.fingerprint, "device": device,
         "dtype": dtype, "settings": [s.__dict__ for s in settings], "layers_per_row": layers_per_row,
-        "passes": passes, "repetitions": repetitions, "decode_tokens": decode_tokens, "files": files,
+        "passes": passes, "repetitions": repetitions, "decode_tokens": decode_tokens,
+        "flash_attention": int(FLASH_ATTENTION), "files": files,
         "note": "MLP-only rows (heads 0) hold one lead block of the widest width first, as amoeba profile times"})
     script = out / "run.sh"
     script.write_text(SCRIPT.format(device=device, threads=threads, passes=passes,
@@ -145,6 +152,10 @@ def read_llama_bench(path: Path, model_fingerprint: dict) -> pd.DataFrame:
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{where}: needs integer n_prompt / n_gen / n_depth and avg_ns or samples_ns (llama-bench "
                             "-o jsonl)") from None
+        if "flash_attn" in record and int(record["flash_attn"]) != int(FLASH_ATTENTION):
+            raise UserError(f"{where}: timed with flash attention {FA_NAMES.get(int(record['flash_attn']), '?')}, the "
+                            f"native llama.cpp flow with it {FA_NAMES[int(FLASH_ATTENTION)]}: rerun the kit's run.sh "
+                            f"(it passes -fa {int(FLASH_ATTENTION)})")
         if n_gen == 0 and n_prompt > 0:
             phase, tokens, per = "prefill", n_prompt, 1
         elif n_prompt == 0 and n_gen > 0:

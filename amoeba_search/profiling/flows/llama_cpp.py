@@ -18,6 +18,11 @@ GGUF_TYPES = {"float32": "f32", "float16": "f16", "q8_0": "q8_0", "q4_1": "q4_1"
 BUILD_HINT = ("pip install llama-cpp-python (a source build, ~6 min on 2 cores; `make llama-cpp` builds it once into "
               "~/.cache/amoeba_search/wheels with CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON "
               "-DGGML_F16C=ON\", which avoids the native build's crash on some CPUs)")
+# Flash attention is pinned, not left to the library: llama-cpp-python's Llama() defaults to off, while llama.cpp's own
+# tools (llama-cli, llama-server, llama-bench) default to `-fa auto`, which is on for a CPU. Decode of the same GGUF
+# ran ~7% faster with it on here (a noisy interleaved llama-bench check, 2026-12-06), so a table timed one way does
+# not predict the other: the kit's llama-bench script passes the same setting, and the import refuses other rows.
+FLASH_ATTENTION = False
 
 
 @register("llama.cpp")
@@ -34,7 +39,8 @@ class LlamaCpp(Flow):
     def versions(self) -> dict[str, str]:
         import llama_cpp
 
-        return {**super().versions(), "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode()[:200]}
+        return {**super().versions(), "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode()[:200],
+                "flash_attention": "on" if FLASH_ATTENTION else "off"}
 
     def prepare(self, model, setting):
         self.require(setting.dtype)
@@ -60,7 +66,8 @@ class LlamaCpp(Flow):
             context = 256 * -(-(tokens + 8) // 256)
             try:
                 llm = llama_cpp.Llama(str(path), n_ctx=context, n_batch=max(512, tokens), n_ubatch=max(512, tokens),
-                                      n_threads=threads, n_threads_batch=threads, verbose=False)
+                                      n_threads=threads, n_threads_batch=threads, flash_attn=FLASH_ATTENTION,
+                                      verbose=False)
             except ValueError as exc:
                 raise UserError(f"llama.cpp could not load the GGUF written for this model ({exc}); check that it "
                                 "is a LLaMA-family decoder and that llama-cpp-python is recent") from exc
