@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from _common import RESULTS, setup
+from recovery import TASK_NAMES, metrics
 
 from amoeba_search.artifacts import environment, write_json_atomic
 from amoeba_search.data import data_root
@@ -24,8 +25,6 @@ from amoeba_search.selection.space import Candidate, candidate_subnet
 from amoeba_search.selection.strategy import Strategy
 from amoeba_search.selection.width import heterogeneous_subnet
 from amoeba_search.tasks import TASKS
-
-TASK_NAMES = ("arc_easy", "arc_challenge", "wikitext2")
 
 
 def subnet_of(loaded, strategy: Strategy, key: str):
@@ -53,13 +52,9 @@ def main() -> None:
     for name in args.adapters.split(","):
         loaded = full if name == "none" else dataclasses.replace(full, adapters=load_adapters(full, Path(name)))
         for key in args.subnets.split(";"):
-            record = quality(loaded, subnet_of(full, strategy, key), root, [TASKS.get(n) for n in TASK_NAMES],
-                             windows=args.windows)
-            tasks = record["tasks"]
-            row = {"adapters": name, "subnet": key, "generation": record["generation"],
-                   "wikitext2_test_ppl": round(tasks["wikitext2"]["ppl"], 3),
-                   **{f"{t}_{m}": round(tasks[t][m], 2) for t in TASK_NAMES[:2]
-                      for m in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")}}
+            row = {"adapters": name, "subnet": key, **metrics(quality(
+                loaded, subnet_of(full, strategy, key), root, [TASKS.get(n) for n in TASK_NAMES],
+                windows=args.windows))}
             print({k: v for k, v in row.items() if k != "generation"}, flush=True)
             rows.append(row)
     record = {"rows": rows, "details": {"command": command, "environment": environment(), "windows": args.windows,
