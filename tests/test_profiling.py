@@ -337,9 +337,16 @@ def test_every_available_flow_times_both_phases(flow_name, phase, tiny):
     flow = FLOWS.get(flow_name)
     source = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     model = profile_mod.block_model(tiny.model, 2, 3, 24)
-    row = profile_mod.measure_model(flow, model, Setting(phase, 8, 1, flow.dtypes[0]), FAST)
+    setting = Setting(phase, 8, 1, flow.dtypes[0])
+    row = profile_mod.measure_model(flow, model, setting, FAST)
     assert row["median_ms"] > 0 and row["repeats"] >= 3 and row["wall_s"] > 0
-    assert row["weights_mib"] > 0 and row["kv_mib"] > 0
+    config = model.config                  # K and V of the timed positions, at the flow's cache type
+    positions = 8 + (phase == "decode")
+    kv_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * positions * config.head_dim
+    element = {"llama.cpp": 2.0}.get(flow_name, torch.empty((), dtype=getattr(torch, flow.dtypes[0])).element_size())
+    kv_mib = profile_mod.tensor_mib(model, setting, flow.kv_cache_dtype(setting.dtype))[1]
+    assert kv_mib == pytest.approx(kv_bytes * element / 2**20) and row["kv_mib"] == round(kv_mib, 3)
+    assert row["weights_mib"] > 0
     assert len(row["samples_ms"].split()) == row["repeats"]
     # the source model is untouched, checked after the call: same shape, same weights, same dtype
     assert ModelDims.from_config(tiny.model.config).num_layers == 5

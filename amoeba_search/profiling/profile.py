@@ -63,15 +63,15 @@ class WidthGrid:
         return list(itertools.product(self.heads, self.mlp)) + ([(0, m) for m in self.mlp] if self.mlp_only else [])
 
 
-def tensor_mib(model: PreTrainedModel, setting: Setting) -> tuple[float, float]:
-    """Weights and KV-cache sizes of a timed model (exact for dense tensors), in MiB."""
+def tensor_mib(model: PreTrainedModel, setting: Setting, kv_dtype: str) -> tuple[float, float]:
+    """Weights (at the setting's dtype) and KV-cache (at `kv_dtype`, the flow's cache type) sizes of a timed
+    model, in MiB: exact for dense tensors."""
     config = model.config
-    element = element_bytes(setting.dtype)
-    weights = sum(p.numel() for p in model.parameters()) * element
+    weights = sum(p.numel() for p in model.parameters()) * element_bytes(setting.dtype)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = per_layer_heads(config)[1]                      # a heterogeneous subnet's layers differ
     positions = setting.tokens + (1 if setting.phase == "decode" else 0)
-    kv = 2 * sum(kv_heads) * setting.batch * positions * head_dim * element
+    kv = 2 * sum(kv_heads) * setting.batch * positions * head_dim * element_bytes(kv_dtype)
     return weights / 2**20, kv / 2**20
 
 
@@ -82,7 +82,7 @@ def measure_model(flow: Flow, model: PreTrainedModel, setting: Setting, rule: St
     prepared = flow.prepare(model, setting)
     flow.reset_peak_memory()
     result = measure(prepared.run, prepared.reset, flow.sync, rule, flow.peak_memory_mib)
-    weights, kv = tensor_mib(model, setting)
+    weights, kv = tensor_mib(model, setting, flow.kv_cache_dtype(setting.dtype))
     return {**result.stats, "converged": result.converged, "weights_mib": round(weights, 3), "kv_mib": round(kv, 3),
             "peak_mem_mib": "" if result.peak_mem_mib is None else round(result.peak_mem_mib, 1),
             "wall_s": round(time.perf_counter() - started, 3), "samples_ms": " ".join(f"{s:.4f}" for s in result.samples_ms)}
@@ -156,7 +156,9 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
                    "stop_rule": rule.__dict__, "estimator": estimator, "block_fit": block_fit},
         "model_dims": dims.__dict__,
         "units": {"latency": "ms", "memory": "MiB"},
-        "memory_note": "weights_mib / kv_mib are exact tensor sizes; peak_mem_mib is torch's CUDA peak (GPU only)",
+        "memory_note": "weights_mib: the parameters at the setting's dtype; kv_mib: the K and V of the timed "
+                       "positions at the flow's cache type (llama.cpp: f16); exact tensor sizes; peak_mem_mib is "
+                       "torch's CUDA peak (GPU only)",
     })
     log = open_profile(directory, meta, overwrite)
     done = log.done()

@@ -50,6 +50,10 @@ class Flow:
     description: str = ""
     min_layers: int = 0          # smallest block count the runtime can load (profiles need a 0- or 1-layer anchor)
 
+    def kv_cache_dtype(self, dtype: str) -> str:
+        """The KV cache's element type for weights of `dtype`: the same in the torch flows."""
+        return dtype
+
     def unavailable(self) -> str | None:
         """None when usable here, else one line saying what is missing and how to get it."""
         for package in self.packages:

@@ -36,6 +36,11 @@ class LlamaCpp(Flow):
         reason = super().unavailable()
         return f"{reason.split(':')[0]}: {BUILD_HINT}" if reason and "llama-cpp-python" in reason else reason
 
+    def kv_cache_dtype(self, dtype: str) -> str:
+        """llama.cpp keeps K and V in f16 (its default cache type, llama-bench's type_k / type_v) whatever the
+        weights' quantisation."""
+        return "float16"
+
     def versions(self) -> dict[str, str]:
         import llama_cpp
 
