@@ -273,7 +273,8 @@ def main() -> None:
         details[flow] = {"pass_spread_pct_median": statistics.median(r["pass_spread_pct"] for r in random_rows),
                          "estimator": estimator, "block_fit": lut.block_fit,
                          "layers_per_row": lut.meta["design"]["layers_per_row"],
-                         "profile_interleaved": args.interleave_profile, "command": command}
+                         "profile_interleaved": args.interleave_profile, "command": command,
+                         "date": environment()["date"], "host": environment()["machine"]}
         by = {(r["subnet"], r["phase"]): r["measured_ms"] for r in rows}
         for setting in lut.settings():
             full = by[("full", setting.phase)]
@@ -328,6 +329,10 @@ def write_markdown(payload: dict, path: Path) -> str:
     lines += ["", "Median spread between a subnet's passes ((max - min) / median), the measurement noise the "
               "predictor is scored against: " + ", ".join(f"{flow} {d['pass_spread_pct_median']:.1f}%"
                                                            for flow, d in payload["flow_costs"].items()) + ".",
+              "", "When and where each flow was measured (flows are re-run one at a time, so the header's host and date "
+              "are the last run's): " + ", ".join(f"{flow} {d.get('date', 'date not recorded')} on "
+                                                  f"{d.get('host', 'host not recorded')}"
+                                                  for flow, d in payload["flow_costs"].items()) + ".",
               "", "Passes combined by (lut.ESTIMATORS; the profile and its subnets alike): " + ", ".join(
                   f"{flow} {d.get('estimator', 'median')}" for flow, d in payload["flow_costs"].items()) + ".",
               "", "Block fit (lut.BLOCK_FITS: linear = every width's block on one least-squares plane in "
