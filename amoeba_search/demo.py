@@ -21,6 +21,7 @@ from .finetune.checkpoint import load_adapters
 from .models import LoadedModel, load_model
 from .plot import pareto_figure, render, render_html
 from .profiling.environment import default_device_slug, device_name
+from .profiling.load import SPEED_WARN_PCT, speed_changes
 from .profiling.harness import StopRule
 from .profiling.lut import LookupTable, Setting
 from .profiling.profile import QUICK_MLP_RATIOS, WidthGrid, build_profile
@@ -39,8 +40,9 @@ FLOW = "torch-eager"
 
 
 def demo_profile(console: Console, full: LoadedModel, out: Path) -> LookupTable:
-    """This machine's torch-eager decode profile: the committed one when it was measured here with these
-    settings, else a quick one (4 MLP widths, one pass, ~1-2 min)."""
+    """This machine's torch-eager decode profile: the committed one when it was measured on a CPU of this name with
+    these settings and its reference kernels run within SPEED_WARN_PCT here (one name can cover several CPU
+    generations), else a quick one (4 MLP widths, one pass, ~1-2 min)."""
     device = default_device_slug()
     committed = ProfileStore().find(device, FLOW)
     if (committed / "lut.csv").is_file():
@@ -50,8 +52,16 @@ def demo_profile(console: Console, full: LoadedModel, out: Path) -> LookupTable:
 
         if (lut.meta["model"] == full.fingerprint and env.get("device_name") == device_name()
                 and env.get("torch_threads") == torch.get_num_threads() and env.get("torch") == torch.__version__):
-            console.print(f"reusing the committed profile {committed} (measured on this CPU, same threads/torch)")
-            return lut
+            changes = speed_changes(env)
+            off = [f"{what} {change_pct:+.0f}%" for what, _, _, change_pct in changes
+                   if abs(change_pct) > SPEED_WARN_PCT]
+            if changes and not off:
+                console.print(f"reusing the committed profile {committed} (measured on this CPU, same threads/torch, "
+                              f"reference kernels within {SPEED_WARN_PCT:.0f}%)")
+                return lut
+            console.print(f"[yellow]the committed profile {committed} was made on a CPU of this name, but "
+                          + (f"its reference kernels run differently here ({', '.join(off)})" if off else
+                             "it recorded no reference kernels to compare this CPU with") + ": profiling anew[/]")
     dims = model_dims(full.model.config)
     console.print(f"profiling this machine ({device_name()}): {FLOW}, decode at C=128, 4 MLP widths x 3 head counts")
     return build_profile(full, out / "device_profiles" / device / FLOW, device, FLOW,

@@ -30,6 +30,7 @@ from amoeba_search.artifacts import environment, read_json, write_json_atomic
 from amoeba_search.data import data_root
 from amoeba_search.extract import extract
 from amoeba_search.models import load_model
+from amoeba_search.profiling.environment import default_device_slug
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.load import load_warnings
 from amoeba_search.profiling.harness import StopRule
@@ -142,7 +143,8 @@ def score_predictiveness(ctx, samples: int, seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategy", type=Path, default=ROOT / "strategies" / "smollm2-135m.dp-flap-blocks.json")
-    parser.add_argument("--device", default="intel-xeon", help="profile of this machine (decode, both flows)")
+    parser.add_argument("--device", default=default_device_slug(), help="profile of this machine (decode, both "
+                                                                       "flows; default: this machine's name)")
     parser.add_argument("--flows", default="torch-eager,llama.cpp")
     parser.add_argument("--targets", default="0.65,0.8,0.5", help="latency ratios (comma list)")
     parser.add_argument("--top-k", type=int, default=8)
@@ -167,8 +169,8 @@ def main() -> None:
     root = data_root()
     args.out.mkdir(parents=True, exist_ok=True)
     partial = args.out / "rows.jsonl"
-    done = {(r["flow"], r["target_ratio"]): r for r in map(json.loads, partial.read_text().splitlines())} \
-        if partial.exists() else {}
+    done = {row_key(r, args.device)[1:]: r for r in map(json.loads, partial.read_text().splitlines())
+            if row_key(r, args.device)[0] == args.device} if partial.exists() else {}
     loaded = load_model("default")
     quality_cache: dict[str, dict] = {}
     rows, solver, predictiveness, warnings = [], None, None, []
@@ -205,7 +207,7 @@ def main() -> None:
             candidate, uniform_proxy = best_uniform(ctx, target)
             hetero = heterogeneous_search(ctx, target, args.top_k, args.metric, args.refine_rounds,
                                           args.max_changes, progress=True)
-            row = {"flow": flow, "target_ratio": ratio, "target_ms": round(target, 3),
+            row = {"device": args.device, "flow": flow, "target_ratio": ratio, "target_ms": round(target, 3),
                    "full_model_ms": round(ctx.full_model_ms(), 3), "uniform_subnet": candidate.key,
                    "uniform_proxy_ppl": round(uniform_proxy, 3),
                    "uniform_predicted_ms": round(ctx.latency_ms(candidate), 3), "hetero_subnet": hetero["key"],
@@ -237,24 +239,24 @@ def main() -> None:
             with partial.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             rows.append(row)
-    handled = {(r["flow"], r["target_ratio"]) for r in rows}
+    handled = {row_key(r, args.device) for r in rows}
     if args.retime or args.research_stale:                # the re-timed / re-searched rows replace the finished ones
         others = [r for r in map(json.loads, partial.read_text().splitlines())
-                  if (r["flow"], r["target_ratio"]) not in handled]
+                  if row_key(r, args.device) not in handled]
         partial.with_suffix(".tmp").write_text("".join(json.dumps(r) + "\n" for r in others + rows))
         partial.with_suffix(".tmp").replace(partial)
     existing_path = args.results / "heterogeneous.json"
     existing = read_json(existing_path, "results", "") if existing_path.is_file() else {}
-    flows = args.flows.split(",")
-    kept = [r for r in existing.get("rows", []) if (r["flow"], r["target_ratio"]) not in handled]   # not run now
-    commands = {**existing.get("details", {}).get("commands", {}), **{f: command for f in flows}}
-    for r in kept:
-        commands.setdefault(r["flow"], existing.get("details", {}).get("command", ""))
-        if r["flow"] in flows:                            # a row this run kept from an earlier command
-            r.setdefault("command", existing.get("details", {}).get("commands", {}).get(r["flow"], ""))
+    old = existing.get("details", {})
+    kept = []                                             # rows of other devices, flows or targets: not run now
+    for r in existing.get("rows", []):
+        r.setdefault("device", old.get("device", ""))     # rows written before rows named their device
+        r.setdefault("command", old.get("commands", {}).get(r["flow"], old.get("command", "")))
+        if row_key(r, args.device) not in handled:
+            kept.append(r)
     record = {"rows": kept + rows, "solver": solver, "score_predictiveness": predictiveness,
-              "details": {"command": command, "commands": commands, "environment": environment(),
-                          "device": args.device, "profiles_dir": str(args.profiles_dir or "device_profiles"),
+              "details": {"command": command, "environment": environment(), "device": args.device,
+                          "profiles_dir": str(args.profiles_dir or "device_profiles"),
                           "strategy": str(args.strategy.relative_to(ROOT) if args.strategy.is_relative_to(ROOT)
                                           else args.strategy), "metric": args.metric, "top_k": args.top_k,
                           "proxy": "WikiText-2 valid perplexity (8 x 256 tokens, seed 1)",
@@ -267,6 +269,11 @@ def main() -> None:
     print(markdown(record))
 
 
+def row_key(row: dict, device: str) -> tuple[str, str, float]:
+    """A result row's identity: the device profile it was searched and timed on, the flow, the target."""
+    return row.get("device", device), row["flow"], row["target_ratio"]
+
+
 def _mc(r: dict, side: str, name: str) -> str:
     return f"{r[f'{side}_{name}_acc']:.1f} ± {r[f'{side}_{name}_acc_stderr']:.1f}"
 
@@ -274,16 +281,16 @@ def _mc(r: dict, side: str, name: str) -> str:
 def markdown(record: dict) -> str:
     d, solver, pred = record["details"], record["solver"], record["score_predictiveness"]
     lines = ["# Heterogeneous vs uniform subnets (no fine-tuning)", "",
-             "; ".join(f"{flow}: `{c}`" for flow, c in d.get("commands", {}).items()) or f"`{d['command']}`",
              f"Strategy `{d['strategy']}` (block metric {d['metric']}, exact top-{d['top_k']} "
-             f"re-ranked by the proxy); device profile `{d['device']}` (this machine), decode C=128. Proxy: "
+             f"re-ranked by the proxy); each row searched and timed on its device's profile (the machine the "
+             f"benchmark ran on), decode C=128; each row's command is under 'Shapes chosen'. Proxy: "
              f"{d['proxy']}. Test: {d['test']}. ARC: acc ± stderr in %, full validation sets (chance 25%).", "",
-             "| flow | target | uniform subnet | uniform test ppl | hetero layers | hetero test ppl | ppl ratio | "
+             "| device | flow | target | uniform subnet | uniform test ppl | hetero layers | hetero test ppl | ppl ratio | "
              "hetero predicted ms | hetero measured ms (p10-p90) | error % | uniform measured ms | full model "
              "predicted / measured ms (drift %) | ARC-e uni / het | ARC-c uni / het |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
-        lines.append(f"| {r['flow']} | {r['target_ratio']:.0%} ({r['target_ms']:.2f} ms) | {r['uniform_subnet']} | "
+        lines.append(f"| {r['device']} | {r['flow']} | {r['target_ratio']:.0%} ({r['target_ms']:.2f} ms) | {r['uniform_subnet']} | "
                      f"{r['uniform_test_ppl']:.2f} | {r['hetero_layers']} | {r['hetero_test_ppl']:.2f} | "
                      f"{r['ppl_ratio']:.3f} | {r['hetero_predicted_ms']:.2f} | {r['hetero_measured_ms']:.2f} "
                      f"({r['hetero_measured_p10_ms']:.2f}-{r['hetero_measured_p90_ms']:.2f}) | "
@@ -314,10 +321,10 @@ def markdown(record: dict) -> str:
                    if "profile_fingerprint" in r else "profile not recorded (rows before 2026-12-06 16:00)")
         run = f"; command `{r['command']}`" if r.get("command") else ""
         timed = f"; timed {r['latency_timed']}" if r.get("latency_timed") else ""
-        lines.append(f"- {r['flow']} {r['target_ratio']:.0%}: {shapes}{found}; {profile}{run}{timed}")
+        lines.append(f"- {r['device']} {r['flow']} {r['target_ratio']:.0%}: {shapes}{found}; {profile}{run}{timed}")
     lines += ["", "## Greedy answers of the heterogeneous subnets", ""]
     for r in record["rows"]:
-        lines.append(f"- {r['flow']} {r['target_ratio']:.0%}: " + " | ".join(
+        lines.append(f"- {r['device']} {r['flow']} {r['target_ratio']:.0%}: " + " | ".join(
             f"{g['prompt']!r} -> {g['text']!r}" for g in r["hetero_generation"]))
     return "\n".join(lines) + "\n"
 

@@ -104,3 +104,33 @@ def test_a_heterogeneous_subnet_of_the_embedded_model_runs_in_llama_cpp_like_the
     llm.eval(ids[0].tolist())
     got = torch.tensor(llm.scores[:ids.shape[1]])
     assert (got - expected).abs().max().item() <= 1e-3
+
+
+def test_demo_reuses_a_committed_profile_only_where_its_reference_kernels_agree(smol, monkeypatch, tmp_path):
+    """A VM's CPU name can stand for several CPU generations: the demo reuses the committed profile of this name
+    only when the reference kernels it recorded run at about the same speed here, else it profiles anew."""
+    from rich.console import Console
+
+    from amoeba_search import demo
+    from amoeba_search.profiling.lut import LookupTable
+    from amoeba_search.profiling.store import ProfileStore
+
+    committed = LookupTable.load(ProfileStore().find("intel-xeon", "torch-eager"))
+    env = committed.meta["environment"]
+    assert env["torch"] == torch.__version__
+    monkeypatch.setattr(demo, "default_device_slug", lambda: "intel-xeon")
+    monkeypatch.setattr(demo, "device_name", lambda on="cpu": env["device_name"])
+    monkeypatch.setattr(demo, "build_profile", lambda *args, **kwargs: "profiled anew")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(env["torch_threads"])
+    try:
+        console = Console(record=True, width=200)
+        monkeypatch.setattr(demo, "speed_changes", lambda environment: [("a reference matmul", 10.5, 10.0, 5.0)])
+        assert isinstance(demo.demo_profile(console, smol, tmp_path), LookupTable)
+        monkeypatch.setattr(demo, "speed_changes", lambda environment: [("a reference matmul", 13.0, 10.0, 30.0)])
+        assert demo.demo_profile(console, smol, tmp_path) == "profiled anew"
+        monkeypatch.setattr(demo, "speed_changes", lambda environment: [])        # nothing recorded to compare
+        assert demo.demo_profile(console, smol, tmp_path) == "profiled anew"
+    finally:
+        torch.set_num_threads(threads)
+    assert "its reference kernels run differently here (a reference matmul +30%)" in console.export_text()

@@ -91,6 +91,19 @@ def reference_speeds() -> dict[str, float]:
     return {field: round(timed(), 4) for field, (timed, _) in REFERENCES.items()}
 
 
+def speed_changes(environment: dict | None) -> list[tuple[str, float, float, float]]:
+    """(what, now_ms, recorded_ms, change_pct) for every reference the profile's environment recorded, timed now:
+    the same CPU name can hide another CPU generation (a VM says "AMD EPYC" for several), and a profile made on one
+    predicts the other badly."""
+    changes = []
+    for field, (timed, what) in REFERENCES.items():
+        recorded = (environment or {}).get(field)
+        if recorded:
+            now = timed()
+            changes.append((what, now, recorded, 100 * (now - recorded) / recorded))
+    return changes
+
+
 def load_warnings(environment: dict | None = None) -> list[str]:
     """Lines to print beside measured latencies (empty when the machine looks as it did); `environment` is the
     profile's, and only the references it recorded are compared (older profiles have the matmul only)."""
@@ -99,12 +112,7 @@ def load_warnings(environment: dict | None = None) -> list[str]:
     if busy > BUSY_WARN:
         lines.append(f"the machine is loaded: {busy:.0%} of its CPUs were busy with other work just before timing; "
                      "measured latencies will be slower and noisier than on an idle machine")
-    for field, (timed, what) in REFERENCES.items():
-        recorded = (environment or {}).get(field)
-        if not recorded:
-            continue
-        now = timed()
-        change_pct = 100 * (now - recorded) / recorded
+    for what, now, recorded, change_pct in speed_changes(environment):
         if abs(change_pct) > SPEED_WARN_PCT:
             lines.append(f"this machine runs {what} {abs(change_pct):.0f}% "
                          f"{'slower' if change_pct > 0 else 'faster'} than when the profile was made "
