@@ -26,6 +26,7 @@ predictor-intel-xeon-l20`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -39,7 +40,7 @@ from amoeba_search.extract import extract_model
 from amoeba_search.models import load_model
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.harness import StopRule
-from amoeba_search.profiling.lut import ESTIMATORS, LookupTable, Setting, combine_runs
+from amoeba_search.profiling.lut import BLOCK_FITS, ESTIMATORS, LookupTable, Setting, combine_runs
 from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key, subnet_widths
 from amoeba_search.profiling.profile import WidthGrid, build_profile, measure_model
 from amoeba_search.profiling.store import ProfileStore
@@ -132,14 +133,14 @@ def measure_all(loaded, flow: str, settings: list[Setting], subnets: dict[str, S
     return combined
 
 
-def interleaved_profile(loaded, lut: LookupTable, settings: list[Setting], fresh: bool, estimator: str,
-                        layers_per_row: int | None = None):
-    """Re-measure the profile's rows at `settings` pass by pass, each pass right before the same validation
-    pass, so a slow drift of a shared machine moves the table and the subnets it is checked against alike;
-    `layers_per_row` (default: the profile's) sets the depth of the timed models of a fresh profile."""
+def interleaved_profile(loaded, lut: LookupTable, settings: list[Setting], grid: WidthGrid, fresh: bool,
+                        estimator: str, layers_per_row: int | None = None, block_fit: str | None = None):
+    """Re-measure the profile's rows at `settings` and `grid` pass by pass, each pass right before the same
+    validation pass, so a slow drift of a shared machine moves the table and the subnets it is checked against
+    alike; `layers_per_row` and `block_fit` (default: the profile's) set the depth of the timed models and the
+    block fit of a fresh profile."""
     design = lut.meta["design"]
     layers = layers_per_row or design["layers_per_row"]
-    grid = WidthGrid.from_design(design)
     rule = StopRule(**design["stop_rule"])
 
     def before_pass(pass_index: int) -> None:
@@ -147,7 +148,7 @@ def interleaved_profile(loaded, lut: LookupTable, settings: list[Setting], fresh
         build_profile(loaded, lut.directory, lut.meta["device"], lut.meta["flow"], settings, grid,
                       layers, rule, passes=pass_index + 1,
                       overwrite=fresh and pass_index == 0, progress=False, estimator=estimator,
-                      block_fit=lut.block_fit)
+                      block_fit=block_fit or lut.block_fit)
     return before_pass
 
 
@@ -222,6 +223,11 @@ def main() -> None:
     parser.add_argument("--layers-per-row", type=int, default=None,
                         help="with --interleave-profile: blocks per timed model of the fresh profile (default: the "
                              "profile's own)")
+    parser.add_argument("--mlp-only-layers", action="store_true",
+                        help="with --interleave-profile: the fresh profile also times MLP-only blocks (heads 0), "
+                             "which heterogeneous search and its random validation subnets use")
+    parser.add_argument("--block-fit", choices=sorted(BLOCK_FITS), default=None,
+                        help="with --interleave-profile: the fresh profile's block fit (default: the profile's own)")
     parser.add_argument("--phases", default=None,
                         help="with --interleave-profile: phases of the fresh profile, e.g. decode,prefill, at the "
                              "profile's tokens and dtype (default: the profile's own settings)")
@@ -237,9 +243,15 @@ def main() -> None:
         lut = ProfileStore().load(args.device, flow)
         if lut.meta.get("model") != loaded.fingerprint:
             raise SystemExit(f"{lut.name} was profiled for another model")
-        widths = [w for w in lut.widths(lut.settings()[0]) if w[0] > 0]      # uniform subnets keep attention
+        grid = WidthGrid.from_design(lut.meta["design"])
+        if args.mlp_only_layers or args.block_fit:
+            if not args.interleave_profile:
+                raise SystemExit("--mlp-only-layers / --block-fit set a fresh profile's design: add "
+                                 "--interleave-profile")
+            grid = dataclasses.replace(grid, mlp_only=grid.mlp_only or args.mlp_only_layers)
+        widths = [w for w in grid.widths() if w[0] > 0]                    # uniform subnets keep attention
         subnets = {**random_subnets(dims, widths, args.n, args.seed), **shape_subnets(dims),
-                   **random_heterogeneous_subnets(dims, lut.widths(lut.settings()[0]), args.hetero, args.seed)}
+                   **random_heterogeneous_subnets(dims, grid.widths(), args.hetero, args.seed)}
         overrides = dict(item.split("=") for item in args.flow_passes.split(",") if item)
         passes[flow] = int(overrides.get(flow, args.passes))
         estimator = args.estimator or lut.estimator
@@ -253,8 +265,8 @@ def main() -> None:
                                for phase in args.phases.split(",")}, key=setting_key)
         before_pass = None
         if args.interleave_profile:
-            before_pass = interleaved_profile(loaded, lut, settings, not any(key[0] == flow for key in done),
-                                              estimator, args.layers_per_row)
+            before_pass = interleaved_profile(loaded, lut, settings, grid, not any(key[0] == flow for key in done),
+                                              estimator, args.layers_per_row, args.block_fit)
         rows = measure_all(loaded, flow, settings, subnets, StopRule(), passes[flow], done, partial, before_pass,
                            estimator)
         lut = LookupTable.load(lut.directory)                   # the interleaved profile's final fit
