@@ -90,10 +90,14 @@ def add_latency(row: dict, ctx, subnets: dict, loaded, passes: int = 3) -> None:
         row[f"{side}_measured_p10_ms"] = round(latency["p10_ms"], 3)
         row[f"{side}_measured_p90_ms"] = round(latency["p90_ms"], 3)
     row["latency_estimator"] = ctx.lut.estimator
+    row["latency_passes"] = passes
     row["latency_timed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     row["hetero_latency_error_pct"] = round(
         100 * (row["hetero_predicted_ms"] - row["hetero_measured_ms"]) / row["hetero_measured_ms"], 2)
     row["drift_pct"] = round(100 * (row["full_measured_ms"] - row["full_model_ms"]) / row["full_model_ms"], 2)
+    # The comparison a uniformly slower (or faster) machine leaves intact: the subnet's share of the full model.
+    row["hetero_share_of_full_predicted"] = round(row["hetero_predicted_ms"] / row["full_model_ms"], 4)
+    row["hetero_share_of_full_measured"] = round(row["hetero_measured_ms"] / row["full_measured_ms"], 4)
 
 
 def solver_check(ctx, table: list[dict], target_ratios: list[float]) -> dict:
@@ -154,6 +158,8 @@ def main() -> None:
     parser.add_argument("--max-changes", type=int, default=4, help="layers one refining round may change")
     parser.add_argument("--windows", type=int, default=40, help="WikiText-2 test windows of 512 tokens (first N)")
     parser.add_argument("--random-subnets", type=int, default=16, help="for the score-predictiveness check")
+    parser.add_argument("--timing-passes", type=int, default=3, help="round-robin passes over the full model and both "
+                                                                     "checkpoints when timing them")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "heterogeneous")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -198,7 +204,8 @@ def main() -> None:
                                                                                   row["uniform_subnet"].split("-")))),
                                            "hetero": heterogeneous_subnet(ctx.loaded.model, ctx.strategy.width,
                                                                           [tuple(s) for s in row["hetero_shapes"]],
-                                                                          ctx.compensate)}, loaded)
+                                                                          ctx.compensate)}, loaded,
+                                args.timing_passes)
                     print(json.dumps({"retimed": {k: v for k, v in row.items() if k.endswith("_ms") or
                                                   k.endswith("_pct")}}), flush=True)
                 rows.append(row)
@@ -232,7 +239,7 @@ def main() -> None:
                     row[f"{side}_{name}_acc_stderr"] = scores[f"{name}_acc_stderr"]
                     row[f"{side}_{name}_acc_norm"] = scores[f"{name}_acc_norm"]
                 row[f"{side}_generation"] = scores["generation"]
-            add_latency(row, ctx, subnets, loaded)
+            add_latency(row, ctx, subnets, loaded, args.timing_passes)
             row["ppl_ratio"] = round(row["hetero_test_ppl"] / row["uniform_test_ppl"], 3)
             print(json.dumps({k: v for k, v in row.items() if "generation" not in k and k != "hetero_shapes"}),
                   flush=True)
@@ -287,8 +294,8 @@ def markdown(record: dict) -> str:
              f"{d['proxy']}. Test: {d['test']}. ARC: acc ± stderr in %, full validation sets (chance 25%).", "",
              "| device | flow | target | uniform subnet | uniform test ppl | hetero layers | hetero test ppl | ppl ratio | "
              "hetero predicted ms | hetero measured ms (p10-p90) | error % | uniform measured ms | full model "
-             "predicted / measured ms (drift %) | ARC-e uni / het | ARC-c uni / het |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "predicted / measured ms (drift %) | hetero share of full, predicted / measured | ARC-e uni / het | ARC-c uni / het |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
         lines.append(f"| {r['device']} | {r['flow']} | {r['target_ratio']:.0%} ({r['target_ms']:.2f} ms) | {r['uniform_subnet']} | "
                      f"{r['uniform_test_ppl']:.2f} | {r['hetero_layers']} | {r['hetero_test_ppl']:.2f} | "
@@ -297,6 +304,8 @@ def markdown(record: dict) -> str:
                      f"{r['hetero_latency_error_pct']:+.1f} | {r['uniform_measured_ms']:.2f} | "
                      + (f"{r['full_model_ms']:.2f} / {r['full_measured_ms']:.2f} ({r['drift_pct']:+.1f}) | "
                         if "drift_pct" in r else "not timed | ") +
+                     (f"{r['hetero_share_of_full_predicted']:.3f} / {r['hetero_share_of_full_measured']:.3f} | "
+                      if "hetero_share_of_full_measured" in r else "not recorded | ") +
                      f"{_mc(r, 'uniform', 'arc_easy')} / {_mc(r, 'hetero', 'arc_easy')} | "
                      f"{_mc(r, 'uniform', 'arc_challenge')} / {_mc(r, 'hetero', 'arc_challenge')} |")
     lines += ["", f"Solver (top-1: Pareto-frontier DP; top-k: MILP): optimum equals brute force on {solver['brute_force_layers']} layers x "
@@ -305,7 +314,7 @@ def markdown(record: dict) -> str:
                   f"{solver['seconds_30_layers']:.3f} s (median of 5).",
               f"Score predictiveness (Spearman of summed score vs real proxy ppl over {pred['samples']} random "
               f"heterogeneous subnets): KL {pred['spearman_kl']}, loss increase {pred['spearman_loss_delta']}.",
-              "Measured ms: 3 passes combined as each profile combines its own (median of the passes' medians, "
+              "Measured ms: passes (3 unless the row says otherwise) combined as each profile combines its own (median of the passes' medians, "
               "or `quiet`: the lowest p10 over the passes), the full model and both checkpoints timed round-robin "
               "in the same passes: drift = the full model's measured vs predicted latency, how far the machine is "
               "from the state its profile was measured in (a drift well beyond 5% makes the subnets' errors "
@@ -320,7 +329,8 @@ def markdown(record: dict) -> str:
         profile = (f"profile {r['profile_fingerprint']}, {r['profile_layers_per_row']}-block rows"
                    if "profile_fingerprint" in r else "profile not recorded (rows before 2026-12-06 16:00)")
         run = f"; command `{r['command']}`" if r.get("command") else ""
-        timed = f"; timed {r['latency_timed']}" if r.get("latency_timed") else ""
+        timed = (f"; timed {r['latency_timed']}" + (f" ({r['latency_passes']} passes)" if "latency_passes" in r else "")
+                 if r.get("latency_timed") else "")
         lines.append(f"- {r['device']} {r['flow']} {r['target_ratio']:.0%}: {shapes}{found}; {profile}{run}{timed}")
     lines += ["", "## Greedy answers of the heterogeneous subnets", ""]
     for r in record["rows"]:
