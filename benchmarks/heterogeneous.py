@@ -175,8 +175,8 @@ def main() -> None:
     root = data_root()
     args.out.mkdir(parents=True, exist_ok=True)
     partial = args.out / "rows.jsonl"
-    done = {row_key(r, args.device)[1:]: r for r in map(json.loads, partial.read_text().splitlines())
-            if row_key(r, args.device)[0] == args.device} if partial.exists() else {}
+    done = {(r["flow"], r["target_ratio"]): r for r in map(json.loads, partial.read_text().splitlines())
+            if r.get("device", args.device) == args.device} if partial.exists() else {}
     loaded = load_model("default")
     quality_cache: dict[str, dict] = {}
     rows, solver, predictiveness, warnings = [], None, None, []

@@ -282,11 +282,12 @@ def main() -> None:
         else:
             (lut.directory / "correction.json").unlink(missing_ok=True)
         pd.DataFrame(records).to_csv(lut.directory / "validation.csv", index=False, float_format="%.4f")
+        measured_in = environment()
         details[flow] = {"pass_spread_pct_median": statistics.median(r["pass_spread_pct"] for r in random_rows),
                          "estimator": estimator, "block_fit": lut.block_fit,
                          "layers_per_row": lut.meta["design"]["layers_per_row"],
                          "profile_interleaved": args.interleave_profile, "command": command,
-                         "date": environment()["date"], "host": environment()["machine"]}
+                         "date": measured_in["date"], "host": measured_in["machine"]}
         by = {(r["subnet"], r["phase"]): r["measured_ms"] for r in rows}
         for setting in lut.settings():
             full = by[("full", setting.phase)]
