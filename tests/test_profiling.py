@@ -369,3 +369,29 @@ def test_llama_cpp_profile_anchors_on_a_one_layer_model(tiny, tmp_path):
     assert len(measured[measured["layers"] == 1]) == 1 and max(grid.widths()) == (6, 48)
     assert sorted(lut.widths(setting)) == sorted(grid.widths())
     assert Predictor(lut).predict_ms(setting, [(3, 24)] * 4) > 0
+
+
+@pytest.mark.skipif("onnxruntime" not in AVAILABLE, reason="onnxruntime is not installed")
+def test_onnx_exports_are_reused_only_for_the_same_model_and_step(tiny, monkeypatch):
+    """Interleaved passes re-extract the same models: each (model, step) is exported once; any other weights or
+    step shape is exported anew, so a session never times a graph of another model."""
+    from amoeba_search.profiling.flows import onnxruntime_flow
+
+    cache = onnxruntime_flow.ExportCache()
+    monkeypatch.setattr(onnxruntime_flow, "EXPORTS", cache)
+    flow = FLOWS.get("onnxruntime")
+    model = profile_mod.block_model(tiny.model, 2, 3, 24)
+    again = profile_mod.block_model(tiny.model, 2, 3, 24)             # re-extracted: same weights
+    other = profile_mod.block_model(tiny.model, 2, 3, 24)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    decode = Setting("decode", 8, 1, "float32")
+    for candidate in (model, again):
+        profile_mod.measure_model(flow, candidate, decode, FAST)
+    assert len(cache.paths) == 1
+    profile_mod.measure_model(flow, other, decode, FAST)
+    profile_mod.measure_model(flow, model, Setting("prefill", 8, 1, "float32"), FAST)
+    assert len(cache.paths) == 3
+    cache.limit_mib = 0                                              # over the limit: only the newest is kept
+    profile_mod.measure_model(flow, model, Setting("decode", 4, 1, "float32"), FAST)
+    assert len(cache.paths) == 1 and all(p.is_file() for p in cache.paths.values())

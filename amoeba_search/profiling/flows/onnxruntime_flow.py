@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import hashlib
 import io
 import logging
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -12,7 +15,52 @@ from pathlib import Path
 import torch
 
 from .base import Flow, Prepared, register
+from ..lut import Setting
 from ..step import KVStep, step_inputs
+
+# Exports kept for the life of the process, oldest dropped first beyond this size.
+EXPORT_CACHE_MIB = 16 * 1024
+
+
+def export_key(model, setting: Setting) -> str:
+    """What an export depends on: every parameter's name, shape, dtype and a sample of its values, the step's
+    input shape, and the torch version. Interleaved profiles and validation re-extract the same models once per
+    pass; with this key they are exported once (an export costs ~20 s, timing it ~3 s)."""
+    digest = hashlib.sha256(f"{setting.phase}/{setting.tokens}/{setting.batch}/{torch.__version__}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().flatten()[:64].float().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+class ExportCache:
+    """ONNX files on disk by export_key, in a directory removed when the process exits."""
+
+    def __init__(self, limit_mib: float = EXPORT_CACHE_MIB) -> None:
+        self.limit_mib = limit_mib
+        self.directory: Path | None = None
+        self.paths: dict[str, Path] = {}                  # oldest first
+
+    def path(self, key: str, export) -> Path:
+        """The cached file for `key`, written by `export(path)` on a miss."""
+        if key in self.paths:
+            return self.paths[key]
+        if self.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="amoeba_onnx_"))
+            atexit.register(shutil.rmtree, self.directory, True)
+        folder = self.directory / key
+        folder.mkdir()
+        export(folder / "step.onnx")
+        self.paths[key] = folder / "step.onnx"
+        while len(self.paths) > 1 and self.size_mib() > self.limit_mib:
+            shutil.rmtree(self.paths.pop(next(iter(self.paths))).parent)
+        return self.paths[key]
+
+    def size_mib(self) -> float:
+        return sum(f.stat().st_size for p in self.paths.values() for f in p.parent.iterdir()) / 2**20
+
+
+EXPORTS = ExportCache()
 
 
 @register("onnxruntime")
@@ -25,19 +73,21 @@ class OnnxRuntime(Flow):
         import onnxruntime as ort
 
         inputs = step_inputs(model, setting.phase, setting.tokens, setting.batch)
-        with tempfile.TemporaryDirectory(prefix="amoeba_onnx_") as tmp:
-            path = Path(tmp) / "step.onnx"
+
+        def export(path: Path) -> None:
             # The exporter narrates each pass on stdout and warns about deprecated pytree APIs: keep the bar clean.
             with torch.inference_mode(False), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), \
                     warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
                 torch.onnx.export(KVStep(model).eval(), inputs, str(path), dynamo=True, verbose=False)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(EXPORTS.path(export_key(model, setting), export)), options,
+                                       providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         feed = {name: tensor.numpy() for name, tensor in zip(names, inputs)}
         return Prepared(lambda: session.run(None, feed))
