@@ -18,8 +18,8 @@ from .base import Flow, Prepared, register
 from ..lut import Setting
 from ..step import KVStep, step_inputs
 
-# Exports kept for the life of the process, oldest dropped first beyond this size.
-EXPORT_CACHE_MIB = 16 * 1024
+# Exports kept for the life of the process, oldest dropped first beyond this share of the free disk space.
+EXPORT_CACHE_DISK_SHARE = 0.5
 
 
 def export_key(model, setting: Setting) -> str:
@@ -34,9 +34,10 @@ def export_key(model, setting: Setting) -> str:
 
 
 class ExportCache:
-    """ONNX files on disk by export_key, in a directory removed when the process exits."""
+    """ONNX files on disk by export_key, in a directory removed when the process exits. A profile with its
+    validation holds ~30 GB of fp32 exports; a limit below that evicts each file before its next pass needs it."""
 
-    def __init__(self, limit_mib: float = EXPORT_CACHE_MIB) -> None:
+    def __init__(self, limit_mib: float | None = None) -> None:
         self.limit_mib = limit_mib
         self.directory: Path | None = None
         self.paths: dict[str, Path] = {}                  # oldest first
@@ -48,6 +49,8 @@ class ExportCache:
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="amoeba_onnx_"))
             atexit.register(shutil.rmtree, self.directory, True)
+            if self.limit_mib is None:
+                self.limit_mib = EXPORT_CACHE_DISK_SHARE * shutil.disk_usage(self.directory).free / 2**20
         folder = self.directory / key
         folder.mkdir()
         export(folder / "step.onnx")
