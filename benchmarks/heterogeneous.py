@@ -179,12 +179,12 @@ def main() -> None:
             if r.get("device", args.device) == args.device} if partial.exists() else {}
     loaded = load_model("default")
     quality_cache: dict[str, dict] = {}
-    rows, solver, predictiveness, warnings = [], None, None, []
+    rows, solver, predictiveness = [], None, None
     for flow in args.flows.split(","):
         request = SearchRequest(str(args.strategy), args.device, flow, "decode", data_dir=str(root),
                                 storage=f"sqlite:///{args.out / 'studies.db'}", profiles_dir=args.profiles_dir)
         ctx = open_search(request, loaded)
-        warnings += load_warnings(ctx.lut.meta["environment"])
+        warnings = load_warnings(ctx.lut.meta["environment"])      # this machine now vs this flow's profile
         if solver is None:
             table = ctx.strategy.blocks.table(args.metric, ctx.dims.num_layers)
             solver = solver_check(ctx, table, SOLVER_CHECK_RATIOS)
@@ -206,6 +206,7 @@ def main() -> None:
                                                                           [tuple(s) for s in row["hetero_shapes"]],
                                                                           ctx.compensate)}, loaded,
                                 args.timing_passes)
+                    row.update(retime_command=command, load_warnings=warnings)
                     print(json.dumps({"retimed": {k: v for k, v in row.items() if k.endswith("_ms") or
                                                   k.endswith("_pct")}}), flush=True)
                 rows.append(row)
@@ -225,7 +226,7 @@ def main() -> None:
                    "hetero_origin": hetero["origin"], "refine_rounds": args.refine_rounds,
                    "profile_fingerprint": ctx.lut.fingerprint,
                    "profile_layers_per_row": ctx.lut.meta["design"]["layers_per_row"],
-                   "max_changes": args.max_changes, "command": command}
+                   "max_changes": args.max_changes, "command": command, "load_warnings": warnings}
             subnets = {"uniform": ctx.subnet(candidate), "hetero": hetero["subnet"]}
             for side, key in (("uniform", candidate.key), ("hetero", hetero["key"])):
                 if key not in quality_cache:                       # once per subnet, shared by the flows
@@ -268,8 +269,10 @@ def main() -> None:
                                           else args.strategy), "metric": args.metric, "top_k": args.top_k,
                           "proxy": "WikiText-2 valid perplexity (8 x 256 tokens, seed 1)",
                           "test": f"WikiText-2 test, first {args.windows} x 512-token windows",
-                          "load_warnings": sorted(set(warnings) | set(
-                              existing.get("details", {}).get("load_warnings", []) if kept else []))}}
+                          # warnings of runs before they were kept per row: not attributable to one row
+                          "unattributed_load_warnings": sorted(
+                              set(old.get("load_warnings", [])) | set(old.get("unattributed_load_warnings", [])))
+                          if any("load_warnings" not in r for r in kept) else []}}
     args.results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.results / "heterogeneous.json", record)
     (args.results / "heterogeneous.md").write_text(markdown(record))
@@ -320,7 +323,11 @@ def markdown(record: dict) -> str:
               "from the state its profile was measured in (a drift well beyond 5% makes the subnets' errors "
               "about the machine, not the predictor); " + ", ".join(sorted(
                   {f"{r['flow']} {r.get('latency_estimator', 'median')}" for r in record["rows"]})) + ".",
-              "", "Load warnings while measuring: " + ("; ".join(d["load_warnings"]) or "none"), "",
+              "", "Load warnings while measuring (this machine vs the row's profile): " + ("; ".join(
+                  f"{r['device']} {r['flow']} {r['target_ratio']:.0%}: {w}" for r in record["rows"]
+                  for w in r.get("load_warnings", [])) or "none") + (
+                  "; earlier runs, before warnings were kept per row: " + "; ".join(d["unattributed_load_warnings"])
+                  if d.get("unattributed_load_warnings") else ""), "",
               "## Shapes chosen (per original layer: heads/MLP, x = removed)", ""]
     for r in record["rows"]:
         shapes = ",".join("x" if s == [0, 0] else f"{s[0]}/{s[1]}" for s in r["hetero_shapes"])
@@ -328,7 +335,8 @@ def markdown(record: dict) -> str:
             if "hetero_origin" in r else ""
         profile = (f"profile {r['profile_fingerprint']}, {r['profile_layers_per_row']}-block rows"
                    if "profile_fingerprint" in r else "profile not recorded (rows before 2026-12-06 16:00)")
-        run = f"; command `{r['command']}`" if r.get("command") else ""
+        run = (f"; command `{r['command']}`" if r.get("command") else "") + \
+            (f"; re-timed by `{r['retime_command']}`" if r.get("retime_command") else "")
         timed = (f"; timed {r['latency_timed']}" + (f" ({r['latency_passes']} passes)" if "latency_passes" in r else "")
                  if r.get("latency_timed") else "")
         lines.append(f"- {r['device']} {r['flow']} {r['target_ratio']:.0%}: {shapes}{found}; {profile}{run}{timed}")
