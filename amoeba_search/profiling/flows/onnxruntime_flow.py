@@ -18,7 +18,7 @@ from .base import Flow, Prepared, register
 from ..lut import Setting
 from ..step import KVStep, step_inputs
 
-# Exports kept for the life of the process, oldest dropped first beyond this share of the free disk space.
+# Exports kept for the life of the process, up to this share of the free disk space.
 EXPORT_CACHE_DISK_SHARE = 0.5
 
 
@@ -34,18 +34,22 @@ def export_key(model, setting: Setting) -> str:
 
 
 class ExportCache:
-    """ONNX files on disk by export_key, in a directory removed when the process exits. A profile with its
-    validation holds ~30 GB of fp32 exports; a limit below that evicts each file before its next pass needs it."""
+    """ONNX files on disk by export_key, in a directory removed when the process exits. Passes visit the same
+    models in the same order, a scan for which dropping the oldest file would miss every time once the files
+    outgrow the limit; so files are kept first come, and beyond the limit a new export is used once and deleted.
+    A profile with its validation writes ~26 GB of fp32 exports."""
 
     def __init__(self, limit_mib: float | None = None) -> None:
         self.limit_mib = limit_mib
         self.directory: Path | None = None
-        self.paths: dict[str, Path] = {}                  # oldest first
+        self.paths: dict[str, Path] = {}
 
-    def path(self, key: str, export) -> Path:
-        """The cached file for `key`, written by `export(path)` on a miss."""
+    @contextlib.contextmanager
+    def file(self, key: str, export):
+        """The ONNX file for `key` while the context is open, written by `export(path)` unless kept from before."""
         if key in self.paths:
-            return self.paths[key]
+            yield self.paths[key]
+            return
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="amoeba_onnx_"))
             atexit.register(shutil.rmtree, self.directory, True)
@@ -53,14 +57,21 @@ class ExportCache:
                 self.limit_mib = EXPORT_CACHE_DISK_SHARE * shutil.disk_usage(self.directory).free / 2**20
         folder = self.directory / key
         folder.mkdir()
-        export(folder / "step.onnx")
-        self.paths[key] = folder / "step.onnx"
-        while len(self.paths) > 1 and self.size_mib() > self.limit_mib:
-            shutil.rmtree(self.paths.pop(next(iter(self.paths))).parent)
-        return self.paths[key]
+        try:
+            export(folder / "step.onnx")
+            yield folder / "step.onnx"
+        finally:
+            if self.size_mib() + folder_mib(folder) <= self.limit_mib:
+                self.paths[key] = folder / "step.onnx"
+            else:
+                shutil.rmtree(folder)
 
     def size_mib(self) -> float:
-        return sum(f.stat().st_size for p in self.paths.values() for f in p.parent.iterdir()) / 2**20
+        return sum(folder_mib(p.parent) for p in self.paths.values())
+
+
+def folder_mib(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.iterdir()) / 2**20 if folder.is_dir() else 0.0
 
 
 EXPORTS = ExportCache()
@@ -89,8 +100,8 @@ class OnnxRuntime(Flow):
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        session = ort.InferenceSession(str(EXPORTS.path(export_key(model, setting), export)), options,
-                                       providers=["CPUExecutionProvider"])
+        with EXPORTS.file(export_key(model, setting), export) as path:   # weights are in memory once loaded
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         feed = {name: tensor.numpy() for name, tensor in zip(names, inputs)}
         return Prepared(lambda: session.run(None, feed))
