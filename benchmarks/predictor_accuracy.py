@@ -40,7 +40,8 @@ from amoeba_search.extract import extract_model
 from amoeba_search.models import load_model
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.harness import StopRule
-from amoeba_search.profiling.lut import BLOCK_FITS, ESTIMATORS, LookupTable, Setting, combine_runs
+from amoeba_search.profiling.lut import (BLOCK_FITS, ESTIMATORS, LookupTable, MeasurementLog, Setting, combine_runs,
+                                         pass_tails_pct)
 from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key, subnet_widths
 from amoeba_search.profiling.profile import WidthGrid, build_profile, measure_model
 from amoeba_search.profiling.store import ProfileStore
@@ -285,6 +286,7 @@ def main() -> None:
         measured_in = environment()
         details[flow] = {"pass_spread_pct_median": statistics.median(r["pass_spread_pct"] for r in random_rows),
                          "estimator": estimator, "block_fit": lut.block_fit,
+                         "profile_pass_tails_pct": pass_tails_pct(MeasurementLog(lut.directory).read()),
                          "layers_per_row": lut.meta["design"]["layers_per_row"],
                          "profile_interleaved": args.interleave_profile, "command": command,
                          "date": measured_in["date"], "host": measured_in["machine"]}
@@ -348,6 +350,11 @@ def write_markdown(payload: dict, path: Path) -> str:
                                                   for flow, d in payload["flow_costs"].items()) + ".",
               "", "Passes combined by (lut.ESTIMATORS; the profile and its subnets alike): " + ", ".join(
                   f"{flow} {d.get('estimator', 'median')}" for flow, d in payload["flow_costs"].items()) + ".",
+              "", "How far the profile rows' passes reach below / above their middle pass (p10, median over rows; "
+              "`quiet` assumes interference only adds time, i.e. the slow side is the wider; lut.pass_tails_pct): "
+              + ", ".join(f"{flow} {phase} {t['below_pct']:.1f} / {t['above_pct']:.1f}%"
+                          for flow, d in payload["flow_costs"].items()
+                          for phase, t in d.get("profile_pass_tails_pct", {}).items()) + ".",
               "", "Block fit (lut.BLOCK_FITS: linear = every width's block on one least-squares plane in "
               "(attention, heads, MLP channels); per-width = one free value each): " + ", ".join(
                   f"{flow} {d.get('block_fit', 'per-width')}" for flow, d in payload["flow_costs"].items()) + ".",

@@ -396,3 +396,17 @@ def test_onnx_exports_are_reused_only_for_the_same_model_and_step(tiny, monkeypa
     profile_mod.measure_model(flow, model, Setting("decode", 4, 1, "float32"), FAST)
     assert len(cache.paths) == 3 and all(p.is_file() for p in cache.paths.values())
     assert len(list(cache.directory.iterdir())) == 3
+
+
+def test_pass_tails_tell_a_slow_tail_from_a_fast_one():
+    """`quiet` suits rows whose passes only slow down; the diagnostic says which side of the middle pass is wider."""
+    from amoeba_search.profiling.lut import CONFIG, pass_tails_pct
+
+    def rows(phase, p10s):
+        return [dict(zip(CONFIG, (phase, 8, 1, "float32", layers, 3, 24)), p10_ms=v, **{"pass": i})
+                for layers in (0, 2) for i, v in enumerate(p10s)]
+    frame = pd.DataFrame(rows("decode", [10.0, 10.1, 10.0, 14.0]) + rows("prefill", [7.0, 10.0, 10.1, 10.0]))
+    tails = pass_tails_pct(frame)
+    assert tails["decode"]["above_pct"] > 30 and tails["decode"]["below_pct"] < 1
+    assert tails["prefill"]["below_pct"] > 25 and tails["prefill"]["above_pct"] < 1
+    assert pass_tails_pct(frame[frame["pass"] == 0]) == {}            # one pass: nothing to compare
