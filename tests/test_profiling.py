@@ -397,6 +397,14 @@ def test_onnx_exports_are_reused_only_for_the_same_model_and_step(tiny, monkeypa
     assert len(cache.paths) == 3 and all(p.is_file() for p in cache.paths.values())
     assert len(list(cache.directory.iterdir())) == 3
 
+    def broken_export(path):
+        path.write_bytes(b"half a file")
+        raise RuntimeError("exporter failed")
+    with pytest.raises(RuntimeError):                                # a failed export is neither kept nor left
+        with cache.file("broken", broken_export):
+            pass
+    assert "broken" not in cache.paths and not (cache.directory / "broken").exists()
+
 
 def test_pass_tails_tell_a_slow_tail_from_a_fast_one():
     """`quiet` suits rows whose passes only slow down; the diagnostic says which side of the middle pass is wider."""

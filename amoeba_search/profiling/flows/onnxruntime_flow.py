@@ -60,11 +60,13 @@ class ExportCache:
         try:
             export(folder / "step.onnx")
             yield folder / "step.onnx"
-        finally:
-            if self.size_mib() + folder_mib(folder) <= self.limit_mib:
-                self.paths[key] = folder / "step.onnx"
-            else:
-                shutil.rmtree(folder)
+        except BaseException:                         # a failed export or session: nothing of it is kept
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if self.size_mib() + folder_mib(folder) <= self.limit_mib:
+            self.paths[key] = folder / "step.onnx"
+        else:
+            shutil.rmtree(folder)
 
     def size_mib(self) -> float:
         return sum(folder_mib(p.parent) for p in self.paths.values())
