@@ -7,7 +7,7 @@ For a few widths (MLP-only rows start with one lead block at the widest width, a
 each depth in --depths is extracted and all are timed round-robin in --passes passes (each pass: the profiler's stop
 rule); passes are combined by the profile's estimator. Reported per width: latency per depth, the marginal cost of
 a block between consecutive depths, and the profile's block latency for that width.
-Writes benchmarks/results/depth_linearity.{json,md} (device and flow inside)."""
+Writes benchmarks/results/<--results>.{json,md} (default depth_linearity; device and flow inside)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--depths", default="4,8,16,24")
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", default="depth_linearity", help="results file stem under benchmarks/results/ "
+                                                                     "(one per device and flow)")
     args = parser.parse_args()
     command = setup(args.threads)
     loaded = load_model("default")
@@ -68,8 +70,8 @@ def main() -> None:
     record = {"device": args.device, "flow": args.flow, "setting": setting.label(), "estimator": lut.estimator,
               "passes": args.passes, "lead_block": list(lead), "rows": rows, "load_warnings": warnings,
               "command": command, "environment": environment()}
-    write_json_atomic(RESULTS / "depth_linearity.json", record)
-    (RESULTS / "depth_linearity.md").write_text(markdown(record))
+    write_json_atomic(RESULTS / f"{args.results}.json", record)
+    (RESULTS / f"{args.results}.md").write_text(markdown(record))
     print(markdown(record))
 
 
