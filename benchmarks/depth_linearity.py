@@ -7,7 +7,11 @@ For a few widths (MLP-only rows start with one lead block at the widest width, a
 each depth in --depths is extracted and all are timed round-robin in --passes passes (each pass: the profiler's stop
 rule); passes are combined by the profile's estimator. Reported per width: latency per depth, the marginal cost of
 a block between consecutive depths, and the profile's block latency for that width.
-Writes benchmarks/results/<--results>.{json,md} (default depth_linearity; device and flow inside)."""
+Writes benchmarks/results/<--results>.{json,md} (default depth_linearity; device and flow inside):
+benchmarks/results/depth_linearity.json/.md (intel-xeon torch-eager) come from `python depth_linearity.py
+--passes 5`; benchmarks/results/depth_linearity-amd-epyc-llama.cpp.json/.md from `python depth_linearity.py --device
+amd-epyc --flow llama.cpp --widths 3/384,6/1536,9/1536 --depths 6,12,18,24,30 --passes 5 --results
+depth_linearity-amd-epyc-llama.cpp`."""
 
 from __future__ import annotations
 
