@@ -126,8 +126,7 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
                  load_model(str(checkpoint)), None, ctx.latency_ms(candidate))]
     if adapters:                               # what the adapters bought: the same subnet without them
         measured.append((f"searched {candidate.key}, not fine-tuned", full, subnet, None))
-    rows, load = measure_handover(measured, FLOW, setting, lut.meta["environment"], root, questions, windows,
-                                  estimator=lut.estimator, strict=strict, console=console)
+    rows, load = measure_handover(measured, lut, setting, root, questions, windows, strict=strict, console=console)
     for line in load:
         console.print(f"[yellow]warning:[/] {escape(line)}")
     console.print(quality_table(rows, f"decode latency ({FLOW}, C=128) and held-out quality, measured on this machine",

@@ -15,7 +15,7 @@ from .models import LoadedModel
 from .profiling import load as load_checks
 from .profiling import profile as profiling
 from .profiling.flows import FLOWS
-from .profiling.lut import Setting
+from .profiling.lut import LookupTable, Setting
 from .quality import report_row
 from .subnet import Subnet
 
@@ -23,24 +23,26 @@ from .subnet import Subnet
 Entry = tuple[str, LoadedModel, Subnet | None, float | None]
 
 
-def measure_handover(entries: list[Entry], flow_name: str, setting: Setting, environment: dict | None, data_dir: Path,
-                     questions: int | None = None, windows: int | None = None, estimator: str = "median",
-                     passes: int = 3, timed: bool = True, strict: bool = False,
-                     console: Console | None = None) -> tuple[list[dict], list[str]]:
+def measure_handover(entries: list[Entry], lut: LookupTable, setting: Setting, data_dir: Path,
+                     questions: int | None = None, windows: int | None = None, passes: int = 3, timed: bool = True,
+                     strict: bool = False, console: Console | None = None) -> tuple[list[dict], list[str]]:
     """Report rows (quality.report_row) for every entry and the warnings that go with them. Dense models are timed
-    when `timed` (this is the profiled machine); views are not (a view is not what is deployed). `environment`:
-    the profile's, for the speed probes."""
+    when `timed` (this is the profiled machine) through the profile's flow, their passes combined as its rows
+    were (its estimator; `paired`: in turns with its reference model); views are not timed (a view is not what is
+    deployed). The profile's environment is what the speed probes compare against."""
     def status(what: str):
         return console.status(what) if console is not None else contextlib.nullcontext()
 
-    warnings = load_checks.load_warnings(environment) if timed else []
+    warnings = load_checks.load_warnings(lut.meta["environment"]) if timed else []
     if warnings and strict:
         raise UserError(f"--strict: {warnings[0]}; time on an idle machine, or drop --strict to get a warning")
+    flow_name = lut.meta["flow"]
     flow = FLOWS.get(flow_name)
+    pairing = profiling.reference_pairing(flow, entries[0][1].model, lut, setting) if timed else None
     latencies = []
     for name, loaded, view, _ in entries:
         with status(f"{name}: {setting.phase} latency through {flow_name}"):
-            latencies.append(profiling.measured_latency(flow, loaded.model, setting, passes, estimator)
+            latencies.append(profiling.measured_latency(flow, loaded.model, setting, passes, lut.estimator, pairing)
                              if timed and view is None else {})
     if timed:
         (_, _, _, full_predicted), (_, _, _, predicted) = entries[:2]

@@ -24,7 +24,7 @@ from amoeba_search.models import load_model
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.harness import StopRule
 from amoeba_search.profiling.load import load_warnings
-from amoeba_search.profiling.profile import measure_model, summarize_runs
+from amoeba_search.profiling.profile import measure_model, reference_pairing, summarize_runs
 from amoeba_search.profiling.store import ProfileStore
 from amoeba_search.profiling.timed_models import block_model, lead_width
 
@@ -56,13 +56,15 @@ def main() -> None:
     warnings = load_warnings(lut.meta["environment"])
     models = {(w, d): block_model(loaded.model, d, *w, lead=lead) for w in parse_widths(args.widths) for d in depths}
     runs: dict[tuple, list[dict]] = {key: [] for key in models}
+    pairing = reference_pairing(flow, loaded.model, lut, setting)
     for index in range(args.passes):
         for key, model in models.items():
-            runs[key].append(measure_model(flow, model, setting, rule))
+            runs[key].append(measure_model(flow, model, setting, rule, pairing.prepared if pairing else None))
             print(f"pass {index} {key[0]} x{key[1]:2d}: {runs[key][-1]['median_ms']:.3f} ms", flush=True)
     rows = []
     for width in parse_widths(args.widths):
-        latency = {d: summarize_runs(runs[(width, d)], lut.estimator) for d in depths}
+        latency = {d: summarize_runs(runs[(width, d)], lut.estimator, pairing.level_ms if pairing else None)
+                   for d in depths}
         marginal = [(latency[b]["measured_ms"] - latency[a]["measured_ms"]) / (b - a)
                     for a, b in zip(depths, depths[1:])]
         rows.append({"heads": width[0], "mlp": width[1], "profile_block_ms": lut.block_ms(setting, *width),

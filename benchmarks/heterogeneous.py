@@ -34,7 +34,7 @@ from amoeba_search.profiling.environment import default_device_slug
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.load import load_warnings
 from amoeba_search.profiling.harness import StopRule
-from amoeba_search.profiling.profile import measure_model, summarize_runs
+from amoeba_search.profiling.profile import measure_model, reference_pairing, summarize_runs
 from amoeba_search.search.heterogeneous import block_budget_ms, brute_force, heterogeneous_search, solve
 from amoeba_search.search.session import SearchRequest, open_search
 from amoeba_search.selection.blocks import REMOVED
@@ -65,14 +65,17 @@ def handed_over(loaded, subnet, directory: Path):
     return load_model(str(extract(loaded, subnet, directory))).model
 
 
-def time_together(flow_name: str, setting, models: dict, passes: int, estimator: str) -> dict[str, dict]:
+def time_together(lut, setting, models: dict, passes: int) -> dict[str, dict]:
     """Round-robin passes over the models (the full model among them), so a drifting machine slows them alike and
-    the full model's measured / predicted ratio shows how far the machine is from its profile's state."""
-    flow, runs = FLOWS.get(flow_name), {name: [] for name in models}
+    the full model's measured / predicted ratio shows how far the machine is from its profile's state; each
+    model's passes combined as the profile's rows were (its estimator; `paired`: in turns with its reference)."""
+    flow, runs = FLOWS.get(lut.meta["flow"]), {name: [] for name in models}
+    pairing = reference_pairing(flow, models["full"], lut, setting)
     for _ in range(passes):
         for name, model in models.items():
-            runs[name].append(measure_model(flow, model, setting, StopRule()))
-    return {name: summarize_runs(timed, estimator) for name, timed in runs.items()}
+            runs[name].append(measure_model(flow, model, setting, StopRule(), pairing.prepared if pairing else None))
+    return {name: summarize_runs(timed, lut.estimator, pairing.level_ms if pairing else None)
+            for name, timed in runs.items()}
 
 
 def add_latency(row: dict, ctx, subnets: dict, loaded, passes: int = 3) -> None:
@@ -83,7 +86,7 @@ def add_latency(row: dict, ctx, subnets: dict, loaded, passes: int = 3) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = {"full": loaded.model, **{side: handed_over(loaded, subnet, Path(tmp) / side)
                                            for side, subnet in subnets.items()}}
-        timed = time_together(row["flow"], ctx.setting, models, passes, ctx.lut.estimator)
+        timed = time_together(ctx.lut, ctx.setting, models, passes)
     for side, latency in timed.items():
         row[f"{side}_measured_ms"] = round(latency["measured_ms"], 3)
         row[f"{side}_measured_median_ms"] = round(latency["median_ms"], 3)

@@ -41,9 +41,9 @@ from amoeba_search.models import load_model
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.harness import StopRule
 from amoeba_search.profiling.lut import (BLOCK_FITS, ESTIMATORS, LookupTable, MeasurementLog, Setting, combine_runs,
-                                         pass_tails_pct)
+                                         pass_tails_pct, reference_levels)
 from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key, subnet_widths
-from amoeba_search.profiling.profile import WidthGrid, build_profile, measure_model
+from amoeba_search.profiling.profile import WidthGrid, build_profile, measure_model, reference_pairing
 from amoeba_search.profiling.store import ProfileStore
 from amoeba_search.subnet import ModelDims, Subnet, canonical_heads
 
@@ -100,10 +100,20 @@ def load_partial(partial: Path) -> dict[tuple, dict]:
 
 
 def measure_all(loaded, flow: str, settings: list[Setting], subnets: dict[str, Subnet], rule: StopRule,
-                passes: int, done: dict, partial: Path, before_pass=None, estimator: str = "median") -> list[dict]:
+                passes: int, done: dict, partial: Path, profile_dir: Path, before_pass=None,
+                estimator: str = "median") -> list[dict]:
     """Time every subnet in `passes` round-robin passes (as the profiler does) at each of `settings`; a subnet's
-    passes are combined by the profile's estimator (lut.ESTIMATORS), as its rows were. `before_pass(p)` runs first
-    in each pass (the interleaved profile's rows)."""
+    passes are combined by the profile's estimator (lut.ESTIMATORS), as its rows were (`paired`: each timing in
+    turns with the profile's reference model, stated at the profile's final reference level). `before_pass(p)`
+    runs first in each pass (the interleaved profile's rows)."""
+    references = {}
+
+    def reference(setting: Setting):
+        if estimator == "paired" and setting not in references:    # the profile's reference, once its meta exists
+            references[setting] = reference_pairing(FLOWS.get(flow), loaded.model, LookupTable.load(profile_dir),
+                                                    setting).prepared
+        return references.get(setting)
+
     for pass_index in range(passes):
         if before_pass is not None:
             before_pass(pass_index)
@@ -111,22 +121,26 @@ def measure_all(loaded, flow: str, settings: list[Setting], subnets: dict[str, S
             pending = [s for s in settings if (flow, name, setting_key(s), pass_index) not in done]
             model = extract_model(loaded.model, subnet) if pending else None
             for setting in pending:
-                measured = measure_model(FLOWS.get(flow), model, setting, rule)
+                measured = measure_model(FLOWS.get(flow), model, setting, rule, reference(setting))
                 row = {"flow": flow, "subnet": name, "setting": setting_key(setting), "pass": pass_index,
                        "phase": setting.phase, "layers": len(subnet.layers), "widths": subnet_widths(subnet)[0],
                        "layer_widths": subnet_widths(subnet),
                        "measured_ms": measured["median_ms"], "p10_ms": measured["p10_ms"],
-                       "p90_ms": measured["p90_ms"], "wall_s": measured["wall_s"]}
+                       "p90_ms": measured["p90_ms"], "wall_s": measured["wall_s"],
+                       **({"ref_median_ms": measured["ref_median_ms"]} if "ref_median_ms" in measured else {})}
                 with open(partial, "a") as handle:
                     handle.write(json.dumps(row) + "\n")
                 done[(flow, name, setting_key(setting), pass_index)] = row
                 print(f"{flow:14s} pass {pass_index} {name:8s} {setting.phase:8s} L={row['layers']:2d} "
                       f"w={row['widths']} {row['measured_ms']:.2f} ms", flush=True)
+    levels = reference_levels(MeasurementLog(profile_dir).read()) if estimator == "paired" else {}
     combined = []
     for name in subnets:
         for setting in settings:
             runs = [done[(flow, name, setting_key(setting), p)] for p in range(passes)]
-            latency = combine_runs([{"median_ms": r["measured_ms"], "p10_ms": r["p10_ms"]} for r in runs], estimator)
+            latency = combine_runs([{"median_ms": r["measured_ms"], "p10_ms": r["p10_ms"],
+                                     "ref_median_ms": r.get("ref_median_ms")} for r in runs], estimator,
+                                   levels.get((setting.phase, setting.tokens, setting.batch, setting.dtype)))
             combined.append({**runs[0], "measured_ms": latency,
                              "pass_spread_pct": 100 * (max(r["measured_ms"] for r in runs) - min(
                                  r["measured_ms"] for r in runs)) / statistics.median(r["measured_ms"] for r in runs),
@@ -268,8 +282,8 @@ def main() -> None:
         if args.interleave_profile:
             before_pass = interleaved_profile(loaded, lut, settings, grid, not any(key[0] == flow for key in done),
                                               estimator, args.layers_per_row, args.block_fit)
-        rows = measure_all(loaded, flow, settings, subnets, StopRule(), passes[flow], done, partial, before_pass,
-                           estimator)
+        rows = measure_all(loaded, flow, settings, subnets, StopRule(), passes[flow], done, partial, lut.directory,
+                           before_pass, estimator)
         lut = LookupTable.load(lut.directory)                   # the interleaved profile's final fit
         random_rows = [r for r in rows if r["subnet"].startswith("r")]
         results, corrections, records = evaluate_flow(lut, random_rows)

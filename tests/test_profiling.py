@@ -13,6 +13,7 @@ import torch
 
 from amoeba_search.errors import UserError
 from amoeba_search.profiling import harness
+from amoeba_search.profiling import lut as lut_mod
 from amoeba_search.profiling import profile as profile_mod
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.lut import LookupTable, MeasurementLog, Setting, fit_lut
@@ -418,3 +419,81 @@ def test_pass_tails_tell_a_slow_tail_from_a_fast_one():
     assert tails["decode"]["above_pct"] > 30 and tails["decode"]["below_pct"] < 1
     assert tails["prefill"]["below_pct"] > 25 and tails["prefill"]["above_pct"] < 1
     assert pass_tails_pct(frame[frame["pass"] == 0]) == {}            # one pass: nothing to compare
+
+
+def test_paired_timing_divides_out_a_machine_that_changes_speed(monkeypatch):
+    """A virtual clock: the model costs 1 unit, the reference 2, and the machine runs at 1x or 1.6x, switching
+    after every pair of bursts. Timed in turns, each model sees both speeds and neither median is its cost at
+    either speed, but the ratio of the medians is exact."""
+    clock = {"now": 0.0, "calls": 0, "log": []}
+
+    def step(name: str, cost: float):
+        def run():
+            clock["calls"] += 1
+            clock["log"].append(name)
+            pair = (clock["calls"] - 1) // (2 * (harness.BURST_WARMUP + harness.BURST))
+            clock["now"] += cost * (1.6 if pair % 2 else 1.0) / 1e3
+        return run
+
+    monkeypatch.setattr(harness.time, "perf_counter", lambda: clock["now"])
+    rule = harness.StopRule(warmup=0, min_repeats=40, max_repeats=40, rel=0.0, max_seconds=1e9)
+    model, reference = harness.measure_paired(step("m", 1.0), None, step("r", 2.0), None, rule=rule)
+    assert model.stats["repeats"] == 40 and reference.stats["repeats"] == 40
+    burst = harness.BURST_WARMUP + harness.BURST
+    assert clock["log"][:2 * burst] == ["m"] * burst + ["r"] * burst        # bursts in turns
+    assert {round(v, 6) for v in model.samples_ms} == {1.0, 1.6}
+    assert {round(v, 6) for v in reference.samples_ms} == {2.0, 3.2}
+    assert model.stats["median_ms"] == pytest.approx(1.3)
+    assert model.stats["median_ms"] / reference.stats["median_ms"] == pytest.approx(0.5)
+
+
+def test_paired_estimator_states_ratios_at_the_reference_level():
+    base = {"phase": "decode", "tokens": 4, "batch": 1, "dtype": "float32", "heads": 6, "mlp": 48}
+    rows = []
+    for layers, true_ms in ((0, 2.0), (5, 2.0 + 5 * 1.5)):
+        for speed in (1.0, 1.3, 0.8):                    # the machine's speed in each pass: the ratio holds
+            rows.append({**base, "layers": layers, "median_ms": true_ms * speed, "p10_ms": true_ms * speed,
+                         "ref_median_ms": 4.0 * speed})
+    frame = pd.DataFrame(rows)
+    assert lut_mod.reference_levels(frame) == {("decode", 4, 1, "float32"): pytest.approx(4.0)}
+    table = fit_lut(frame, "paired")
+    assert table[table.component == "block"].latency_ms.item() == pytest.approx(1.5)
+    assert table[table.component == "base"].latency_ms.item() == pytest.approx(2.0)
+    with pytest.raises(UserError, match="needs rows timed in turns with the profile's reference model"):
+        fit_lut(frame.assign(ref_median_ms=float("nan")), "paired")
+
+
+def test_a_log_from_before_the_reference_columns_is_read_and_extended(tmp_path):
+    log = MeasurementLog(tmp_path)
+    old_columns = [c for c in lut_mod.MEASUREMENT_COLUMNS if c not in lut_mod.REFERENCE_COLUMNS]
+    row = {"pass": 0, "phase": "decode", "tokens": 4, "batch": 1, "dtype": "float32", "layers": 2, "heads": 6,
+           "mlp": 48, "median_ms": 2.0, "p10_ms": 1.9, "p90_ms": 2.2, "cv_pct": 1, "ci95_pct": 1, "repeats": 5,
+           "converged": True, "weights_mib": 1, "kv_mib": 0, "peak_mem_mib": "", "wall_s": 1, "samples_ms": "2.0"}
+    pd.DataFrame([row], columns=old_columns).to_csv(log.path, index=False)
+    assert log.read()["ref_median_ms"].isna().all() and len(log.read()) == 1
+    log.append([{**row, "pass": 1, "ref_median_ms": 4.0, "ref_p10_ms": 3.9}])
+    assert log.path.read_text().splitlines()[0].split(",") == lut_mod.MEASUREMENT_COLUMNS
+    frame = log.read()
+    assert frame["pass"].tolist() == [0, 1] and frame["ref_median_ms"].isna().tolist() == [True, False]
+
+
+def test_paired_profile_times_every_row_with_its_reference(tiny_dir, tmp_path, tiny_profile):
+    from amoeba_search.models import load_model
+    from amoeba_search.profiling.profile import reference_pairing
+
+    loaded, grid, unpaired = tiny_profile
+    assert reference_pairing(FLOWS.get("torch-eager"), loaded.model, unpaired, SETTINGS[1]) is None
+    directory = tmp_path / "dev" / "torch-eager"
+    lut = build_profile(load_model(str(tiny_dir)), directory, "dev", "torch-eager", SETTINGS[1:], grid,
+                        layers_per_row=2, rule=FAST, passes=1, progress=False, estimator="paired")
+    assert lut.meta["design"]["reference"] == [2, *max(grid.widths())]
+    rows = MeasurementLog(directory).read()
+    assert rows["ref_median_ms"].notna().all() and (rows["ref_median_ms"] > 0).all()
+    pairing = reference_pairing(FLOWS.get("torch-eager"), loaded.model, lut, SETTINGS[1])
+    assert pairing.level_ms == pytest.approx(rows["ref_median_ms"].median())
+    measured = profile_mod.measured_latency(FLOWS.get("torch-eager"), loaded.model, SETTINGS[1], 1, "paired",
+                                            pairing)
+    assert measured["measured_ms"] > 0 and measured["estimator"] == "paired"
+    with pytest.raises(UserError, match="timed without the reference model"):     # before anything is timed
+        build_profile(loaded, unpaired.directory, "dev", "torch-eager", SETTINGS, grid, layers_per_row=2,
+                      rule=FAST, passes=3, progress=False, estimator="paired")

@@ -413,7 +413,7 @@ def test_extract_report_warns_when_the_full_model_is_off_its_profile(world, tmp_
     best_path = write_best(ctx, best_record(ctx, study, feasible_best(study, ctx.proxy), target), tmp_path / "b.json")
     predicted = json.loads(best_path.read_text())["search"]["predicted_ms"]
 
-    def twice_as_slow(flow, model, setting, passes=3, estimator="median"):
+    def twice_as_slow(flow, model, setting, passes=3, estimator="median", pairing=None):
         measured = 2 * (ctx.full_model_ms() if model is loaded.model else predicted)
         return {"measured_ms": measured, "median_ms": measured, "p10_ms": measured, "p90_ms": measured}
 

@@ -72,8 +72,11 @@ def profile(
     passes: int = typer.Option(3, help="Times over the whole grid; each model's passes are combined by --estimator, "
                                        "so slow drifts of a shared machine do not bias one width."),
     estimator: str = typer.Option("median", help="How a model's passes become one latency: median (of the passes' "
-                                                 "medians) or quiet (lowest p10 over the passes: for a shared VM "
-                                                 "whose neighbours slow it down in bursts; more passes help)."),
+                                                 "medians), quiet (lowest p10 over the passes: for a shared VM "
+                                                 "whose neighbours slow it down in bursts; more passes help) or "
+                                                 "paired (every model timed in turns with one reference model and "
+                                                 "stated as a ratio to it: for a VM whose speed swings within "
+                                                 "minutes; twice the timing)."),
     block_fit: str = typer.Option("linear", "--block-fit", help="linear: every width's block on one least-squares "
                                                                 "plane in (attention, heads, MLP channels), pooling "
                                                                 "all rows' noise; per-width: one free value each."),

@@ -88,3 +88,46 @@ def measure(run: Callable[[], object], reset: Callable[[], object] | None = None
             if time.perf_counter() - started > rule.max_seconds:
                 break
     return Measurement(samples, converged, peak_memory())
+
+
+BURST = 10          # timed calls per visit of a model when two are timed in turns
+BURST_WARMUP = 2    # untimed calls after each switch: the other model's weights were just in the caches
+
+
+def measure_paired(run: Callable[[], object], reset: Callable[[], object] | None,
+                   reference_run: Callable[[], object], reference_reset: Callable[[], object] | None,
+                   sync: Callable[[], object] = lambda: None, rule: StopRule = StopRule(),
+                   peak_memory: Callable[[], float | None] = lambda: None) -> tuple[Measurement, Measurement]:
+    """Time a model and a fixed reference model in alternating bursts (BURST_WARMUP untimed calls after every
+    switch, then BURST timed ones), until the model's median is known to ±rel or a cap, as `measure`. Why: a
+    shared VM's speed moves by tens of percent within minutes (amd-epyc llama.cpp decode: the same model at 3.0
+    and 3.8 ms a few seconds apart), far more than the differences a profile must resolve. Both models see the
+    same moments, so their ratio holds where each alone does not (there: 1-3% between repeats against 6-10% for
+    models timed one after the other). The caps are twice `measure`'s: half the time goes to the reference."""
+    def burst(step: Callable[[], object], undo: Callable[[], object] | None, timed: int) -> list[float]:
+        out = []
+        for index in range(BURST_WARMUP + timed):
+            begin = time.perf_counter()
+            step()
+            sync()
+            if index >= BURST_WARMUP:
+                out.append((time.perf_counter() - begin) * 1e3)
+            if undo:
+                undo()
+        return out
+
+    samples: list[float] = []
+    reference: list[float] = []
+    started = time.perf_counter()
+    converged = False
+    while len(samples) < rule.max_repeats:
+        samples += burst(run, reset, min(BURST, rule.max_repeats - len(samples)))
+        reference += burst(reference_run, reference_reset, BURST)
+        if len(samples) >= rule.min_repeats:
+            low, high = median_ci(sorted(samples))
+            if (high - low) / 2 <= rule.rel * statistics.median(samples):
+                converged = True
+                break
+            if time.perf_counter() - started > 2 * rule.max_seconds:
+                break
+    return Measurement(samples, converged, peak_memory()), Measurement(reference, True)

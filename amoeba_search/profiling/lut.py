@@ -33,13 +33,22 @@ CONFIG = SETTING + ["layers", "heads", "mlp"]
 KEY = ["pass"] + CONFIG
 MEASUREMENT_COLUMNS = KEY + ["median_ms", "p10_ms", "p90_ms", "cv_pct", "ci95_pct", "repeats", "converged",
                              "weights_mib", "kv_mib", "peak_mem_mib", "wall_s", "samples_ms"]
+# A row timed in turns with the profile's reference model (estimator `paired`) keeps that model's figures from the
+# same moments; other rows leave them empty. Logs written before these columns existed are read and extended.
+REFERENCE_COLUMNS = ["ref_median_ms", "ref_p10_ms"]
+MEASUREMENT_COLUMNS += REFERENCE_COLUMNS
 LUT_COLUMNS = SETTING + ["component", "heads", "mlp", "latency_ms", "rows"]
 # How a model's passes become one latency. median: the median of the passes' medians (drift hits every width
 # alike). quiet: the lowest p10 over the passes. On a shared VM, other tenants' use of the memory system only adds
 # time, in bursts of minutes (measured here: a subnet's passes 28% apart, up to 2x). The fast tail is then
 # the machine's own speed, and it stays comparable between a profile and the subnets it predicts. Reports of a
 # subnet's measured latency keep the median and p10-p90.
-ESTIMATORS = {"median": "median of the passes' medians", "quiet": "lowest p10 over the passes"}
+# paired: each pass times the model in turns with one fixed reference model (harness.measure_paired); the
+# median over passes of model / reference, times the reference's median over the whole profile: the latency at
+# the profile's typical speed, with the host's minute-scale swings divided out.
+ESTIMATORS = {"median": "median of the passes' medians", "quiet": "lowest p10 over the passes",
+              "paired": "median over passes of (median / the reference model's median, timed in turns) x the "
+                        "profile's reference level"}
 BLOCK_FITS = {"linear": "block = a + b [has attention] + c heads + d MLP channels, least squares over every width",
               "per-width": "one free latency per width"}
 
@@ -89,8 +98,11 @@ class MeasurementLog:
             return pd.DataFrame(columns=MEASUREMENT_COLUMNS)
         try:
             with open(self.path, newline="", encoding="utf-8") as handle:
-                rows = [row for row in csv.DictReader(handle)
-                        if None not in row.values() and len(row) == len(MEASUREMENT_COLUMNS)]
+                reader = csv.DictReader(handle)
+                header = set(reader.fieldnames or [])
+                rows = [{**dict.fromkeys(REFERENCE_COLUMNS, ""), **row} for row in reader if None not in row.values()]
+            if rows and not set(MEASUREMENT_COLUMNS) - set(REFERENCE_COLUMNS) <= header:
+                raise csv.Error("unknown header")
         except (UnicodeDecodeError, csv.Error):
             raise UserError(f"{self.path} is not a measurement log written by `amoeba profile`: start the profile "
                             "again with --overwrite") from None
@@ -100,7 +112,8 @@ class MeasurementLog:
                 frame[column] = pd.to_numeric(frame[column]).astype(int)
             for column in ("median_ms", "p10_ms", "p90_ms", "cv_pct", "ci95_pct", "weights_mib", "kv_mib", "wall_s"):
                 frame[column] = pd.to_numeric(frame[column])
-            frame["peak_mem_mib"] = pd.to_numeric(frame["peak_mem_mib"].replace("", np.nan))
+            for column in ["peak_mem_mib"] + REFERENCE_COLUMNS:
+                frame[column] = pd.to_numeric(frame[column].replace("", np.nan))
         except (ValueError, TypeError):
             raise UserError(f"{self.path} holds non-numeric values: it is not a measurement log written by "
                             "`amoeba profile`; start the profile again with --overwrite") from None
@@ -115,6 +128,7 @@ class MeasurementLog:
         new = not self.path.exists() or self.path.stat().st_size == 0
         if not new:
             self._drop_torn_tail()
+            self._extend_header()
         with open(self.path, "a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=MEASUREMENT_COLUMNS)
             if new:
@@ -123,6 +137,25 @@ class MeasurementLog:
                 writer.writerow({k: row.get(k, "") for k in MEASUREMENT_COLUMNS})
             handle.flush()
             os.fsync(handle.fileno())
+
+    def _extend_header(self) -> None:
+        """A log from before the reference columns is rewritten once with them (empty), atomically."""
+        with open(self.path, newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+        if header == MEASUREMENT_COLUMNS:
+            return
+        self.read()                            # refuses a file that is not a measurement log before rewriting it
+        temporary = self.path.with_suffix(".csv.tmp")
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=MEASUREMENT_COLUMNS)
+            writer.writeheader()
+            with open(self.path, newline="", encoding="utf-8") as source:
+                for row in csv.DictReader(source):
+                    if None not in row.values():
+                        writer.writerow({k: row.get(k, "") for k in MEASUREMENT_COLUMNS})
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
 
     def _drop_torn_tail(self) -> None:
         data = self.path.read_bytes()
@@ -136,16 +169,32 @@ def check_estimator(estimator: str, label: str = "estimator") -> None:
         raise UserError(f"{label} {estimator!r} unknown: use {' or '.join(ESTIMATORS)}")
 
 
-def combine_runs(runs: Iterable[dict[str, Any]], estimator: str = "median") -> float:
-    """One latency from a model's passes (each a dict with median_ms and p10_ms), by the estimator."""
+def combine_runs(runs: Iterable[dict[str, Any]], estimator: str = "median",
+                 reference_ms: float | None = None) -> float:
+    """One latency from a model's passes (each a dict with median_ms and p10_ms; for `paired` also ref_median_ms,
+    and `reference_ms`, the profile's reference level: `reference_levels`), by the estimator."""
     runs = list(runs)
     check_estimator(estimator)
     if estimator == "median":
         return float(np.median([float(r["median_ms"]) for r in runs]))
+    if estimator == "paired":
+        ratios = [float(r["median_ms"]) / float(r.get("ref_median_ms") or math.nan) for r in runs]
+        if reference_ms is None or any(math.isnan(v) for v in ratios):
+            raise UserError("estimator 'paired' needs rows timed in turns with the profile's reference model: "
+                            "re-profile with --estimator paired, or use the median estimator")
+        return float(np.median(ratios)) * reference_ms
     p10 = [float(r.get("p10_ms", math.nan)) for r in runs]
     if any(math.isnan(v) for v in p10):
         raise UserError("estimator 'quiet' needs every row's p10_ms: re-measure, or use the median estimator")
     return min(p10)
+
+
+def reference_levels(measurements: pd.DataFrame) -> dict[tuple, float]:
+    """Per setting (SETTING values), the median of the reference model's medians over every paired row: the speed
+    a `paired` profile states its latencies at."""
+    paired = measurements.dropna(subset=["ref_median_ms"])
+    return {tuple(key): float(group["ref_median_ms"].astype(float).median())
+            for key, group in paired.groupby(SETTING, sort=True)}
 
 
 def pass_tails_pct(measurements: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -172,7 +221,9 @@ def pass_tails_pct(measurements: pd.DataFrame) -> dict[str, dict[str, float]]:
 def combine_passes(measurements: pd.DataFrame, estimator: str = "median") -> pd.DataFrame:
     """One `median_ms` per timed model (CONFIG) from its passes, by the estimator (ESTIMATORS)."""
     check_estimator(estimator)                                    # an unknown name fails even with no rows
-    rows = [{**dict(zip(CONFIG, key)), "median_ms": combine_runs(group.to_dict("records"), estimator)}
+    levels = reference_levels(measurements) if estimator == "paired" else {}
+    rows = [{**dict(zip(CONFIG, key)), "median_ms": combine_runs(group.to_dict("records"), estimator,
+                                                                  levels.get(tuple(key[:len(SETTING)])))}
             for key, group in measurements.groupby(CONFIG, sort=True)]
     return pd.DataFrame(rows, columns=CONFIG + ["median_ms"])
 

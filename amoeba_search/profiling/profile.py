@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,11 @@ from ..subnet import ModelDims
 from ..families.base import model_dims
 from .environment import default_device_slug, measurement_environment
 from .flows import FLOWS
-from .flows.base import Flow, element_bytes
-from .harness import StopRule, measure, summarize
-from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting, check_compatible,
-                  check_block_fit, check_estimator, combine_runs, fit_lut,
-                  read_profile_meta)
+from .flows.base import Flow, Prepared, element_bytes
+from .harness import StopRule, measure, measure_paired, summarize
+from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, SETTING, LookupTable, MeasurementLog, Setting,
+                  check_compatible, check_block_fit, check_estimator, combine_runs, fit_lut, read_profile_meta,
+                  reference_levels)
 from .store import ProfileStore
 from .timed_models import base_model, block_model, default_layers_per_row, lead_width
 
@@ -75,33 +76,68 @@ def tensor_mib(model: PreTrainedModel, setting: Setting, kv_dtype: str) -> tuple
     return weights / 2**20, kv / 2**20
 
 
-def measure_model(flow: Flow, model: PreTrainedModel, setting: Setting, rule: StopRule) -> dict:
-    """One row: prepare the flow's step for this model and time it under the stop rule; wall_s is the row's
-    whole cost (export/compile + warm-up + repeats), which is what a lookup table saves."""
+@dataclass(frozen=True)
+class Pairing:
+    """A `paired` profile's reference model, prepared in this flow, and the level its latencies are stated at."""
+
+    prepared: Prepared
+    level_ms: float
+
+
+def reference_pairing(flow: Flow, model: PreTrainedModel, lut: LookupTable, setting: Setting) -> Pairing | None:
+    """What a measurement compared with a `paired` profile is timed in turns with: the profile's own reference
+    model (design.reference: layers, heads, MLP channels), scaled to the profile's reference level. None for a
+    profile of another estimator."""
+    if lut.estimator != "paired":
+        return None
+    layers, heads, mlp = lut.meta["design"]["reference"]
+    levels = reference_levels(MeasurementLog(lut.directory).read())
+    key = tuple(getattr(setting, name) for name in SETTING)
+    if key not in levels:
+        raise UserError(f"profile {lut.name} has no reference timings for {setting.label()}: re-profile it")
+    return Pairing(flow.prepare(block_model(model, layers, heads, mlp), setting), levels[key])
+
+
+def measure_model(flow: Flow, model: PreTrainedModel, setting: Setting, rule: StopRule,
+                  reference: Prepared | None = None) -> dict:
+    """One row: prepare the flow's step for this model and time it under the stop rule (in turns with
+    `reference` when given: harness.measure_paired); wall_s is the row's whole cost (export/compile + warm-up +
+    repeats), which is what a lookup table saves."""
     started = time.perf_counter()
     prepared = flow.prepare(model, setting)
     flow.reset_peak_memory()
-    result = measure(prepared.run, prepared.reset, flow.sync, rule, flow.peak_memory_mib)
+    paired = {}
+    if reference is None:
+        result = measure(prepared.run, prepared.reset, flow.sync, rule, flow.peak_memory_mib)
+    else:
+        result, against = measure_paired(prepared.run, prepared.reset, reference.run, reference.reset, flow.sync,
+                                         rule, flow.peak_memory_mib)
+        paired = {"ref_median_ms": against.stats["median_ms"], "ref_p10_ms": against.stats["p10_ms"]}
     weights, kv = tensor_mib(model, setting, flow.kv_cache_dtype(setting.dtype))
     return {**result.stats, "converged": result.converged, "weights_mib": round(weights, 3), "kv_mib": round(kv, 3),
             "peak_mem_mib": "" if result.peak_mem_mib is None else round(result.peak_mem_mib, 1),
-            "wall_s": round(time.perf_counter() - started, 3), "samples_ms": " ".join(f"{s:.4f}" for s in result.samples_ms)}
+            "wall_s": round(time.perf_counter() - started, 3), **paired,
+            "samples_ms": " ".join(f"{s:.4f}" for s in result.samples_ms)}
 
 
 def measured_latency(flow: Flow, model: PreTrainedModel, setting: Setting, passes: int = 3,
-                     estimator: str = "median") -> dict:
+                     estimator: str = "median", pairing: Pairing | None = None) -> dict:
     """What a report shows for a deployed model: `passes` independent timings (each converged under the stop
-    rule) combined by the profile's estimator (`measured_ms`, comparable with its prediction: lut.ESTIMATORS),
-    their median, and the spread of all their samples (p10 / p90)."""
-    return summarize_runs([measure_model(flow, model, setting, StopRule()) for _ in range(passes)], estimator)
+    rule) combined by the profile's estimator (`measured_ms`, comparable with its prediction: lut.ESTIMATORS;
+    `pairing` for a `paired` profile: reference_pairing), their median, and the spread of all their samples
+    (p10 / p90)."""
+    runs = [measure_model(flow, model, setting, StopRule(), pairing.prepared if pairing else None)
+            for _ in range(passes)]
+    return summarize_runs(runs, estimator, pairing.level_ms if pairing else None)
 
 
-def summarize_runs(runs: list[dict], estimator: str = "median") -> dict:
+def summarize_runs(runs: list[dict], estimator: str = "median", reference_ms: float | None = None) -> dict:
     """A model's timed passes (measure_model results) as a report shows them: combined by the estimator
-    (`measured_ms`), their median, and the p10 / p90 of all their samples."""
+    (`measured_ms`; `paired` needs the profile's `reference_ms`), their median, and the p10 / p90 of all their
+    samples."""
     samples = sorted(float(v) for run in runs for v in run["samples_ms"].split())
     spread = summarize(samples)
-    return {"measured_ms": combine_runs(runs, estimator), "estimator": estimator,
+    return {"measured_ms": combine_runs(runs, estimator, reference_ms), "estimator": estimator,
             "median_ms": combine_runs(runs, "median"), "p10_ms": spread["p10_ms"], "p90_ms": spread["p90_ms"],
             "passes": len(runs), "samples": len(samples)}
 
@@ -153,13 +189,17 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "design": {"layers_per_row": layers_per_row, "passes": passes, "heads": list(grid.heads),
                    "mlp": list(grid.mlp), "mlp_only_layers": grid.mlp_only,
-                   "stop_rule": rule.__dict__, "estimator": estimator, "block_fit": block_fit},
+                   "stop_rule": rule.__dict__, "estimator": estimator, "block_fit": block_fit,
+                   **({"reference": [layers_per_row, *lead_width(grid.widths())]} if estimator == "paired" else {})},
         "model_dims": dims.__dict__,
         "units": {"latency": "ms", "memory": "MiB"},
         "memory_note": "weights_mib: the parameters at the setting's dtype; kv_mib: the K and V of the timed "
                        "positions at the flow's cache type (llama.cpp: f16); exact tensor sizes; peak_mem_mib is "
                        "torch's CUDA peak (GPU only)",
     })
+    if estimator == "paired" and not overwrite and MeasurementLog(directory).read()["ref_median_ms"].isna().any():
+        raise UserError(f"{directory} holds rows timed without the reference model, which estimator 'paired' "
+                        "needs: start it again with --overwrite, or keep its estimator")
     log = open_profile(directory, meta, overwrite)
     done = log.done()
     # The per-call part comes from a 0-layer model, or (runtimes that cannot load one) from a 1-layer model of the
@@ -168,6 +208,7 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
     configs = [anchor] + [(layers_per_row, h, m) for h, m in grid.widths()]
     todo = [(p, c, s) for p in range(passes) for c in configs for s in settings
             if (p, s.phase, s.tokens, s.batch, s.dtype, *c) not in done]
+    references: dict[Setting, Prepared] = {}            # `paired`: the reference model, prepared once per setting
     with tqdm(total=len(todo), disable=not progress, desc=f"profile {device}/{flow.name}", unit="row") as bar:
         for pass_index, config in itertools.product(range(passes), configs):
             pending = [s for p, c, s in todo if (p, c) == (pass_index, config)]
@@ -178,7 +219,10 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
                                                                                 lead_width(grid.widths()))
             for setting in pending:
                 bar.set_postfix_str(f"pass {pass_index + 1}/{passes} {setting.phase} L={layers} h={heads} mlp={mlp}")
-                row = measure_model(flow, model, setting, rule)
+                if estimator == "paired" and setting not in references:
+                    references[setting] = flow.prepare(block_model(loaded.model, *meta["design"]["reference"]),
+                                                       setting)
+                row = measure_model(flow, model, setting, rule, references.get(setting))
                 log.append([{"pass": pass_index, "phase": setting.phase, "tokens": setting.tokens,
                              "batch": setting.batch, "dtype": setting.dtype, "layers": layers, "heads": heads,
                              "mlp": mlp, **row}])
@@ -279,7 +323,8 @@ def import_profile(loaded: LoadedModel, csv_path: Path, store: ProfileStore, dev
     for column in ("p10_ms", "p90_ms"):
         new[column] = new[column].fillna(new["median_ms"]) if column in new else new["median_ms"]
     new = new.assign(cv_pct=0.0, ci95_pct=0.0, repeats=1, converged=True, weights_mib=0.0, kv_mib=0.0,
-                     peak_mem_mib="", wall_s=0.0, samples_ms=new["median_ms"].map(str))[MEASUREMENT_COLUMNS]
+                     peak_mem_mib="", wall_s=0.0, ref_median_ms=math.nan, ref_p10_ms=math.nan,
+                     samples_ms=new["median_ms"].map(str))[MEASUREMENT_COLUMNS]
     meta = profile_meta(loaded, device, flow, "imported", {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "imported_from": str(csv_path), "model_dims": dims.__dict__, "units": {"latency": "ms"},

@@ -76,8 +76,8 @@ def verify(ctx: SearchContext, best_path: Path, extract_dir: Path, data_dir, win
     models = [("full model", full, None, ctx.full_model_ms()),
               (f"{record['candidate']} extracted" + (", adapters merged" if ctx.loaded.adapters else ""),
                handed_over, None, record["predicted_ms"])]
-    rows, load = measure_handover(models, ctx.lut.meta["flow"], ctx.setting, ctx.lut.meta["environment"], root,
-                                  questions, windows, ctx.lut.estimator, passes, timed=measure, strict=strict)
+    rows, load = measure_handover(models, ctx.lut, ctx.setting, root, questions, windows, passes, timed=measure,
+                                  strict=strict)
     result = {"subnet": record["candidate"], "checkpoint": str(extract_dir), "predicted_ms": record["predicted_ms"],
               "rows": rows, "load_warnings": load}
     small = rows[1]
