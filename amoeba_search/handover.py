@@ -46,8 +46,9 @@ def measure_handover(entries: list[Entry], lut: LookupTable, setting: Setting, d
                              if timed and view is None else {})
     if timed:
         (_, _, _, full_predicted), (_, _, _, predicted) = entries[:2]
-        drift = load_checks.drift_warning(full_predicted, latencies[0]["measured_ms"], predicted,
-                                          latencies[1].get("measured_ms"))
+        # `paired` figures are stated at the profile's speed, so the machine's state now is in the plain medians
+        now = "median_ms" if pairing else "measured_ms"
+        drift = load_checks.drift_warning(full_predicted, latencies[0][now], predicted, latencies[1].get(now))
         if drift and strict:
             raise UserError(f"--strict: {drift}")
         warnings += [drift] if drift else []

@@ -58,15 +58,17 @@ def lut_figure(lut: LookupTable) -> Figure:
     validation = lut.directory / "validation.csv"
     if validation.is_file():
         frame = pd.read_csv(validation)
-        panel = Panel("predicted vs measured (random subnets)", "measured latency (ms)", "predicted latency (ms)",
-                      diagonal=True)
-        for phase, group in frame.groupby("phase"):
-            panel.series.append(Series(f"{phase}: LUT composed", group["measured_ms"].tolist(),
-                                       group["composed_ms"].tolist(), "points"))
+        for phase, group in frame.groupby("phase"):      # one panel per phase: decode is ~40x shorter than prefill
+            panel = Panel(f"{phase}: predicted vs measured (random subnets)", "measured latency (ms)",
+                          "predicted latency (ms)", diagonal=True)
+            spaces = group.groupby(group["space"] if "space" in group else pd.Series("uniform", group.index))
+            for space, rows in spaces:
+                panel.series.append(Series(f"{space}: LUT composed", rows["measured_ms"].tolist(),
+                                           rows["composed_ms"].tolist(), "points"))
             if group["corrected_cv_ms"].notna().any():
-                panel.series.append(Series(f"{phase}: corrected (cross-validated)", group["measured_ms"].tolist(),
+                panel.series.append(Series("corrected (cross-validated)", group["measured_ms"].tolist(),
                                            group["corrected_cv_ms"].tolist(), "points"))
-        panels.append(panel)
+            panels.append(panel)
     kind = lut.meta.get("source", "measured")
     return Figure(f"{lut.name} ({kind})", panels)
 

@@ -57,15 +57,19 @@ def test_lut_figure_data(tiny_dir, tmp_path):
     assert amoeba("profile", "--model", tiny_dir, "--flow", "roofline", "--device", "a5000", "--dtype", "float16", "--heads", "3,6",
                   "--mlp-widths", "0.5,1", "--profiles-dir", root).returncode == 0
     lut = LookupTable.load(root / "a5000" / "roofline")
-    pd.DataFrame([{"subnet": "r0", "phase": "decode", "tokens": 128, "layers": 2, "heads": 6, "mlp": 48,
-                   "measured_ms": 1.0, "composed_ms": 1.1, "corrected_cv_ms": None}]).to_csv(
-        lut.directory / "validation.csv", index=False)
+    pd.DataFrame([{"subnet": "r0", "space": "uniform", "phase": "decode", "tokens": 128, "layers": 2, "heads": 6,
+                   "mlp": 48, "measured_ms": 1.0, "composed_ms": 1.1, "corrected_cv_ms": None},
+                  {"subnet": "h0", "space": "heterogeneous", "phase": "prefill", "tokens": 128, "layers": 2,
+                   "heads": None, "mlp": None, "measured_ms": 40.0, "composed_ms": 41.0, "corrected_cv_ms": None}]
+                 ).to_csv(lut.directory / "validation.csv", index=False)
     figure = lut_figure(lut)
     assert "roofline-estimate" in figure.title
-    assert len(figure.panels) == 3                               # prefill, decode, predicted vs measured
+    assert len(figure.panels) == 4             # prefill, decode tables; predicted vs measured per phase (scales differ)
     assert [s.label for s in figure.panels[0].series] == ["MLP-only (no attention)", "3 heads", "6 heads"]
     assert figure.panels[0].series[1].x == [24, 48]
-    assert figure.panels[2].diagonal and len(figure.panels[2].series) == 1
+    decode, prefill = figure.panels[2:]
+    assert decode.diagonal and decode.title.startswith("decode") and decode.series[0].x == [1.0]
+    assert [s.label for s in prefill.series] == ["heterogeneous: LUT composed"] and prefill.series[0].y == [41.0]
 
 
 def test_profile_bad_input_is_one_line(tiny_dir, tmp_path):

@@ -4,6 +4,7 @@ predictor arithmetic, and a contract test run over every flow available here."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -477,7 +478,7 @@ def test_a_log_from_before_the_reference_columns_is_read_and_extended(tmp_path):
     assert frame["pass"].tolist() == [0, 1] and frame["ref_median_ms"].isna().tolist() == [True, False]
 
 
-def test_paired_profile_times_every_row_with_its_reference(tiny_dir, tmp_path, tiny_profile):
+def test_paired_profile_times_every_row_with_its_reference(tiny_dir, tmp_path, tiny_profile, monkeypatch):
     from amoeba_search.models import load_model
     from amoeba_search.profiling.profile import reference_pairing
 
@@ -494,6 +495,12 @@ def test_paired_profile_times_every_row_with_its_reference(tiny_dir, tmp_path, t
     measured = profile_mod.measured_latency(FLOWS.get("torch-eager"), loaded.model, SETTINGS[1], 1, "paired",
                                             pairing)
     assert measured["measured_ms"] > 0 and measured["estimator"] == "paired"
+    monkeypatch.setattr(profile_mod, "measure_model", lambda *a, **k: pytest.fail("timed something"))
+    lead = list(max(grid.widths()))
+    with pytest.raises(UserError, match=re.escape(f"against reference model {[2, *lead]} (layers, heads, MLP "
+                                                  f"channels), this run's would be {[1, *lead]}")):
+        build_profile(loaded, directory, "dev", "torch-eager", SETTINGS[1:], grid, layers_per_row=1, rule=FAST,
+                      passes=2, progress=False, estimator="paired")
     with pytest.raises(UserError, match="timed without the reference model"):     # before anything is timed
         build_profile(loaded, unpaired.directory, "dev", "torch-eager", SETTINGS, grid, layers_per_row=2,
                       rule=FAST, passes=3, progress=False, estimator="paired")

@@ -166,6 +166,21 @@ def open_profile(directory: Path, meta: dict, overwrite: bool) -> MeasurementLog
     return log
 
 
+def check_paired_resume(directory: Path, reference: list[int]) -> None:
+    """A `paired` profile resumes only on rows timed in turns with the same reference model: ratios to another
+    model, or rows without one, cannot share its level."""
+    earlier = MeasurementLog(directory).read()
+    if earlier.empty:
+        return
+    if earlier["ref_median_ms"].isna().any():
+        raise UserError(f"{directory} holds rows timed without the reference model, which estimator 'paired' "
+                        "needs: start it again with --overwrite, or keep its estimator")
+    before = read_profile_meta(directory / "meta.json", "or start again with --overwrite")["design"].get("reference")
+    if before != reference:
+        raise UserError(f"{directory} was timed against reference model {before} (layers, heads, MLP channels), "
+                        f"this run's would be {reference}: keep its --layers-per-row and widths, or --overwrite")
+
+
 def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: str, settings: list[Setting],
                   grid: WidthGrid, layers_per_row: int | None = None, rule: StopRule = StopRule(), passes: int = 3,
                   overwrite: bool = False, progress: bool = True, estimator: str = "median",
@@ -197,9 +212,8 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
                        "positions at the flow's cache type (llama.cpp: f16); exact tensor sizes; peak_mem_mib is "
                        "torch's CUDA peak (GPU only)",
     })
-    if estimator == "paired" and not overwrite and MeasurementLog(directory).read()["ref_median_ms"].isna().any():
-        raise UserError(f"{directory} holds rows timed without the reference model, which estimator 'paired' "
-                        "needs: start it again with --overwrite, or keep its estimator")
+    if estimator == "paired" and not overwrite:
+        check_paired_resume(directory, meta["design"]["reference"])
     log = open_profile(directory, meta, overwrite)
     done = log.done()
     # The per-call part comes from a 0-layer model, or (runtimes that cannot load one) from a 1-layer model of the
