@@ -47,8 +47,7 @@ LUT_COLUMNS = SETTING + ["component", "heads", "mlp", "latency_ms", "rows"]
 # median over passes of model / reference, times the reference's median over the whole profile: the latency at
 # the profile's typical speed, with the host's minute-scale swings divided out.
 ESTIMATORS = {"median": "median of the passes' medians", "quiet": "lowest p10 over the passes",
-              "paired": "median over passes of (median / the reference model's median, timed in turns) x the "
-                        "profile's reference level"}
+              "paired": "median ratio to the profile's reference model (timed in turns) x its level"}
 BLOCK_FITS = {"linear": "block = a + b [has attention] + c heads + d MLP channels, least squares over every width",
               "per-width": "one free latency per width"}
 
