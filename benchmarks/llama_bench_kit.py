@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--layers-per-row", type=int, default=None,
                         help="with --native-passes: blocks per timed model of both (default: the committed "
                              "profile's)")
+    parser.add_argument("--estimator", choices=("median", "quiet"), default="quiet",
+                        help="how both profiles combine a model's passes (llama-bench cannot time two models in "
+                             "turns, so not `paired`; with --native-passes 0 the committed profile's own is used)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     command = setup(args.threads)
@@ -68,6 +71,10 @@ def main() -> None:
     warnings = load_warnings(committed.meta["environment"])
     layers = args.layers_per_row or design["layers_per_row"]
     interleaved = args.native_passes > 0
+    estimator = args.estimator if interleaved else committed.estimator
+    if estimator == "paired":
+        raise SystemExit(f"{committed.name} is a `paired` profile and llama-bench cannot time in turns with its "
+                         "reference: re-time the native rows in this run with --native-passes N")
     with tempfile.TemporaryDirectory() as tmp:
         kit = write_kit(loaded, Path(tmp) / "kit", "kit-here", settings, grid, layers,
                         passes=1 if interleaved else args.passes, repetitions=10, threads=args.threads)
@@ -77,7 +84,7 @@ def main() -> None:
                 print(f"pass {pass_index + 1}/{args.native_passes}: native profile rows", flush=True)
                 native = build_profile(loaded, Path(tmp) / "native" / "llama.cpp", "native-here", "llama.cpp",
                                        settings, grid, layers, StopRule(**design["stop_rule"]),
-                                       passes=pass_index + 1, progress=False, estimator=committed.estimator,
+                                       passes=pass_index + 1, progress=False, estimator=estimator,
                                        block_fit=committed.block_fit)
                 print(f"pass {pass_index + 1}/{args.native_passes}: llama-bench", flush=True)
             started = time.perf_counter()
@@ -86,7 +93,7 @@ def main() -> None:
             results.append((kit / "results.jsonl").read_text())
         (kit / "results.jsonl").write_text("".join(results))             # every pass: the import combines them
         imported = import_profile(loaded, kit / "results.jsonl", ProfileStore(Path(tmp) / "profiles"), "kit-here",
-                                  "llama.cpp", estimator=native.estimator, block_fit=native.block_fit)
+                                  "llama.cpp", estimator=estimator, block_fit=native.block_fit)
         rows, rng = [], random.Random(0)
         for setting in settings:
             kit_setting = imported.setting(setting.phase, setting.tokens, setting.batch, setting.dtype)

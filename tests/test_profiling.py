@@ -318,6 +318,8 @@ def test_import_round_trip_and_errors(tiny, tmp_path):
     pd.DataFrame([{**r, "median_ms": 2.0 + 0.5 * r["layers"]} for r in rows]).to_csv(path, index=False)
     replaced = import_profile(tiny, path, store, "jetson", "tensorrt-llm")           # same rows: replaced, not mixed
     assert replaced.block_ms(setting, 6, 48) == pytest.approx(0.5) and len(replaced.table) == 2
+    with pytest.raises(UserError, match="imported results were not timed in turns with a reference model"):
+        import_profile(tiny, path, store, "jetson", "tensorrt-llm", estimator="paired")
 
 
 def test_unknown_and_unavailable_flows():

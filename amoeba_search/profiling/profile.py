@@ -324,6 +324,9 @@ def import_profile(loaded: LoadedModel, csv_path: Path, store: ProfileStore, dev
 
     flow = FLOWS.get(flow_name)
     check_estimator(estimator)
+    if estimator == "paired":
+        raise UserError("--estimator paired: imported results were not timed in turns with a reference model; "
+                        "use median or quiet")
     check_block_fit(block_fit)
     dims = model_dims(loaded.model.config)
     if csv_path.is_dir():                                        # an optimum-benchmark kit's results/
