@@ -101,9 +101,10 @@ def measure_paired(run: Callable[[], object], reset: Callable[[], object] | None
     """Time a model and a fixed reference model in alternating bursts (BURST_WARMUP untimed calls after every
     switch, then BURST timed ones), until the model's median is known to ±rel or a cap, as `measure`. Why: a
     shared VM's speed moves by tens of percent within minutes (amd-epyc llama.cpp decode: the same model at 3.0
-    and 3.8 ms a few seconds apart), far more than the differences a profile must resolve. Both models see the
-    same moments, so their ratio holds where each alone does not (there: 1-3% between repeats against 6-10% for
-    models timed one after the other). The caps are twice `measure`'s: half the time goes to the reference."""
+    and 3.9 ms in repeats ~15 s apart), far more than the differences a profile must resolve. Both models see the
+    same moments, so their ratio holds where each alone does not (there, two same-shape models: within 0.5-1.7%
+    of 1 between repeats, against 2.4-9.8% timed one after the other). The caps are twice `measure`'s: half the
+    time goes to the reference."""
     def burst(step: Callable[[], object], undo: Callable[[], object] | None, timed: int) -> list[float]:
         out = []
         for index in range(BURST_WARMUP + timed):
