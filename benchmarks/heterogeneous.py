@@ -78,11 +78,17 @@ def time_together(lut, setting, models: dict, passes: int) -> dict[str, dict]:
             for name, timed in runs.items()}
 
 
+def _full_now(row: dict) -> str:
+    """The field the row's drift reads: the full model's plain median for a `paired` row (its measured figure is
+    stated at the profile's speed), else its measured figure."""
+    return "full_measured_median_ms" if row.get("latency_estimator") == "paired" else "full_measured_ms"
+
+
 def add_latency(row: dict, ctx, subnets: dict, loaded, passes: int = 3) -> None:
     """Time the full model, the uniform and the heterogeneous checkpoint together; write the row's latency fields:
     each side's measured ms (the profile's estimator), median, p10/p90, the heterogeneous error, and the full
     model's measured vs predicted (`drift_pct`: the machine's state against the profile's, not a predictor error
-    of the subnet)."""
+    of the subnet; for a `paired` profile from the plain median)."""
     with tempfile.TemporaryDirectory() as tmp:
         models = {"full": loaded.model, **{side: handed_over(loaded, subnet, Path(tmp) / side)
                                            for side, subnet in subnets.items()}}
@@ -97,7 +103,7 @@ def add_latency(row: dict, ctx, subnets: dict, loaded, passes: int = 3) -> None:
     row["latency_timed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     row["hetero_latency_error_pct"] = round(
         100 * (row["hetero_predicted_ms"] - row["hetero_measured_ms"]) / row["hetero_measured_ms"], 2)
-    row["drift_pct"] = round(100 * (row["full_measured_ms"] - row["full_model_ms"]) / row["full_model_ms"], 2)
+    row["drift_pct"] = round(100 * (row[_full_now(row)] - row["full_model_ms"]) / row["full_model_ms"], 2)
     # The comparison a uniformly slower (or faster) machine leaves intact: the subnet's share of the full model.
     row["hetero_share_of_full_predicted"] = round(row["hetero_predicted_ms"] / row["full_model_ms"], 4)
     row["hetero_share_of_full_measured"] = round(row["hetero_measured_ms"] / row["full_measured_ms"], 4)
@@ -308,7 +314,7 @@ def markdown(record: dict) -> str:
                      f"{r['ppl_ratio']:.3f} | {r['hetero_predicted_ms']:.2f} | {r['hetero_measured_ms']:.2f} "
                      f"({r['hetero_measured_p10_ms']:.2f}-{r['hetero_measured_p90_ms']:.2f}) | "
                      f"{r['hetero_latency_error_pct']:+.1f} | {r['uniform_measured_ms']:.2f} | "
-                     + (f"{r['full_model_ms']:.2f} / {r['full_measured_ms']:.2f} ({r['drift_pct']:+.1f}) | "
+                     + (f"{r['full_model_ms']:.2f} / {r[_full_now(r)]:.2f} ({r['drift_pct']:+.1f}) | "
                         if "drift_pct" in r else "not timed | ") +
                      (f"{r['hetero_share_of_full_predicted']:.3f} / {r['hetero_share_of_full_measured']:.3f} | "
                       if "hetero_share_of_full_measured" in r else "not recorded | ") +
@@ -321,8 +327,10 @@ def markdown(record: dict) -> str:
               f"Score predictiveness (Spearman of summed score vs real proxy ppl over {pred['samples']} random "
               f"heterogeneous subnets): KL {pred['spearman_kl']}, loss increase {pred['spearman_loss_delta']}.",
               "Measured ms: passes (3 unless the row says otherwise) combined as each profile combines its own (median of the passes' medians, "
-              "or `quiet`: the lowest p10 over the passes), the full model and both checkpoints timed round-robin "
-              "in the same passes: drift = the full model's measured vs predicted latency, how far the machine is "
+              "`quiet`: the lowest p10 over the passes, or `paired`: timed in turns with the profile's reference "
+              "model and stated at its level), the full model and both checkpoints timed round-robin "
+              "in the same passes: drift = the full model's measured (for `paired`: its plain median) vs predicted "
+              "latency, how far the machine is "
               "from the state its profile was measured in (a drift well beyond 5% makes the subnets' errors "
               "about the machine, not the predictor); " + ", ".join(sorted(
                   {f"{r['flow']} {r.get('latency_estimator', 'median')}" for r in record["rows"]})) + ".",
