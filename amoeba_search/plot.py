@@ -58,11 +58,12 @@ def lut_figure(lut: LookupTable) -> Figure:
     validation = lut.directory / "validation.csv"
     if validation.is_file():
         frame = pd.read_csv(validation)
+        if "space" not in frame:                          # validations from before heterogeneous subnets
+            frame["space"] = "uniform"
         for phase, group in frame.groupby("phase"):      # one panel per phase: decode is ~40x shorter than prefill
             panel = Panel(f"{phase}: predicted vs measured (random subnets)", "measured latency (ms)",
                           "predicted latency (ms)", diagonal=True)
-            spaces = group.groupby(group["space"] if "space" in group else pd.Series("uniform", group.index))
-            for space, rows in spaces:
+            for space, rows in group.groupby("space"):
                 panel.series.append(Series(f"{space}: LUT composed", rows["measured_ms"].tolist(),
                                            rows["composed_ms"].tolist(), "points"))
             if group["corrected_cv_ms"].notna().any():

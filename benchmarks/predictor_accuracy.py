@@ -41,7 +41,7 @@ from amoeba_search.models import load_model
 from amoeba_search.profiling.flows import FLOWS
 from amoeba_search.profiling.harness import StopRule
 from amoeba_search.profiling.lut import (BLOCK_FITS, ESTIMATORS, LookupTable, MeasurementLog, Setting, combine_runs,
-                                         pass_tails_pct, reference_levels)
+                                         pass_tails_pct, reference_level)
 from amoeba_search.profiling.predictor import Correction, Predictor, save_corrections, setting_key, subnet_widths
 from amoeba_search.profiling.profile import WidthGrid, build_profile, measure_model, reference_pairing
 from amoeba_search.profiling.store import ProfileStore
@@ -133,14 +133,14 @@ def measure_all(loaded, flow: str, settings: list[Setting], subnets: dict[str, S
                 done[(flow, name, setting_key(setting), pass_index)] = row
                 print(f"{flow:14s} pass {pass_index} {name:8s} {setting.phase:8s} L={row['layers']:2d} "
                       f"w={row['widths']} {row['measured_ms']:.2f} ms", flush=True)
-    levels = reference_levels(MeasurementLog(profile_dir).read()) if estimator == "paired" else {}
+    profile_rows = MeasurementLog(profile_dir).read() if estimator == "paired" else None
     combined = []
     for name in subnets:
         for setting in settings:
             runs = [done[(flow, name, setting_key(setting), p)] for p in range(passes)]
             latency = combine_runs([{"median_ms": r["measured_ms"], "p10_ms": r["p10_ms"],
                                      "ref_median_ms": r.get("ref_median_ms")} for r in runs], estimator,
-                                   levels.get((setting.phase, setting.tokens, setting.batch, setting.dtype)))
+                                   None if profile_rows is None else reference_level(profile_rows, setting))
             combined.append({**runs[0], "measured_ms": latency,
                              "pass_spread_pct": 100 * (max(r["measured_ms"] for r in runs) - min(
                                  r["measured_ms"] for r in runs)) / statistics.median(r["measured_ms"] for r in runs),

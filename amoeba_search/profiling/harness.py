@@ -61,6 +61,12 @@ def summarize(samples_ms: list[float]) -> dict:
             "ci95_pct": 100 * (high - low) / 2 / median if median else 0.0, "repeats": len(ordered)}
 
 
+def median_known(samples: list[float], rule: StopRule) -> bool:
+    """The stop rule's test: the median's 95% interval is within ±rel of it."""
+    low, high = median_ci(sorted(samples))
+    return (high - low) / 2 <= rule.rel * statistics.median(samples)
+
+
 def measure(run: Callable[[], object], reset: Callable[[], object] | None = None,
             sync: Callable[[], object] = lambda: None, rule: StopRule = StopRule(),
             peak_memory: Callable[[], float | None] = lambda: None) -> Measurement:
@@ -81,8 +87,7 @@ def measure(run: Callable[[], object], reset: Callable[[], object] | None = None
         if reset:
             reset()
         if len(samples) >= rule.min_repeats:
-            low, high = median_ci(sorted(samples))
-            if (high - low) / 2 <= rule.rel * statistics.median(samples):
+            if median_known(samples, rule):
                 converged = True
                 break
             if time.perf_counter() - started > rule.max_seconds:
@@ -125,8 +130,7 @@ def measure_paired(run: Callable[[], object], reset: Callable[[], object] | None
         samples += burst(run, reset, min(BURST, rule.max_repeats - len(samples)))
         reference += burst(reference_run, reference_reset, BURST)
         if len(samples) >= rule.min_repeats:
-            low, high = median_ci(sorted(samples))
-            if (high - low) / 2 <= rule.rel * statistics.median(samples):
+            if median_known(samples, rule):
                 converged = True
                 break
             if time.perf_counter() - started > 2 * rule.max_seconds:

@@ -196,6 +196,11 @@ def reference_levels(measurements: pd.DataFrame) -> dict[tuple, float]:
             for key, group in paired.groupby(SETTING, sort=True)}
 
 
+def reference_level(measurements: pd.DataFrame, setting: Setting) -> float | None:
+    """The reference level (`reference_levels`) of one setting; None when no row of it was paired."""
+    return reference_levels(measurements).get(tuple(getattr(setting, name) for name in SETTING))
+
+
 def pass_tails_pct(measurements: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Per phase: how far a timed model's passes reach below and above its middle pass (p10 of each pass, in % of
     their median; the median over models). `quiet` assumes interference only adds time, so that the slow side is

@@ -24,9 +24,8 @@ from .environment import default_device_slug, measurement_environment
 from .flows import FLOWS
 from .flows.base import Flow, Prepared, element_bytes
 from .harness import StopRule, measure, measure_paired, summarize
-from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, SETTING, LookupTable, MeasurementLog, Setting,
-                  check_compatible, check_block_fit, check_estimator, combine_runs, fit_lut, read_profile_meta,
-                  reference_levels)
+from .lut import (KEY, MEASUREMENT_COLUMNS, PROFILE_KIND, LookupTable, MeasurementLog, Setting, check_compatible,
+                  check_block_fit, check_estimator, combine_runs, fit_lut, read_profile_meta, reference_level)
 from .store import ProfileStore
 from .timed_models import base_model, block_model, default_layers_per_row, lead_width
 
@@ -90,12 +89,15 @@ def reference_pairing(flow: Flow, model: PreTrainedModel, lut: LookupTable, sett
     profile of another estimator."""
     if lut.estimator != "paired":
         return None
-    layers, heads, mlp = lut.meta["design"]["reference"]
-    levels = reference_levels(MeasurementLog(lut.directory).read())
-    key = tuple(getattr(setting, name) for name in SETTING)
-    if key not in levels:
+    level = reference_level(MeasurementLog(lut.directory).read(), setting)
+    if level is None:
         raise UserError(f"profile {lut.name} has no reference timings for {setting.label()}: re-profile it")
-    return Pairing(flow.prepare(block_model(model, layers, heads, mlp), setting), levels[key])
+    return Pairing(prepare_reference(flow, model, lut.meta["design"]["reference"], setting), level)
+
+
+def prepare_reference(flow: Flow, model: PreTrainedModel, reference: list[int], setting: Setting) -> Prepared:
+    """The step of a `paired` profile's reference model (design.reference: layers, heads, MLP channels)."""
+    return flow.prepare(block_model(model, *reference), setting)
 
 
 def measure_model(flow: Flow, model: PreTrainedModel, setting: Setting, rule: StopRule,
@@ -234,8 +236,8 @@ def build_profile(loaded: LoadedModel, directory: Path, device: str, flow_name: 
             for setting in pending:
                 bar.set_postfix_str(f"pass {pass_index + 1}/{passes} {setting.phase} L={layers} h={heads} mlp={mlp}")
                 if estimator == "paired" and setting not in references:
-                    references[setting] = flow.prepare(block_model(loaded.model, *meta["design"]["reference"]),
-                                                       setting)
+                    references[setting] = prepare_reference(flow, loaded.model, meta["design"]["reference"],
+                                                            setting)
                 row = measure_model(flow, model, setting, rule, references.get(setting))
                 log.append([{"pass": pass_index, "phase": setting.phase, "tokens": setting.tokens,
                              "batch": setting.batch, "dtype": setting.dtype, "layers": layers, "heads": heads,
