@@ -9,7 +9,8 @@ and greedy answers to the fixed prompts. Searches use the shipped strategy, this
 profile (--device) and the WikiText-2 *valid* perplexity proxy (with the adapters when method = adapters); with
 --space heterogeneous, the exact block solver's top-k re-ranked by that proxy, then --refine-rounds local rounds
 (`amoeba search --space heterogeneous`). Studies are kept under --out, so a rerun resumes. Retained above-chance
-accuracy = (acc - 25) / (acc_full - 25). Writes benchmarks/results/recovery.json and recovery.md."""
+accuracy = (acc - 25) / (acc_full - 25). Writes benchmarks/results/recovery.json and recovery.md; a run with
+candidate adapters that were not shipped is kept as written in results/recovery-2000-more-steps/ (--results)."""
 
 from __future__ import annotations
 
