@@ -134,13 +134,15 @@ def measure_all(loaded, flow: str, settings: list[Setting], subnets: dict[str, S
                 print(f"{flow:14s} pass {pass_index} {name:8s} {setting.phase:8s} L={row['layers']:2d} "
                       f"w={row['widths']} {row['measured_ms']:.2f} ms", flush=True)
     profile_rows = MeasurementLog(profile_dir).read() if estimator == "paired" else None
+    levels = {setting: None if profile_rows is None else reference_level(profile_rows, setting)
+              for setting in settings}          # one lookup per setting, not per subnet
     combined = []
     for name in subnets:
         for setting in settings:
             runs = [done[(flow, name, setting_key(setting), p)] for p in range(passes)]
             latency = combine_runs([{"median_ms": r["measured_ms"], "p10_ms": r["p10_ms"],
                                      "ref_median_ms": r.get("ref_median_ms")} for r in runs], estimator,
-                                   None if profile_rows is None else reference_level(profile_rows, setting))
+                                   levels[setting])
             combined.append({**runs[0], "measured_ms": latency,
                              "pass_spread_pct": 100 * (max(r["measured_ms"] for r in runs) - min(
                                  r["measured_ms"] for r in runs)) / statistics.median(r["measured_ms"] for r in runs),
