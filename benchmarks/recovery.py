@@ -6,7 +6,8 @@ original; beside each, the subnet searched and extracted without fine-tuning.
 Every row is the extracted checkpoint loaded back from disk (what a user deploys), scored on held-out data: ARC-easy
 and ARC-challenge validation (all questions; acc, acc_norm, lm-eval standard errors), WikiText-2 *test* perplexity,
 and greedy answers to the fixed prompts. Searches use the shipped strategy, this machine's committed torch-eager
-profile (--device) and the WikiText-2 *valid* perplexity proxy (with the adapters when method = adapters); with
+profile (--device) and an accuracy proxy (--proxy: WikiText-2 *valid* perplexity, or self_ppl, perplexity on
+held-out text the full model wrote; with the adapters when method = adapters); with
 --space heterogeneous, the exact block solver's top-k re-ranked by that proxy, then --refine-rounds local rounds
 (`amoeba search --space heterogeneous`). Studies are kept under --out, so a rerun resumes. Retained above-chance
 accuracy = (acc - 25) / (acc_full - 25). Writes benchmarks/results/recovery.json and recovery.md; a run with
@@ -96,7 +97,7 @@ def subnet_tuned(row: dict, tuned, args, root: Path, fingerprint: str, full_scor
     with tempfile.TemporaryDirectory() as tmp:
         scores = score(load_model(str(extract(own, subnet, Path(tmp) / "ckpt"))), root, args.windows)
     result = {**{k: row[k] for k in ("target_ratio", "space", "subnet", "layers", "shapes", "predicted_ms",
-                                     "target_ms", "full_model_ms", "profile_fingerprint", "proxy_value")},
+                                     "target_ms", "full_model_ms", "profile_fingerprint", "proxy", "proxy_value")},
               "method": "adapters+subnet", "adapters_fingerprint": fingerprint, "subnet_steps": args.subnet_steps,
               "subnet_command": shlex.join(command), "subnet_training_seconds": round(own.adapters.record["seconds"]),
               **scores, "arc_easy_retained": retained(scores["arc_easy_acc"], full_scores["arc_easy_acc"])}
@@ -120,6 +121,7 @@ def main() -> None:
     parser.add_argument("--space", default="heterogeneous", choices=("uniform", "heterogeneous"))
     parser.add_argument("--device", default="intel-xeon", help="committed torch-eager profile of this machine")
     parser.add_argument("--trials", type=int, default=25, help="uniform space: search trials per target and method")
+    parser.add_argument("--proxy", default="ppl", choices=("ppl", "self_ppl"), help="accuracy proxy of the searches")
     parser.add_argument("--top-k", type=int, default=8, help="heterogeneous space: solutions re-ranked by the proxy")
     parser.add_argument("--refine-rounds", type=int, default=1, help="heterogeneous space: local rounds")
     parser.add_argument("--windows", type=int, default=40, help="WikiText-2 test windows of 512 tokens (first N)")
@@ -141,7 +143,8 @@ def main() -> None:
     partial = args.out / "rows.jsonl"       # finished rows survive an interruption, for the same adapters and profile
     done = {(r["target_ratio"], r["method"]): r for r in map(json.loads, partial.read_text().splitlines())
             if r.get("adapters_fingerprint") == fingerprints[r["method"]]
-            and r.get("profile_fingerprint") == profile.fingerprint} if partial.exists() else {}
+            and r.get("profile_fingerprint") == profile.fingerprint
+            and r.get("proxy", "ppl") == args.proxy} if partial.exists() else {}
     print("scoring the full model, then the full model with adapters", flush=True)
     full_path = args.out / "full.json"        # the full-model scores survive a rerun too (with adapters: the same)
     saved = json.loads(full_path.read_text()) if full_path.is_file() else [None, None, None]
@@ -154,7 +157,7 @@ def main() -> None:
     for method, loaded in (("none", full), ("adapters", tuned)):
         request = SearchRequest(str(strategy), args.device, "torch-eager", "decode", data_dir=str(root),
                                 storage=f"sqlite:///{args.out / 'studies.db'}",
-                                adapters=None if method == "none" else str(args.adapters))
+                                adapters=None if method == "none" else str(args.adapters), proxy=args.proxy)
         ctx = open_search(request, loaded)
         for ratio in [float(r) for r in args.targets.split(",")]:
             if (ratio, method) in done:
@@ -170,7 +173,7 @@ def main() -> None:
                    "layers": len(found["subnet"].layers), "shapes": found["shapes"],
                    "predicted_ms": round(found["predicted_ms"], 3), "target_ms": round(target, 3),
                    "full_model_ms": round(ctx.full_model_ms(), 3), "profile_fingerprint": ctx.lut.fingerprint,
-                   "proxy_value": round(found["proxy_value"], 3),
+                   "proxy": args.proxy, "proxy_value": round(found["proxy_value"], 3),
                    **scores,
                    "arc_easy_retained": retained(scores["arc_easy_acc"], full_scores["arc_easy_acc"])}
             print(json.dumps({k: v for k, v in row.items() if k not in ("generation", "shapes")}), flush=True)
@@ -193,7 +196,7 @@ def main() -> None:
                           "strategy": strategy.name,
                           "profile": f"{args.device}/torch-eager decode C=128 (committed; fingerprint "
                                      f"{profile.fingerprint}, {profile.meta['design']['layers_per_row']}-block rows)",
-                          "proxy": "WikiText-2 valid perplexity (8 x 256 tokens)", "chance_pct": CHANCE_PCT}}
+                          "proxy": {"name": ctx.proxy.name, **ctx.proxy.settings}, "chance_pct": CHANCE_PCT}}
     args.results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.results / "recovery.json", record)
     (args.results / "recovery.md").write_text(markdown(record))
@@ -216,13 +219,22 @@ def _started_from(adapters_record: dict) -> str:
     return "" if not start else f", on top of adapters trained {start['step']} steps (`--init-from`)"
 
 
+def _proxy(details: dict) -> str:
+    proxy = details["proxy"]
+    if isinstance(proxy, str):                              # runs written before the proxy was a choice
+        return proxy
+    text = "WikiText-2 valid perplexity" if proxy["name"] == "ppl" else "perplexity on held-out self-written text"
+    return f"the `{proxy['name']}` proxy ({text}, {proxy['samples']} x {proxy['seq_len']} tokens)"
+
+
 def markdown(record: dict) -> str:
     full, tuned = record["full_model"], record["full_with_adapters"]
     lines = ["# Recovery with the shipped adapters", "",
              f"`{record['details']['command']}`; adapters `{record['shipped_adapters']}` "
              f"({record['adapters_record']['step']} steps, {record['adapters_record']['seconds'] / 60:.0f} min of "
              f"training{_started_from(record['adapters_record'])}). Each subnet is searched in the {record['details'].get('space', 'uniform')} space on "
-             f"{record['details']['profile']} and extracted (adapters merged for `adapters`); every row is the "
+             f"{record['details']['profile']}, ranked by {_proxy(record['details'])}, and extracted (adapters merged "
+             "for `adapters`); every row is the "
              "checkpoint loaded back from disk. With frozen-teacher adapters the full shape gets no update "
              "(`SMoLAdapters.adapts`), so `full model + adapters` is scored through the adapted path and must equal "
              "the original.", "",

@@ -429,3 +429,27 @@ def test_extract_report_warns_when_the_full_model_is_off_its_profile(world, tmp_
     with pytest.raises(UserError, match="--strict: the full model measured"):
         verify(ctx, best_path, tmp_path / "ckpt2", data, windows=2, questions=4, passes=1, strict=True)
     assert quality_runs == []
+
+
+def test_self_ppl_is_the_perplexity_of_held_out_text_the_full_model_wrote(tiny, tiny_data, tmp_path):
+    from amoeba_search.data import read_training_texts
+    from amoeba_search.finetune.corpus import CorpusSettings, generate_corpus
+    from amoeba_search.search.proxies import PROXIES
+    from amoeba_search.search.proxies.self_ppl import held_out_windows
+    from amoeba_search.subnet import Subnet
+
+    ids = held_out_windows(tiny, tiny_data, 2, 64)                                 # (2, 64)
+    proxy = PROXIES.get("self_ppl")(tiny, tiny_data, samples=2, seq_len=64)
+    with torch.inference_mode():
+        logits = tiny.model(input_ids=ids).logits[:, :-1]
+        expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    assert proxy.score(Subnet.full(ModelDims.from_config(tiny.model.config))) == pytest.approx(expected.exp().item(),
+                                                                                              rel=1e-5)
+    assert torch.equal(ids, held_out_windows(tiny, tiny_data, 2, 64))             # the same text on every run
+    training = read_training_texts(generate_corpus(tiny, tiny_data / "instructions" / "alpaca_seed_tasks.jsonl",
+                                                   tmp_path / "train.jsonl", CorpusSettings(samples=4, batch_size=4),
+                                                   progress=False))
+    stream = [t for text in training for t in tiny.tokenizer(text)["input_ids"]]
+    assert stream[:64] != ids[0].tolist()                   # not the training corpus's default-seed samples
+    with pytest.raises(UserError, match="lower --proxy-samples"):
+        held_out_windows(tiny, tiny_data, 10_000, 256)

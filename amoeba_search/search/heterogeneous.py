@@ -48,6 +48,12 @@ def block_budget_ms(target_ms: float, base_ms: float, block_scale: float = 1.0, 
     return (target_ms - base_scale * base_ms) / block_scale
 
 
+def latency_scales(ctx) -> tuple[float, float]:
+    """(block_scale, base_scale) of the profile's correction for the search's setting; (1, 1) without one."""
+    correction = ctx.predictor.corrections.get(setting_key(ctx.setting)) if ctx.use_correction else None
+    return (correction.block_scale, correction.base_scale) if correction else (1.0, 1.0)
+
+
 def solve(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, float], budget_ms: float, top_k: int = 1,
           min_layers: int = 1, anchor: Sequence[Shape] | None = None, max_changes: int | None = None
           ) -> list[Solution]:
@@ -190,8 +196,7 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
                         "or recompute the scores with `amoeba blocks` matching the profile (--mlp-ratios, --heads, "
                         "--no-mlp-only-layers)")
     base_ms = ctx.lut.base_ms(setting)
-    correction = ctx.predictor.corrections.get(setting_key(setting)) if ctx.use_correction else None
-    scales = (correction.block_scale, correction.base_scale) if correction else (1.0, 1.0)
+    scales = latency_scales(ctx)
     budget = block_budget_ms(target_ms, base_ms, *scales)
     started = time.perf_counter()
     solutions = solve(table, block_ms, budget, top_k)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from ...data import MCItem, require_file
 from ...errors import UserError
@@ -45,3 +48,16 @@ def multiple_choice_proxy(name: str, relative: str, reader: Callable[[Path], lis
             return multiple_choice(model, loaded.tokenizer, items, progress=False)["acc"]
 
     return Proxy(name, "maximize", "acc %", {"data": relative, "samples": len(items)}, score)
+
+
+def perplexity_score(loaded: LoadedModel, ids: torch.Tensor) -> Callable[[Subnet], float]:
+    """Scores a subnet by its perplexity on fixed token windows `ids` (samples, seq_len)."""
+
+    @torch.inference_mode()
+    def score(subnet: Subnet) -> float:
+        with loaded.view(subnet) as model:
+            logits = model(input_ids=ids).logits[:, :-1].float()                # (samples, seq_len - 1, vocab)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        return math.exp(loss.item())
+
+    return score

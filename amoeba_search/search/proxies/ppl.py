@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-
-import torch
 
 from ...data import read_text, require_file
 from ...errors import UserError
 from ...models import LoadedModel
 from ...selection.calibration import text_calibration
-from ...subnet import Subnet
 from . import PROXIES
-from .base import Proxy
+from .base import Proxy, perplexity_score
 
 
 @PROXIES.register("ppl")
@@ -24,14 +20,5 @@ def perplexity_proxy(loaded: LoadedModel, data_dir: Path, samples: int = 8, seq_
         raise UserError(f"--proxy-samples must be >= 1 (got {samples}) and the window >= 2 tokens")
     path = require_file(data_dir / "wikitext2" / "valid.txt", "wikitext2_valid")
     calibration = text_calibration(loaded.tokenizer, read_text(path), samples, seq_len, seed, name=str(path))
-    ids = calibration.input_ids
-
-    @torch.inference_mode()
-    def score(subnet: Subnet) -> float:
-        with loaded.view(subnet) as model:
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-        return math.exp(loss.item())
-
     return Proxy("ppl", "minimize", "ppl", {"data": "wikitext2/valid.txt", "samples": samples, "seq_len": seq_len,
-                                            "seed": seed}, score)
+                                            "seed": seed}, perplexity_score(loaded, calibration.input_ids))
