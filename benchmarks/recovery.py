@@ -11,7 +11,9 @@ held-out text the full model wrote; with the adapters when method = adapters); w
 --space heterogeneous, the exact block solver's top-k re-ranked by that proxy, then --refine-rounds local rounds
 (`amoeba search --space heterogeneous`). Studies are kept under --out, so a rerun resumes. Retained above-chance
 accuracy = (acc - 25) / (acc_full - 25). Writes benchmarks/results/recovery.json and recovery.md; a run with
-candidate adapters that were not shipped is kept as written in results/recovery-2000-more-steps/ (--results)."""
+candidate adapters that were not shipped is kept as written in results/recovery-2000-more-steps/, and the run searched
+with the `ppl` proxy (before benchmarks/proxy_choice.py measured `self_ppl` ranking better) in
+results/recovery-ppl-proxy/ (--results)."""
 
 from __future__ import annotations
 
@@ -121,7 +123,7 @@ def main() -> None:
     parser.add_argument("--space", default="heterogeneous", choices=("uniform", "heterogeneous"))
     parser.add_argument("--device", default="intel-xeon", help="committed torch-eager profile of this machine")
     parser.add_argument("--trials", type=int, default=25, help="uniform space: search trials per target and method")
-    parser.add_argument("--proxy", default="ppl", choices=("ppl", "self_ppl"), help="accuracy proxy of the searches")
+    parser.add_argument("--proxy", default="self_ppl", choices=("ppl", "self_ppl"), help="accuracy proxy of the searches")
     parser.add_argument("--top-k", type=int, default=8, help="heterogeneous space: solutions re-ranked by the proxy")
     parser.add_argument("--refine-rounds", type=int, default=1, help="heterogeneous space: local rounds")
     parser.add_argument("--windows", type=int, default=40, help="WikiText-2 test windows of 512 tokens (first N)")
