@@ -29,7 +29,7 @@ from scipy.stats import spearmanr
 
 from amoeba_search.artifacts import environment, write_json_atomic
 from amoeba_search.data import data_root, read_arc, read_text
-from amoeba_search.evaluate import multiple_choice
+from amoeba_search.evaluate import mean_stderr_pct, multiple_choice
 from amoeba_search.finetune.checkpoint import load_adapters
 from amoeba_search.models import load_model
 from amoeba_search.resources import shipped_adapters, shipped_strategy
@@ -125,8 +125,7 @@ def summary(rows: list[dict]) -> dict:
                                                 ("even_half", group, "arc_acc_even"), (f"top{TOP}", top, "arc_acc"))},
                 "pick": {k: pick[k] for k in ("origin", "key", "layers", "arc_acc", "arc_acc_norm", "arc_acc_odd",
                                               "arc_acc_even")},
-                "pick_arc_acc_stderr": round(100 * math.sqrt(pick["arc_acc"] / 100 * (1 - pick["arc_acc"] / 100)
-                                                             / (len(pick["arc_correct"]) - 1)), 2)}
+                "pick_arc_acc_stderr": round(mean_stderr_pct(pick["arc_correct"]), 2)}
         best = max(group, key=lambda r: r["arc_acc"])
         out[str(ratio)] = {"candidates": len(group), "arc_acc_range": [min(r["arc_acc"] for r in group),
                                                                        best["arc_acc"]],
