@@ -431,21 +431,29 @@ def test_extract_report_warns_when_the_full_model_is_off_its_profile(world, tmp_
     assert quality_runs == []
 
 
-def test_self_ppl_is_the_perplexity_of_held_out_text_the_full_model_wrote(tiny, tiny_data, tmp_path):
+def test_self_ppl_is_the_perplexity_of_held_out_text_the_full_model_wrote(tiny, tiny_data, tmp_path, monkeypatch):
     from amoeba_search.data import read_training_texts
     from amoeba_search.finetune.corpus import CorpusSettings, generate_corpus
-    from amoeba_search.search.proxies import PROXIES
+    from amoeba_search.models import CACHE_ENV
+    from amoeba_search.search.proxies import PROXIES, self_ppl
     from amoeba_search.search.proxies.self_ppl import held_out_windows
     from amoeba_search.subnet import Subnet
 
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     ids = held_out_windows(tiny, tiny_data, 2, 64)                                 # (2, 64)
+    cached = list((tmp_path / "cache" / "held_out_text").iterdir())
+    assert [p.suffix for p in cached] == [".jsonl"]                                # one whole file, no temp left
+    monkeypatch.setattr(self_ppl, "generate_corpus", lambda *a, **k: pytest.fail("the cached text was rewritten"))
     proxy = PROXIES.get("self_ppl")(tiny, tiny_data, samples=2, seq_len=64)
     with torch.inference_mode():
         logits = tiny.model(input_ids=ids).logits[:, :-1]
         expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
     assert proxy.score(Subnet.full(ModelDims.from_config(tiny.model.config))) == pytest.approx(expected.exp().item(),
                                                                                               rel=1e-5)
-    assert torch.equal(ids, held_out_windows(tiny, tiny_data, 2, 64))             # the same text on every run
+    assert torch.equal(ids, held_out_windows(tiny, tiny_data, 2, 64))             # the same text, read back
+    monkeypatch.undo()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "fresh"))
+    assert torch.equal(ids, held_out_windows(tiny, tiny_data, 2, 64))             # and when written anew
     training = read_training_texts(generate_corpus(tiny, tiny_data / "instructions" / "alpaca_seed_tasks.jsonl",
                                                    tmp_path / "train.jsonl", CorpusSettings(samples=4, batch_size=4),
                                                    progress=False))
@@ -453,3 +461,7 @@ def test_self_ppl_is_the_perplexity_of_held_out_text_the_full_model_wrote(tiny, 
     assert stream[:64] != ids[0].tolist()                   # not the training corpus's default-seed samples
     with pytest.raises(UserError, match="lower --proxy-samples"):
         held_out_windows(tiny, tiny_data, 10_000, 256)
+    cached[0].write_text(cached[0].read_text().splitlines(keepends=True)[0])      # a cache file cut to its header
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(UserError, match="delete it"):
+        held_out_windows(tiny, tiny_data, 2, 64)

@@ -28,8 +28,8 @@ SHARED_OPTIONS: list[tuple[str, object, object]] = [
     ("phase", str, typer.Option("decode", help="prefill (TTFT at P tokens) or decode (per token at C cached "
                                                "tokens).")),
     ("proxy", str, typer.Option("ppl", help=f"Accuracy proxy: {PROXIES.choices()} (ppl: WikiText-2 valid windows; "
-                                            "self_ppl: held-out text the full model writes at start-up; the others: "
-                                            "first N validation questions).")),
+                                            "self_ppl: held-out text the full model writes once per machine, ~1 "
+                                            "min, then cached; the others: first N validation questions).")),
     ("proxy_samples", Optional[int], typer.Option(None, "--proxy-samples", help="Windows (ppl, default 8; self_ppl, "
                                                                                 "16) or questions (multiple choice, "
                                                                                 "default 200) the proxy reads.")),
