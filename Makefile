@@ -60,7 +60,7 @@ llama-bench: llama-cpp  ## llama.cpp's own llama-bench from the same release (st
 		mkdir -p $(dir $(LLAMA_BENCH)) && cp $(LLAMA_SRC)/build/bin/llama-bench $(LLAMA_BENCH))
 	@echo "llama-bench: $(LLAMA_BENCH) (AMOEBA_LLAMA_BENCH=$(LLAMA_BENCH) runs its kit test)"
 
-demo: setup      ## full model vs two extracted subnets: size, latency, perplexity, ARC-easy accuracy
+demo: setup      ## profile this CPU, search per-layer shapes for 60% latency, extract, measure beside the full model
 	$(BIN)/amoeba demo --threads 2
 
 test: setup      ## unit tests on tiny random models + a few on the embedded model

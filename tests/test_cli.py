@@ -52,6 +52,8 @@ def test_subnet_extract_evaluate_pipeline(tiny_dir, tiny_data, tmp_path):
       "--target-ratio", "0.6"], "--model-dtype 'int8'"),
     (["select", "--model", "{tiny}", "--dtype", "fp8", "--out", "{tmp}/x"], "--dtype 'fp8': choose auto"),
     (["finetune", "--model", "{tiny}", "--dtype", "half", "--out", "{tmp}/x"], "--dtype 'half': choose auto"),
+    (["demo", "--space", "diagonal", "--out", "{tmp}/x"], "--space 'diagonal': choose heterogeneous or uniform"),
+    (["demo", "--proxy", "self-ppl", "--out", "{tmp}/x"], "did you mean 'self_ppl'"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message, tiny_dir, tiny_data, tmp_path):
     bad = tmp_path / "bad.json"

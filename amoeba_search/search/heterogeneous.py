@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
+from tqdm.auto import tqdm
 
 from ..data import data_root, read_text
 from ..errors import UserError
@@ -210,7 +211,8 @@ def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "k
 
     def measure(entries: list[tuple[str, Solution, str]]) -> tuple:
         """Score new entries on the proxy; the best of all so far."""
-        for origin, solution, key in entries:
+        for origin, solution, key in tqdm(entries, desc=f"{ctx.proxy.name} of the candidates", unit="subnet",
+                                          disable=not progress):
             subnet = heterogeneous_subnet(ctx.loaded.model, ctx.strategy.width, solution.shapes, ctx.compensate)
             ranked.append((origin, solution, subnet, ctx.accuracy(key, lambda s=subnet: s)))
         return min(ranked, key=lambda r: r[3] if ctx.proxy.direction == "minimize" else -r[3])
