@@ -170,6 +170,10 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
                          f"pareto --device {request.device} --flow {FLOW} --strategy {strategy_path} --profiles-dir "
                          f"{request.profiles_dir} --proxy {ctx.proxy.name} --storage {request.storage}"
                          + (f" --adapters {adapters}`" if adapters else "`")))
+    if subnet.uniform_shape(ctx.dims) is None:          # plain from_pretrained cannot hold per-layer widths
+        console.print(escape(f"load the checkpoint with amoeba_search.models.load_model('{checkpoint}') or any "
+                             f"`amoeba --model {checkpoint}` command; for llama.cpp: `amoeba extract --subnet "
+                             f"{best_path} --gguf f16 --out DIR" + (f" --adapters {adapters}`" if adapters else "`")))
     console.print("artifacts:\n" + "\n".join(f"  {label}: {path}" for label, path in (
         ("strategy", strategy_path), ("device profile", lut.directory), ("study storage", out / "studies.db"),
         ("best subnet", best_path), ("extracted checkpoint", checkpoint), ("pareto CSV", csv),
