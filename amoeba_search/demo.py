@@ -28,7 +28,7 @@ from .profiling.lut import LookupTable, Setting
 from .profiling.profile import DEFAULT_MLP_RATIOS, WidthGrid, build_profile
 from .profiling.store import ProfileStore
 from .resources import shipped_strategy
-from .search.heterogeneous import heterogeneous_search
+from .search.heterogeneous import adapters_warning, heterogeneous_search
 from .search.report import best_record, pareto_rows, proxy_detail, write_best
 from .search.session import SearchRequest, open_search, run_search
 from .search.study import feasible_best, pareto, write_csv
@@ -118,6 +118,8 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
     if space == "heterogeneous":
         console.print("per-layer shapes: exact knapsack over the block scores, the best candidates measured on the "
                       "proxy")
+        if warning := adapters_warning(tuned):
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
         record = heterogeneous_search(ctx, target, progress=True)
         subnet = record.pop("subnet")
         best_path = write_best(ctx, record, out / "best_subnet.json", subnet)

@@ -367,3 +367,13 @@ def test_finetuning_can_draw_the_solvers_shapes(world, scored, tmp_path):  # noq
                 shape_profiles=luts)
     with pytest.raises(UserError, match="--heterogeneous-shapes"):
         TrainConfig(heterogeneous_per_step=2, heterogeneous_shapes="uniform")
+
+
+def test_adapters_trained_on_uniform_shapes_only_are_flagged_before_a_per_layer_search():
+    from types import SimpleNamespace
+
+    from amoeba_search.search.heterogeneous import adapters_warning
+
+    assert adapters_warning(SimpleNamespace(adapters=None)) is None
+    assert adapters_warning(SimpleNamespace(adapters=SimpleNamespace(saw_heterogeneous=True))) is None
+    assert "uniform shapes only" in adapters_warning(SimpleNamespace(adapters=SimpleNamespace(saw_heterogeneous=False)))

@@ -163,13 +163,11 @@ def search_command(
     check_output(extract_dir, directory=True)
     ctx = open_from(search, blocks=space == "heterogeneous")
     if space == "heterogeneous":
-        from ..search.heterogeneous import heterogeneous_search
+        from ..search.heterogeneous import adapters_warning, heterogeneous_search
 
         target = target_ms if target_ms is not None else target_ratio * ctx.full_model_ms()
-        if ctx.loaded.adapters is not None and not ctx.loaded.adapters.saw_heterogeneous:
-            console.print("[yellow]warning:[/] these adapters were trained on uniform shapes only (finetune "
-                          "--heterogeneous-per-step 0); on heterogeneous subnets the shipped ones measured a worse "
-                          "test perplexity than none (benchmarks/results/recovery.md): compare with --adapters none")
+        if warning := adapters_warning(ctx.loaded):
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
         console.print(f"solving the per-layer knapsack for {target:.3f} ms, measuring the top {top_k}"
                       + (f", then up to {refine_rounds} refining rounds" if refine_rounds else ""))
         record = heterogeneous_search(ctx, target, top_k, block_metric, refine_rounds, max_changes, progress=True)

@@ -170,6 +170,15 @@ def brute_force(scores: Sequence[dict[Shape, float]], block_ms: dict[Shape, floa
     return best
 
 
+def adapters_warning(loaded) -> str | None:
+    """Why attached adapters may hurt on per-layer shapes: trained on uniform shapes only, they measured worse."""
+    if loaded.adapters is None or loaded.adapters.saw_heterogeneous:
+        return None
+    return ("these adapters were trained on uniform shapes only (finetune --heterogeneous-per-step 0); on "
+            "heterogeneous subnets the shipped ones measured a worse test perplexity than none "
+            "(benchmarks/results/recovery.md): compare with --adapters none")
+
+
 def heterogeneous_search(ctx, target_ms: float, top_k: int = 8, metric: str = "kl", refine_rounds: int = 0,
                          max_changes: int = 4, progress: bool = False) -> dict:
     """The best heterogeneous subnet for a search context (model, strategy with block scores, profile, proxy):
