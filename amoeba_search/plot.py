@@ -116,9 +116,10 @@ def pareto_figure(files: list[Path], target_ratios: list[float] = (),
         detail = "" if pd.isna(detail) or not detail else f" on {detail}"
         metric = first.get("metric", "latency")
         metric = "latency" if pd.isna(metric) else metric
+        unit = first.get("proxy_unit", first["proxy"])               # older CSVs name no unit
         panel = Panel(f"{first['device']} / {first['flow']}{kind}\n{first['setting']}", f"predicted {metric} (ms)",
-                      f"{first['proxy']}{detail} ({'lower' if minimize else 'higher'} is better)",
-                      ylog=first["proxy"] == "ppl")
+                      f"{first['proxy']}{detail}\n({'lower' if minimize else 'higher'} is better)",
+                      ylog=unit == "ppl")                            # every perplexity proxy on a log axis
         for name in PARETO_ORDER:
             rows = frame[frame["series"] == name].sort_values("latency_ms")
             if len(rows):
@@ -256,13 +257,13 @@ def render_html(figure: Figure, path: Path) -> Path:
                 x=series.x, y=series.y, mode=mode, name=series.label, legendgroup=series.label,
                 showlegend=index == 0, marker={"symbol": symbol, "size": size,
                                                **({"color": "lightgray"} if series.style == "faint" else {})},
-                text=[f"{series.label}<br>{name}<br>{panel.xlabel}: {x:.3f}<br>{panel.ylabel}: {value}"
+                text=[f"{series.label}<br>{name}<br>{panel.xlabel}: {x:.3f}<br>{panel.ylabel.splitlines()[0]}: {value}"
                       for name, x, value in zip(names, series.x, real)], hoverinfo="text"), row=row, col=col)
         for label, x in panel.vlines:
             page.add_vline(x=x, line_dash="dot", line_color="gray", annotation_text=label,
                            annotation_textangle=-90, row=row, col=col)
         page.update_xaxes(title_text=panel.xlabel, row=row, col=col)
-        yaxis = {"title_text": panel.ylabel, "type": "log" if panel.ylog else "linear"}
+        yaxis = {"title_text": panel.ylabel.replace("\n", "<br>"), "type": "log" if panel.ylog else "linear"}
         if panel.ylim:
             low, high = panel.ylim
             yaxis["range"] = [math.log10(low), math.log10(high)] if panel.ylog else [low, high]
