@@ -188,7 +188,8 @@ def argmax(values: Sequence[float]) -> int:
 @torch.inference_mode()
 def multiple_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[MCItem],
                     max_batch_tokens: int = 2048, progress: bool = True) -> dict:
-    """acc and acc_norm (log-likelihood / choice length in characters) as lm-evaluation-harness defines them."""
+    """acc and acc_norm (log-likelihood / choice length in characters) as lm-evaluation-harness defines them, with
+    the per-question log-likelihoods and outcomes (`correct`, `correct_norm`) for paired comparisons."""
     start_time = time.perf_counter()
     packed = [pack_question(tokenizer, i, item) for i, item in enumerate(items)]
     loglikelihoods: list[list[float]] = [[] for _ in items]
@@ -208,4 +209,4 @@ def multiple_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
             "chance_acc": chance, "questions": len(items), "choices": sum(len(i.continuations) for i in items),
             "tokens": sum(len(p.tokens) for p in packed), "seconds": seconds,
             "questions_per_s": len(items) / seconds, "tokens_per_s": sum(len(p.tokens) for p in packed) / seconds,
-            "loglikelihoods": loglikelihoods}
+            "loglikelihoods": loglikelihoods, "correct": correct, "correct_norm": correct_norm}

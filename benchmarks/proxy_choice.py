@@ -97,9 +97,8 @@ def measure(rows_path: Path, targets: list[tuple[float, bool]], top_k: int) -> N
                     row[f"{name}_kl"] = (teacher[name].exp() * (teacher[name] - student)).sum(-1).mean().item()
                     del student
                 result = multiple_choice(model, full.tokenizer, arc, progress=False)
-            norm = [[v / n for v, n in zip(ll, item.choice_lengths)] for ll, item in zip(result["loglikelihoods"], arc)]
-            row["arc_correct"] = [int(ll.index(max(ll)) == item.gold) for ll, item in zip(result["loglikelihoods"], arc)]
-            row["arc_norm_correct"] = [int(ll.index(max(ll)) == item.gold) for ll, item in zip(norm, arc)]
+            row["arc_correct"], row["arc_norm_correct"] = ([int(c) for c in result[key]]
+                                                           for key in ("correct", "correct_norm"))
             row["arc_acc"], row["arc_acc_norm"] = result["acc"], result["acc_norm"]
             row["seconds"] = time.perf_counter() - started
             with rows_path.open("a") as handle:

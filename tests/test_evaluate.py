@@ -38,6 +38,7 @@ def test_uniform_model_multiple_choice_by_hand(uniform, tiny_data):
     assert result["loglikelihoods"][0] == pytest.approx([-5 * math.log(257), -6 * math.log(257),
                                                          -12 * math.log(257)], rel=1e-5)
     assert result["acc"] == pytest.approx(100 / 3) and result["acc_norm"] == pytest.approx(200 / 3)
+    assert result["correct"] == [True, False, False] and result["correct_norm"] == [False, True, True]
 
 
 def _naive_loglikelihoods(model, tokenizer, item):

@@ -41,7 +41,8 @@ class Task:
                               progress=progress)
         items = self.read_items(path)[:questions]
         result = multiple_choice(model, tokenizer, items, progress=progress)
-        result.pop("loglikelihoods")
+        for per_question in ("loglikelihoods", "correct", "correct_norm"):        # reports keep the totals
+            result.pop(per_question)
         return result
 
 
