@@ -42,6 +42,11 @@ FLOW = "torch-eager"
 SPACES = ("heterogeneous", "uniform")
 
 
+def check_space(space: str) -> None:
+    if space not in SPACES:
+        raise UserError(f"--space {space!r}: choose {' or '.join(SPACES)}")
+
+
 def demo_profile(console: Console, full: LoadedModel, out: Path) -> LookupTable:
     """This machine's torch-eager decode profile: the committed one when it was measured on a CPU of this name with
     these settings and its reference kernels run within SPEED_WARN_PCT here (one name can cover several CPU
@@ -92,8 +97,7 @@ def run_demo(console: Console, full: LoadedModel, out: Path, target_ratio: float
              questions: int = 100, windows: int = 8, data_dir: Path | None = None,
              strategy_path: Path | None = None, adapters: Path | None = None, strict: bool = False,
              space: str = "heterogeneous", proxy: str = "self_ppl") -> dict:
-    if space not in SPACES:
-        raise UserError(f"--space {space!r}: choose {' or '.join(SPACES)}")
+    check_space(space)
     root = data_root(data_dir)
     strategy_path = strategy_path or shipped_strategy(blocks=space == "heterogeneous")
     strategy = Strategy.load(strategy_path)

@@ -10,9 +10,9 @@ other windows, KL to the full model on the self-written windows, the summed bloc
 validation questions, per question). Reported per proxy: Spearman correlation with ARC-easy acc over all candidates,
 over the odd and the even questions separately (a proxy chosen on one half can be checked on the other), and over
 the 15 candidates best on the `ppl` proxy (where a search decides); and the ARC-easy accuracy of the candidate each
-proxy picks; the same over the pool's uniform subnets alone (the uniform search's choices, `make demo`'s space),
-and at --uniform-targets over those alone. ARC-easy here is the reported validation split, so this measures a
-method choice against the same split the recovery table reports: read the halves. Rows resume from --out/rows.jsonl. Writes
+proxy picks; the same over the pool's uniform subnets alone (the uniform search's choices, `make demo --space
+uniform`'s). ARC-easy here is the reported validation split, so this measures a method choice against the same split
+the recovery table reports: read the halves. Rows resume from --out/rows.jsonl. Writes
 benchmarks/results/proxy_choice.{json,md}."""
 
 from __future__ import annotations
@@ -57,10 +57,8 @@ def log_probs(model, ids: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1)      # (samples, seq_len - 1, vocab)
 
 
-def measure(rows_path: Path, targets: list[tuple[float, bool]], top_k: int) -> None:
-    """Scores every candidate of every (ratio, uniform_only) target not yet in rows_path (one JSON line each); with
-    uniform_only, only the uniform subnets of the pool (what the uniform search, and so `make demo`, chooses
-    among)."""
+def measure(rows_path: Path, ratios: list[float], top_k: int) -> None:
+    """Scores every candidate of every target not yet in rows_path (one JSON line each)."""
     root = data_root()
     full = load_model("default")
     tuned = dataclasses.replace(full, adapters=load_adapters(full, shipped_adapters()))
@@ -78,11 +76,10 @@ def measure(rows_path: Path, targets: list[tuple[float, bool]], top_k: int) -> N
     scores = ctx.strategy.blocks.table("kl", ctx.dims.num_layers)
     table = solver_table(scores)
     block_ms = {(h, m): ctx.lut.block_ms(ctx.setting, h, m) for h, m in ctx.lut.widths(ctx.setting)}
-    for ratio, uniform_only in targets:
+    for ratio in ratios:
         target = ctx.resolve_target(None, ratio)
         budget = block_budget_ms(target, ctx.lut.base_ms(ctx.setting), *latency_scales(ctx))
         pool = candidate_pool(ctx, table, scores, block_ms, budget, target, solve(table, block_ms, budget, top_k))
-        pool = [entry for entry in pool if entry[0].startswith(UNIFORM) or not uniform_only]
         for index, (origin, solution, _) in enumerate(pool, 1):
             if (ratio, solution.key) in done:
                 continue
@@ -112,15 +109,13 @@ def pct(correct: list[int]) -> float:
 
 
 def spaces(rows: list[dict]) -> list[tuple[str, float, list[dict]]]:
-    """(space, ratio, candidates) per target: the whole pool where it was measured (heterogeneous), and its uniform
-    subnets alone (the uniform search's choices)."""
+    """(space, ratio, candidates) per target: the whole pool (heterogeneous), and its uniform subnets alone (the
+    uniform search's choices)."""
     out = []
     for ratio in sorted({r["ratio"] for r in rows}, reverse=True):
         group = [r for r in rows if r["ratio"] == ratio]
         uniform = [r for r in group if r["origin"].startswith(UNIFORM)]
-        if len(uniform) < len(group):
-            out.append(("heterogeneous", ratio, group))
-        out.append(("uniform", ratio, uniform))
+        out += [("heterogeneous", ratio, group), ("uniform", ratio, uniform)]
     return out
 
 
@@ -143,9 +138,10 @@ def summary(rows: list[dict]) -> dict:
                                               "arc_acc_even")},
                 "pick_arc_acc_stderr": round(mean_stderr_pct(pick["arc_correct"]), 2)}
         best = max(group, key=lambda r: r["arc_acc"])
-        out[f"{space} {ratio}"] = {"space": space, "ratio": ratio, "candidates": len(group), "arc_acc_range": [min(r["arc_acc"] for r in group),
-                                                                       best["arc_acc"]],
-                           "oracle": {k: best[k] for k in ("origin", "key", "layers", "arc_acc")}, "proxies": proxies}
+        out[f"{space} {ratio}"] = {"space": space, "ratio": ratio, "candidates": len(group),
+                                   "arc_acc_range": [min(r["arc_acc"] for r in group), best["arc_acc"]],
+                                   "oracle": {k: best[k] for k in ("origin", "key", "layers", "arc_acc")},
+                                   "proxies": proxies}
     return out
 
 
@@ -176,8 +172,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="0.8,0.65,0.6", help="latency ratios (comma list); 0.6 is `make demo`'s")
     parser.add_argument("--top-k", type=int, default=8, help="exact solutions in each pool, as the search's default")
-    parser.add_argument("--uniform-targets", default="",
-                        help="latency ratios measured on the pool's uniform subnets only (comma list)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "proxy_choice")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -185,15 +179,13 @@ def main() -> None:
     command = setup(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     rows_path = args.out / "rows.jsonl"
-    measure(rows_path, [(float(r), False) for r in args.targets.split(",") if r]
-            + [(float(r), True) for r in args.uniform_targets.split(",") if r], args.top_k)
+    measure(rows_path, [float(r) for r in args.targets.split(",")], args.top_k)
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
     record = {"summary": summary(rows),
               "candidates": [{k: v for k, v in r.items() if not k.endswith("_correct")} for r in rows],
               "details": {"command": command, "environment": environment(), "adapters": str(shipped_adapters()),
                           "setup": "shipped adapters on, intel-xeon/torch-eager decode profile (committed), "
-                                   "heterogeneous candidate pool per target (uniform subnets only for "
-                                   "--uniform-targets), ARC-easy validation (570 questions)"}}
+                                   "heterogeneous candidate pool per target, ARC-easy validation (570 questions)"}}
     args.results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.results / "proxy_choice.json", record)
     (args.results / "proxy_choice.md").write_text(markdown(record))

@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from ..errors import UserError
 from .common import DataDirOption, ThreadsOption, check_output, check_range, console, example, load, new_app, setup
 
 app = new_app("")
@@ -36,11 +35,10 @@ def demo(
 ) -> None:
     """The whole pipeline on the embedded model: strategy -> profile -> search -> extract -> measure -> Pareto plot."""
     setup(threads)
-    from ..demo import SPACES, run_demo
+    from ..demo import check_space, run_demo
     from ..search.proxies import PROXIES
 
-    if space not in SPACES:
-        raise UserError(f"--space {space!r}: choose {' or '.join(SPACES)}")
+    check_space(space)                                   # both refused before the model loads
     PROXIES.get(proxy)                                   # an unknown name is refused with the known ones
     check_range("--target-ratio", target_ratio, 0, low_open=True)
     check_range("--trials", trials, 1)
