@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .evaluate import near_chance
 from .models import LoadedModel
-from .profiling.lut import Setting
+from .profiling.lut import ESTIMATORS, Setting
 from .subnet import Subnet
 from .tasks import TASKS
 from .tasks.base import Task, evaluate_tasks
@@ -82,7 +82,8 @@ def report_row(name: str, loaded: LoadedModel, view: Subnet | None, predicted_ms
     record = quality(loaded, view, data_dir, questions=questions, windows=windows)
     return {"name": name, "path": str(loaded.path), "predicted_ms": predicted_ms,
             "measured_ms": latency.get("measured_ms"), "measured_p10_ms": latency.get("p10_ms"),
-            "measured_p90_ms": latency.get("p90_ms"), "tasks": record["tasks"], "warnings": record["warnings"],
+            "measured_p90_ms": latency.get("p90_ms"), "measured_estimator": latency.get("estimator"),
+            "tasks": record["tasks"], "warnings": record["warnings"],
             "generation": record["generation"],
             "layers": len(view.layers) if view is not None else loaded.model.config.num_hidden_layers}
 
@@ -102,8 +103,12 @@ def metric_cells(name: str, result: dict) -> dict[str, str]:
 def quality_table(rows: list[dict], title: str, setting: Setting) -> Table:
     """Rows of {name, predicted_ms, measured_ms (+ p10/p90), tasks}: one line per model, latency in the setting's
     serving terms (TTFT or TPOT ms, and pp or tg tokens/s: measured where measured, else marked predicted), one
-    column per metric (± stderr)."""
-    table = Table(title=escape(title))
+    column per metric (± stderr). The caption names the profile's estimator: "measured" is what the prediction is
+    comparable with, and it can sit outside the p10-p90 of all samples (the 'quiet' one is the lowest pass p10)."""
+    estimator = next((r["measured_estimator"] for r in rows if r.get("measured_estimator")), None)
+    caption = (f"measured = {ESTIMATORS[estimator]} (the profile's estimator, comparable with predicted); "
+               "p10-p90 over all samples" if estimator else None)
+    table = Table(title=escape(title), caption=escape(caption) if caption else None)
     tasks = list(rows[0]["tasks"])
     cells = [{name: metric_cells(name, r["tasks"][name]) for name in tasks} for r in rows]
     columns = ["model", f"predicted {setting.metric} ms", f"measured {setting.metric} ms (p10-p90)", setting.rate_name]

@@ -89,6 +89,9 @@ def test_quality_record_names_what_it_scored(world, tiny_data):  # noqa: F811
     headers = [c.header for c in table.columns]
     assert headers[1:4] == ["predicted TPOT ms", "measured TPOT ms (p10-p90)", "tg tok/s"]
     assert list(table.columns[3].cells) == ["40.0", "50.0 (predicted)"]      # measured where measured
+    row["measured_estimator"] = "quiet"                                      # the caption says what "measured" is
+    assert table.caption is None and "lowest p10 over the passes" in quality_table(
+        [row], "t", Setting("decode", 128, 1, "float32")).caption
     assert Setting("prefill", 128, 2, "float32").tokens_per_s(100.0) == pytest.approx(2560.0)   # pp: 2 x 128 / 0.1 s
 
 
