@@ -230,6 +230,18 @@ def test_training_data_readers(tmp_path):
         read_training_texts(tmp_path / "missing.jsonl")
 
 
+def test_a_frozen_teacher_refuses_to_train_the_full_model_alone(world, tmp_path):
+    """Distilling the original model into its own full shape trains nothing (KL 0): refused, not run for nothing."""
+    loaded, strategy, root, data = world
+    full = Subnet.full(ModelDims.from_config(loaded.model.config))
+    for overrides, target in (({"subnets_per_step": 1}, None), ({"subnets_per_step": 1}, full)):
+        with pytest.raises(UserError, match="nothing would be trained"):
+            Trainer(loaded, strategy, root / "strategy.json", data, tmp_path / "run",
+                    TrainConfig(steps=1, batch_size=2, seq_len=32, **overrides), ADAPTER, progress=False, target=target)
+    assert not (tmp_path / "run").exists()
+    trainer(world, tmp_path / "inplace", steps=1, subnets_per_step=1, teacher="inplace")   # learns the data: fine
+
+
 def test_adapters_for_another_model_are_refused(world, tmp_path, tiny_dir):
     from tests.conftest import build_tiny
 

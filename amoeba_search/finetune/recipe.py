@@ -140,6 +140,11 @@ class Trainer:
         self.loaded, self.strategy, self.out_dir, self.config, self.progress = loaded, strategy, Path(out_dir), config, progress
         self.dims = model_dims(loaded.model.config)
         self.space = space or SearchSpace.from_strategy(strategy, self.dims)
+        alone = target if target is not None else self.space.largest if config.subnets_per_step == 1 else None
+        if config.teacher == "frozen" and alone is not None and self._subnet(alone).is_full(self.dims):
+            raise UserError("with --teacher frozen the full model distils into itself (KL 0): nothing would be "
+                            "trained. Fine-tune a smaller --subnet, use --subnets-per-step >= 2, or --teacher "
+                            "inplace to fine-tune the full model on the data")
         if config.heterogeneous_per_step and adapter_config.experts > 1:
             raise UserError("--heterogeneous-per-step needs --experts 1: the SMoL router encodes one width per "
                             "subnet, and a heterogeneous subnet has one per layer")
