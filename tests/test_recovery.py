@@ -56,6 +56,26 @@ def test_corpus_resumes_exactly_and_refuses_other_settings(tiny, instructions, t
         "amoeba_search.finetune.corpus", fromlist=["OPENINGS"]).OPENINGS)) for t in texts)
 
 
+def test_the_self_ppl_held_out_seed_is_never_training_text(tmp_path):
+    """A corpus written with the seed the self_ppl proxy keeps for its held-out text holds that proxy's prompts (and
+    with its settings, its very text): `amoeba corpus` refuses the seed, `amoeba finetune` refuses such a file."""
+    from amoeba_search.finetune.corpus import CORPUS_KIND, HELD_OUT_SEED, corpus_seed
+    from tests.test_cli import amoeba
+
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(json.dumps({"kind": CORPUS_KIND, "settings": {"seed": HELD_OUT_SEED}}) + "\n"
+                        + json.dumps({"index": 0, "prompt": "Say", "text": "Say hello."}) + "\n")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("some text")
+    assert corpus_seed(held_out) == HELD_OUT_SEED and corpus_seed(plain) is None
+    result = amoeba("corpus", "--seed", str(HELD_OUT_SEED), "--out", tmp_path / "c.jsonl")
+    assert result.returncode == 2 and "held-out" in result.stderr and not (tmp_path / "c.jsonl").exists()
+    for option in ("--data", "--corpus"):
+        result = amoeba("finetune", option, held_out, "--out", tmp_path / "run")
+        assert result.returncode == 2 and f"{held_out} was written with seed" in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_stderr_is_lm_evals_and_chance_is_flagged():
     outcomes = [True] * 50 + [False] * 50
     assert mean_stderr_pct(outcomes) == pytest.approx(100 * math.sqrt(0.25 / 99))

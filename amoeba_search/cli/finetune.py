@@ -11,7 +11,7 @@ import typer
 from .common import (DataDirOption, DtypeOption, ModelOption, StrategyOption, ThreadsOption, check_output,
                      check_range, console, example, load, new_app, setup, strategy_path)
 from ..errors import UserError
-from ..finetune.corpus import CorpusSettings
+from ..finetune.corpus import CorpusSettings, corpus_seed, refuse_held_out
 
 app = new_app("")
 
@@ -123,6 +123,8 @@ def finetune(
     corpus_path = None if corpus == "none" else (out / "corpus.jsonl" if corpus == "auto" else Path(corpus))
     if corpus_path is not None:
         check_output(corpus_path)
+    for file in [*files, *([corpus_path] if corpus_path is not None else [])]:
+        refuse_held_out(corpus_seed(file), file)
     texts = {str(file): read_training_texts(file) for file in files}      # bad data fails before any work
     settings = CorpusSettings(samples=corpus_samples)
     instructions = instruction_file(root) if corpus_path is not None else None
@@ -183,6 +185,7 @@ def corpus(
         check_range(name, value, 1)
     check_range("--temperature", temperature, 0, low_open=True)
     check_output(out)
+    refuse_held_out(seed)
     settings = CorpusSettings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                               batch_size=batch_size, seed=seed)
     root = data_root(data_dir)

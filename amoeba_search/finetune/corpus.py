@@ -35,6 +35,35 @@ OPENINGS = (
 )
 
 
+# The `self_ppl` search proxy scores subnets on a corpus batch written with this seed: prompts are drawn from
+# (seed, sample index), so training text made with it would hold the proxy's own prompts and often its very text.
+HELD_OUT_SEED = 1
+
+
+def refuse_held_out(seed: int, path: Path | None = None) -> None:
+    """Training text must not be the `self_ppl` proxy's held-out text: one line naming the fix instead."""
+    if seed == HELD_OUT_SEED:
+        where = f"{path} was written" if path is not None else "--seed"
+        raise UserError(f"{where} with seed {HELD_OUT_SEED}, which the self_ppl search proxy keeps for its held-out "
+                        "text: training on it would make that proxy score training text. Write the corpus with "
+                        "another --seed")
+
+
+def corpus_seed(path: Path) -> int | None:
+    """The generation seed in a distillation corpus's header line; None for any other file."""
+    if Path(path).suffix != ".jsonl" or not Path(path).is_file():
+        return None
+    with Path(path).open(encoding="utf-8") as handle:
+        try:
+            header = json.loads(handle.readline() or "null")
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(header, dict) or header.get("kind") != CORPUS_KIND:
+        return None
+    seed = (header.get("settings") or {}).get("seed")
+    return seed if isinstance(seed, int) else None
+
+
 @dataclass(frozen=True)
 class CorpusSettings:
     """Defaults: 640 samples of up to 128 new tokens (~110k tokens with prompts), about 8 min on 2 CPU cores

@@ -22,12 +22,11 @@ import torch
 
 from ...data import read_training_texts, require_file
 from ...errors import UserError
-from ...finetune.corpus import CorpusSettings, generate_corpus
+from ...finetune.corpus import HELD_OUT_SEED, CorpusSettings, generate_corpus
 from ...models import LoadedModel, cache_root
 from . import PROXIES
 from .base import Proxy, perplexity_score
 
-HELD_OUT_SEED = CorpusSettings.seed + 1        # never the training corpus's default seed
 TEXT_SAMPLES = 64                              # one generation batch: ~8k tokens for a 49k-vocabulary chat model
 
 
