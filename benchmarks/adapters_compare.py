@@ -2,7 +2,9 @@
 `dD-hH-mM` of the shipped strategy's space; heterogeneous `het..` keys as `search --space heterogeneous` writes
 them) through the adapted view (equal to the merged, extracted checkpoint: tests/test_finetune.py) with each set
 of adapters, and without: ARC-easy and ARC-challenge on their full validation sets (acc, acc_norm, stderr),
-WikiText-2 test perplexity, greedy answers. Writes benchmarks/results/<--results>.{json,md}."""
+WikiText-2 test perplexity, greedy answers. Writes benchmarks/results/<--results>.{json,md}: the committed runs
+are adapters_compare.{json,md} (the default name: solver-shape adapters against uniform-only ones) and
+adapters_compare-fresh-corpus.{json,md} (400 more steps on a second self-written corpus, README)."""
 
 from __future__ import annotations
 

@@ -51,9 +51,10 @@ def refuse_held_out(seed: int, path: Path | None = None) -> None:
 
 def corpus_seed(path: Path) -> int | None:
     """The generation seed in a distillation corpus's header line; None for any other file."""
-    if Path(path).suffix != ".jsonl" or not Path(path).is_file():
+    path = Path(path)
+    if path.suffix != ".jsonl" or not path.is_file():
         return None
-    with Path(path).open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8") as handle:
         try:
             header = json.loads(handle.readline() or "null")
         except json.JSONDecodeError:
