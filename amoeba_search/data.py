@@ -115,16 +115,19 @@ def alpaca_text(instruction: str, input_text: str, output: str) -> str:
 
 def _instruction_texts(path: Path, number: int, record: dict) -> list[str]:
     """Alpaca records ({instruction, input?, output}), self-instruct seed tasks ({instruction, instances: [{input,
-    output}]}) or {text}; a record matching none is named with the field it lacks."""
+    output}]}), prompt-completion records ({input, output}: the MMLU calibration file, read as prompt, a space, answer)
+    or {text}; a record matching none is named with the field it lacks."""
     if not isinstance(record, dict):
         raise UserError(f"{path}:{number}: a record must be a JSON object")
     if record.get("kind") == CORPUS_HEADER_KIND:       # the header line of a distillation corpus
         return []
     if isinstance(record.get("text"), str):
         return [record["text"]]
+    if "instruction" not in record and isinstance(record.get("input"), str) and isinstance(record.get("output"), str):
+        return [record["input"].rstrip() + " " + record["output"].strip()]
     if not isinstance(record.get("instruction"), str):
-        raise UserError(f"{path}:{number}: missing string field 'instruction' (or 'text'); instruction data needs "
-                        "{\"instruction\", \"input\", \"output\"} records")
+        raise UserError(f"{path}:{number}: missing string field 'instruction' (or 'text', or 'input' and 'output'); "
+                        "instruction data needs {\"instruction\", \"input\", \"output\"} records")
     instances = record["instances"] if "instances" in record else [record]
     if not isinstance(instances, list) or not instances:
         raise UserError(f"{path}:{number}: 'instances' must be a non-empty list of {{input, output}} objects")

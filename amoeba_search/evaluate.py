@@ -176,6 +176,18 @@ def mean_stderr_pct(outcomes: Sequence[bool]) -> float:
     return 100.0 * math.sqrt(p * (1 - p) / (n - 1))
 
 
+def paired_difference_pct(reference: Sequence[bool], other: Sequence[bool]) -> tuple[float, float]:
+    """(mean of other - reference, its standard error), in points, over the same questions. Why paired: two models
+    answer most questions alike, so the error of their difference is far below the ~sqrt(2) x stderr of two
+    independent scores (measured: 1.2 against 3.0 points for two sets of adapters on one subnet, 570 questions)."""
+    if len(reference) != len(other) or len(reference) < 2:
+        raise ValueError("a paired difference needs the same questions, at least 2")
+    diffs = [int(b) - int(a) for a, b in zip(reference, other)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    return 100.0 * mean, 100.0 * math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
+
+
 def near_chance(result: dict, metric: str = "acc") -> bool:
     """True when a multiple-choice score is within 2 standard errors of guessing: it says nothing about the model."""
     return result[metric] - result["chance_acc"] < 2 * result[f"{metric}_stderr"]

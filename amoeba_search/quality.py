@@ -60,6 +60,17 @@ def chance_warnings(tasks: dict) -> list[str]:
     return lines
 
 
+def held_in_warnings(loaded: LoadedModel, tasks: list[Task]) -> list[str]:
+    """One line per scored task whose data file the attached adapters were trained on (their record lists the
+    training files): such a score is not held out, and reads better than the subnet is."""
+    if loaded.adapters is None:
+        return []
+    trained_on = [Path(f).as_posix() for f in loaded.adapters.record.get("data", {}).get("files", [])]
+    return [f"{task.name}: the adapters were trained on {task.relative_path}, so this score is not held out"
+            for task in tasks if any(f == task.relative_path or f.endswith("/" + task.relative_path)
+                                     for f in trained_on)]
+
+
 def quality(loaded: LoadedModel, subnet: Subnet | None, data_dir: Path, tasks: list[Task] | None = None,
             questions: int | None = None, windows: int | None = None, seq_len: int = 512, generate: bool = True,
             progress: bool = False) -> dict:
@@ -68,7 +79,7 @@ def quality(loaded: LoadedModel, subnet: Subnet | None, data_dir: Path, tasks: l
     tasks = tasks or [TASKS.get("wikitext2"), TASKS.get("arc_easy")]
     record = evaluate_tasks(loaded, tasks, data_dir, subnet=subnet, questions=questions, windows=windows,
                             seq_len=seq_len, progress=progress)
-    record["warnings"] = chance_warnings(record["tasks"])
+    record["warnings"] = held_in_warnings(loaded, tasks) + chance_warnings(record["tasks"])
     if generate:
         with loaded.view(subnet) as model:
             record["generation"] = greedy_samples(model, loaded.tokenizer)

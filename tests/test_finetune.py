@@ -222,6 +222,9 @@ def test_training_data_readers(tmp_path):
                     + json.dumps({"instruction": "Greet", "instances": [{"input": "", "output": "Hi"}]}) + "\n")
     texts = read_training_texts(good)
     assert "### Input:\n1+1" in texts[0] and "### Response:\nHi" in texts[1] and "### Input" not in texts[1]
+    completion = tmp_path / "mmlu.jsonl"                       # the MMLU calibration file's records
+    completion.write_text(json.dumps({"subject": "x", "input": "Q?\nA. 1\nB. 2\nAnswer:", "output": "B"}) + "\n")
+    assert read_training_texts(completion) == ["Q?\nA. 1\nB. 2\nAnswer: B"]
     bad = tmp_path / "b.jsonl"
     bad.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
     with pytest.raises(UserError, match=r"b.jsonl:2: missing string field 'instruction'"):

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
 
 from amoeba_search.data import read_training_texts
 from amoeba_search.errors import UserError
-from amoeba_search.evaluate import mean_stderr_pct, near_chance
+from amoeba_search.evaluate import mean_stderr_pct, near_chance, paired_difference_pct
 from amoeba_search.extract import extract
 from amoeba_search.finetune.checkpoint import export_adapters, load_adapters, save_checkpoint
 from amoeba_search.finetune.corpus import CorpusSettings, generate_corpus
@@ -83,6 +84,31 @@ def test_stderr_is_lm_evals_and_chance_is_flagged():
     assert near_chance(result) and not near_chance(result, "acc_norm")
     (line,) = chance_warnings({"arc_easy": result})
     assert "arc_easy acc 27.0" in line and "chance (25.0)" in line
+
+
+def test_paired_difference_counts_only_the_questions_that_changed():
+    reference = [True] * 50 + [False] * 50
+    other = [False] * 5 + [True] * 45 + [True] * 2 + [False] * 48      # 5 lost, 2 gained: -3 points
+    diff, stderr = paired_difference_pct(reference, other)
+    diffs = [-1] * 5 + [1] * 2 + [0] * 93
+    assert diff == pytest.approx(-3.0)
+    assert stderr == pytest.approx(100 * statistics.stdev(diffs) / math.sqrt(100))
+    assert stderr < math.sqrt(2) * mean_stderr_pct(reference)          # far below two independent scores' noise
+    with pytest.raises(ValueError):
+        paired_difference_pct(reference, other[:-1])
+
+
+def test_scores_on_the_adapters_training_data_are_flagged():
+    from types import SimpleNamespace
+
+    from amoeba_search.quality import held_in_warnings
+    from amoeba_search.tasks import TASKS
+
+    tasks = [TASKS.get(name) for name in ("mmlu", "arc_easy")]
+    adapters = SimpleNamespace(record={"data": {"files": ["/elsewhere/data/mmlu/zero_shot_val.jsonl", "c.jsonl"]}})
+    (line,) = held_in_warnings(SimpleNamespace(adapters=adapters), tasks)
+    assert line.startswith("mmlu:") and "not held out" in line
+    assert held_in_warnings(SimpleNamespace(adapters=None), tasks) == []
 
 
 def test_view_answers_equal_the_extracted_checkpoints(world, tmp_path):  # noqa: F811
