@@ -188,6 +188,25 @@ def paired_difference_pct(reference: Sequence[bool], other: Sequence[bool]) -> t
     return 100.0 * mean, 100.0 * math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
 
 
+def retained_ratio(full: Sequence[bool], subnet: Sequence[bool], chance_pct: float) -> tuple[float, float]:
+    """(retained above-chance accuracy (acc_subnet - chance) / (acc_full - chance), its standard error) over the same
+    questions. The ratio of two means: by the delta method its error is sd(y_i - R x_i) / (sqrt(n) mean(x)) with
+    y_i, x_i the subnet's and the full model's per-question outcome minus chance, so what the two models share
+    (most answers) cancels."""
+    if len(full) != len(subnet) or len(full) < 2:
+        raise ValueError("a retained ratio needs the same questions, at least 2")
+    c = chance_pct / 100.0
+    x = [int(a) - c for a in full]
+    y = [int(b) - c for b in subnet]
+    n, mean_x = len(x), sum(x) / len(x)
+    if mean_x <= 0:
+        raise ValueError("the full model is at or below chance: nothing to retain")
+    ratio = sum(y) / n / mean_x
+    residuals = [b - ratio * a for a, b in zip(x, y)]
+    mean_r = sum(residuals) / n
+    return ratio, math.sqrt(sum((r - mean_r) ** 2 for r in residuals) / (n - 1) / n) / mean_x
+
+
 def near_chance(result: dict, metric: str = "acc") -> bool:
     """True when a multiple-choice score is within 2 standard errors of guessing: it says nothing about the model."""
     return result[metric] - result["chance_acc"] < 2 * result[f"{metric}_stderr"]

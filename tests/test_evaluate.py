@@ -78,6 +78,9 @@ def test_subnet_view_evaluation_equals_extracted_model(tiny, tiny_data, tmp_path
     direct = evaluate_tasks(small, tasks, tiny_data, seq_len=64, progress=False)
     assert viewed["tasks"]["wikitext2"]["ppl"] == pytest.approx(direct["tasks"]["wikitext2"]["ppl"], rel=1e-5)
     assert viewed["tasks"]["arc_easy"]["acc"] == direct["tasks"]["arc_easy"]["acc"]
+    outcomes = viewed["tasks"]["arc_easy"]["outcomes"]                  # per question, for paired comparisons
+    assert outcomes == direct["tasks"]["arc_easy"]["outcomes"] and len(outcomes) == 3 and set(outcomes) <= {"0", "1"}
+    assert 100 * outcomes.count("1") / 3 == pytest.approx(viewed["tasks"]["arc_easy"]["acc"])
     assert viewed["subnet"]["layers"] == [0, 1, 4] and viewed["model"] == tiny.fingerprint
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import statistics
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 from amoeba_search.data import read_training_texts
 from amoeba_search.errors import UserError
-from amoeba_search.evaluate import mean_stderr_pct, near_chance, paired_difference_pct
+from amoeba_search.evaluate import mean_stderr_pct, near_chance, paired_difference_pct, retained_ratio
 from amoeba_search.extract import extract
 from amoeba_search.finetune.checkpoint import export_adapters, load_adapters, save_checkpoint
 from amoeba_search.finetune.corpus import CorpusSettings, generate_corpus
@@ -96,6 +97,22 @@ def test_paired_difference_counts_only_the_questions_that_changed():
     assert stderr < math.sqrt(2) * mean_stderr_pct(reference)          # far below two independent scores' noise
     with pytest.raises(ValueError):
         paired_difference_pct(reference, other[:-1])
+
+
+def test_retained_ratio_and_its_error_match_resampling():
+    """The delta-method error equals the spread of the ratio over fresh question sets drawn from the same joint
+    distribution of (full right?, subnet right?), and is the plain ratio of above-chance accuracies."""
+    full = [True] * 300 + [False] * 270
+    subnet = [True] * 250 + [False] * 50 + [True] * 20 + [False] * 250
+    ratio, stderr = retained_ratio(full, subnet, 25.0)
+    assert ratio == pytest.approx((100 * 270 / 570 - 25) / (100 * 300 / 570 - 25))
+    assert retained_ratio(full, full, 25.0) == (pytest.approx(1.0), pytest.approx(0.0))
+    rng = random.Random(0)
+    pairs = list(zip(full, subnet))
+    draws = [retained_ratio(*zip(*(rng.choice(pairs) for _ in pairs)), 25.0)[0] for _ in range(400)]
+    assert statistics.stdev(draws) == pytest.approx(stderr, rel=0.15)
+    with pytest.raises(ValueError, match="chance"):
+        retained_ratio([False] * 10, [True] * 10, 25.0)
 
 
 def test_scores_on_the_adapters_training_data_are_flagged():

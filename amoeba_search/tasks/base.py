@@ -41,6 +41,7 @@ class Task:
                               progress=progress)
         items = self.read_items(path)[:questions]
         result = multiple_choice(model, tokenizer, items, progress=progress)
+        result["outcomes"] = "".join("1" if c else "0" for c in result["correct"])  # for paired comparisons
         for per_question in ("loglikelihoods", "correct", "correct_norm"):        # reports keep the totals
             result.pop(per_question)
         return result
