@@ -2,9 +2,11 @@
 `dD-hH-mM` of the shipped strategy's space; heterogeneous `het..` keys as `search --space heterogeneous` writes
 them) through the adapted view (equal to the merged, extracted checkpoint: tests/test_finetune.py) with each set
 of adapters, and without: ARC-easy and ARC-challenge on their full validation sets (acc, acc_norm, stderr),
-WikiText-2 test perplexity, greedy answers. Writes benchmarks/results/<--results>.{json,md}: the committed runs
-are adapters_compare.{json,md} (the default name: solver-shape adapters against uniform-only ones) and
-adapters_compare-fresh-corpus.{json,md} (400 more steps on a second self-written corpus, README)."""
+WikiText-2 test perplexity, greedy answers; and each set's paired ARC difference (same questions) against the first
+set on the same subnet, which resolves far smaller gaps than two independent scores. Writes
+benchmarks/results/<--results>.{json,md}: the committed runs are adapters_compare.{json,md} (the default name:
+solver-shape adapters against uniform-only ones) and adapters_compare-more-distillation.{json,md} (the shipped
+adapters against 400 more steps on a second self-written corpus, or on the MMLU calibration questions; README)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from recovery import TASK_NAMES, metrics
 
 from amoeba_search.artifacts import environment, write_json_atomic
 from amoeba_search.data import data_root
+from amoeba_search.evaluate import paired_difference_pct
 from amoeba_search.finetune.checkpoint import load_adapters
 from amoeba_search.models import load_model
 from amoeba_search.quality import quality
@@ -50,28 +53,39 @@ def main() -> None:
     root = data_root()
     full = load_model("default")
     strategy = Strategy.load(shipped_strategy())
-    rows = []
-    for name in args.adapters.split(","):
+    rows, names, correct = [], args.adapters.split(","), {}
+    for name in names:
         loaded = full if name == "none" else dataclasses.replace(full, adapters=load_adapters(full, Path(name)))
         for key in args.subnets.split(";"):
-            row = {"adapters": name, "subnet": key, **metrics(quality(
-                loaded, subnet_of(full, strategy, key), root, [TASKS.get(n) for n in TASK_NAMES],
-                windows=args.windows))}
+            record = quality(loaded, subnet_of(full, strategy, key), root, [TASKS.get(n) for n in TASK_NAMES],
+                             windows=args.windows)
+            row = {"adapters": name, "subnet": key, **metrics(record)}
+            for task in TASK_NAMES[:2]:
+                correct[name, key, task] = [c == "1" for c in record["tasks"][task]["outcomes"]]
+                if name != names[0]:
+                    row[f"{task}_acc_diff"], row[f"{task}_acc_diff_stderr"] = (round(v, 2) for v in (
+                        paired_difference_pct(correct[names[0], key, task], correct[name, key, task])))
             print({k: v for k, v in row.items() if k != "generation"}, flush=True)
             rows.append(row)
     record = {"rows": rows, "details": {"command": command, "environment": environment(), "windows": args.windows,
-                                        "strategy": shipped_strategy().name}}
+                                        "strategy": shipped_strategy().name, "paired_reference": names[0]}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json_atomic(RESULTS / f"{args.results}.json", record)
     lines = ["# Adapters compared on fixed subnets", "", f"`{command}`", "",
              "ARC cells: acc ± stderr / acc_norm in %, full validation sets (chance 25%); WikiText-2 test ppl on the "
-             f"first {args.windows} x 512-token windows. Differences under ~4 ARC-e points are within noise.", "",
-             "| subnet | adapters | ARC-e | ARC-c | WikiText-2 test ppl |", "|---|---|---|---|---|"]
+             f"first {args.windows} x 512-token windows. Between two independent scores, differences under ~4 "
+             f"ARC-e points are within noise; the paired columns compare acc with {names[0]}'s on the same subnet "
+             "and questions (difference ± its standard error): beyond 2 standard errors it is a real difference on "
+             "these questions.", "",
+             "| subnet | adapters | ARC-e | ARC-c | ARC-e acc, paired | ARC-c acc, paired | WikiText-2 test ppl |",
+             "|---|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda r: r["subnet"]):
         cells = [f"{row[f'{t}_acc']:.1f} ± {row[f'{t}_acc_stderr']:.1f} / {row[f'{t}_acc_norm']:.1f}"
                  for t in TASK_NAMES[:2]]
-        lines.append(f"| `{row['subnet'][:40]}` | {row['adapters']} | {cells[0]} | {cells[1]} | "
-                     f"{row['wikitext2_test_ppl']:.2f} |")
+        paired = [f"{row[f'{t}_acc_diff']:+.1f} ± {row[f'{t}_acc_diff_stderr']:.1f}" if f"{t}_acc_diff" in row
+                  else "reference" for t in TASK_NAMES[:2]]
+        lines.append(f"| `{row['subnet'][:40]}` | {row['adapters']} | {cells[0]} | {cells[1]} | {paired[0]} | "
+                     f"{paired[1]} | {row['wikitext2_test_ppl']:.2f} |")
     lines += ["", "## Greedy answers", ""]
     lines += [f"- `{r['subnet'][:40]}`, {r['adapters']}: " + " | ".join(f"{g['prompt']!r} -> {g['text']!r}"
                                                                        for g in r["generation"]) for r in rows]
