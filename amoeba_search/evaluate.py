@@ -183,9 +183,7 @@ def paired_difference_pct(reference: Sequence[bool], other: Sequence[bool]) -> t
     if len(reference) != len(other) or len(reference) < 2:
         raise ValueError("a paired difference needs the same questions, at least 2")
     diffs = [int(b) - int(a) for a, b in zip(reference, other)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    return 100.0 * mean, 100.0 * math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
+    return 100.0 * sum(diffs) / len(diffs), 100.0 * _stderr_of_mean(diffs)
 
 
 def retained_ratio(full: Sequence[bool], subnet: Sequence[bool], chance_pct: float) -> tuple[float, float]:
@@ -202,9 +200,13 @@ def retained_ratio(full: Sequence[bool], subnet: Sequence[bool], chance_pct: flo
     if mean_x <= 0:
         raise ValueError("the full model is at or below chance: nothing to retain")
     ratio = sum(y) / n / mean_x
-    residuals = [b - ratio * a for a, b in zip(x, y)]
-    mean_r = sum(residuals) / n
-    return ratio, math.sqrt(sum((r - mean_r) ** 2 for r in residuals) / (n - 1) / n) / mean_x
+    return ratio, _stderr_of_mean([b - ratio * a for a, b in zip(x, y)]) / mean_x
+
+
+def _stderr_of_mean(values: Sequence[float]) -> float:
+    """Sample standard deviation / sqrt(n)."""
+    n, mean = len(values), sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def near_chance(result: dict, metric: str = "acc") -> bool:
