@@ -30,6 +30,7 @@ from _common import RESULTS, setup
 
 from amoeba_search.artifacts import environment, write_json_atomic
 from amoeba_search.data import data_root
+from amoeba_search.evaluate import retained_ratio
 from amoeba_search.extract import extract
 from amoeba_search.finetune.checkpoint import load_adapters
 from amoeba_search.models import load_model
@@ -55,6 +56,7 @@ def metrics(record: dict) -> dict:
     for name in ("arc_easy", "arc_challenge"):
         for key in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
             out[f"{name}_{key}"] = round(tasks[name][key], 2)
+    out["arc_easy_correct"] = tasks["arc_easy"]["outcomes"]                   # per question, for paired errors
     out["wikitext2_test_ppl"] = round(tasks["wikitext2"]["ppl"], 3)
     out["wikitext2_windows"] = tasks["wikitext2"]["windows"]
     out["warnings"] = record["warnings"]
@@ -66,8 +68,12 @@ def score(loaded, root: Path, windows: int | None) -> dict:
     return metrics(quality(loaded, None, root, [TASKS.get(n) for n in TASK_NAMES], windows=windows))
 
 
-def retained(acc: float, full_acc: float) -> float:
-    return round((acc - CHANCE_PCT) / (full_acc - CHANCE_PCT), 3)
+def retained(scores: dict, full_scores: dict) -> dict:
+    """Retained above-chance ARC-e accuracy, (acc - 25) / (acc_full - 25), and its standard error over the same
+    questions (evaluate.retained_ratio)."""
+    ratio, stderr = retained_ratio(*([c == "1" for c in s["arc_easy_correct"]] for s in (full_scores, scores)),
+                                   CHANCE_PCT)
+    return {"arc_easy_retained": round(ratio, 3), "arc_easy_retained_stderr": round(stderr, 3)}
 
 
 def searched(ctx, target_ms: float, args) -> dict:
@@ -102,7 +108,7 @@ def subnet_tuned(row: dict, tuned, args, root: Path, fingerprint: str, full_scor
                                      "target_ms", "full_model_ms", "profile_fingerprint", "proxy", "proxy_value")},
               "method": "adapters+subnet", "adapters_fingerprint": fingerprint, "subnet_steps": args.subnet_steps,
               "subnet_command": shlex.join(command), "subnet_training_seconds": round(own.adapters.record["seconds"]),
-              **scores, "arc_easy_retained": retained(scores["arc_easy_acc"], full_scores["arc_easy_acc"])}
+              **scores, **retained(scores, full_scores)}
     print(json.dumps({k: v for k, v in result.items() if k not in ("generation", "shapes")}), flush=True)
     with partial.open("a") as handle:
         handle.write(json.dumps(result) + "\n")
@@ -144,12 +150,14 @@ def main() -> None:
     profile = ProfileStore().load(args.device, "torch-eager")      # its targets: a re-made profile moves them
     partial = args.out / "rows.jsonl"       # finished rows survive an interruption, for the same adapters and profile
     done = {(r["target_ratio"], r["method"]): r for r in map(json.loads, partial.read_text().splitlines())
-            if r.get("adapters_fingerprint") == fingerprints[r["method"]]
+            if r.get("adapters_fingerprint") == fingerprints[r["method"]] and "arc_easy_correct" in r
             and r.get("profile_fingerprint") == profile.fingerprint
             and r.get("proxy", "ppl") == args.proxy} if partial.exists() else {}
     print("scoring the full model, then the full model with adapters", flush=True)
     full_path = args.out / "full.json"        # the full-model scores survive a rerun too (with adapters: the same)
     saved = json.loads(full_path.read_text()) if full_path.is_file() else [None, None, None]
+    if not all(s is None or "arc_easy_correct" in s for s in saved[:2]):
+        saved = [None, None, None]                               # written before per-question outcomes were kept
     full_scores = saved[0] or score(full, root, args.windows)
     full_tuned_scores = saved[1] if saved[2:] == [tuned.adapters.fingerprint] else \
         score(tuned, root, args.windows)                            # through the adapted view of the full shape
@@ -177,7 +185,7 @@ def main() -> None:
                    "full_model_ms": round(ctx.full_model_ms(), 3), "profile_fingerprint": ctx.lut.fingerprint,
                    "proxy": args.proxy, "proxy_value": round(found["proxy_value"], 3),
                    **scores,
-                   "arc_easy_retained": retained(scores["arc_easy_acc"], full_scores["arc_easy_acc"])}
+                   **retained(scores, full_scores)}
             print(json.dumps({k: v for k, v in row.items() if k not in ("generation", "shapes")}), flush=True)
             with partial.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -203,6 +211,10 @@ def main() -> None:
     write_json_atomic(args.results / "recovery.json", record)
     (args.results / "recovery.md").write_text(markdown(record))
     print(markdown(record))
+
+
+def _retained(r: dict) -> str:
+    return f"{r['arc_easy_retained']:.3f} ± {r['arc_easy_retained_stderr']:.3f}"
 
 
 def _mc(r: dict, name: str) -> str:
@@ -240,17 +252,19 @@ def markdown(record: dict) -> str:
              "checkpoint loaded back from disk. With frozen-teacher adapters the full shape gets no update "
              "(`SMoLAdapters.adapts`), so `full model + adapters` is scored through the adapted path and must equal "
              "the original.", "",
-             "ARC cells: acc ± stderr / acc_norm, in %, full validation sets (570 / 299 questions); chance is 25%.",
+             "ARC cells: acc ± stderr / acc_norm, in %, full validation sets (570 / 299 questions); chance is 25%. "
+             "ARC-e retained = (acc - 25) / (acc_full - 25) ± its standard error over the same questions as the "
+             "full model (delta method: what both models answer alike cancels).",
              "", "| model | subnet | predicted ms | ARC-e | ARC-e retained | ARC-c | WikiText-2 test ppl |",
              "|---|---|---|---|---|---|---|",
              f"| full model | d30-h9-m1536 | {record['rows'][0]['full_model_ms']:.2f} | {_mc(full, 'arc_easy')} | 1 | "
              f"{_mc(full, 'arc_challenge')} | {full['wikitext2_test_ppl']:.2f} |",
              f"| full model + adapters | d30-h9-m1536 | {record['rows'][0]['full_model_ms']:.2f} | "
-             f"{_mc(tuned, 'arc_easy')} | {retained(tuned['arc_easy_acc'], full['arc_easy_acc'])} | "
+             f"{_mc(tuned, 'arc_easy')} | {_retained(retained(tuned, full))} | "
              f"{_mc(tuned, 'arc_challenge')} | {tuned['wikitext2_test_ppl']:.2f} |"]
     for r in sorted(record["rows"], key=lambda r: (-r["target_ratio"], r["method"] != "none")):
         lines.append(f"| {r['target_ratio']:.0%} latency, {r['method']} | {_label(r)} | {r['predicted_ms']:.2f} | "
-                     f"{_mc(r, 'arc_easy')} | {r['arc_easy_retained']} | {_mc(r, 'arc_challenge')} | "
+                     f"{_mc(r, 'arc_easy')} | {_retained(r)} | {_mc(r, 'arc_challenge')} | "
                      f"{r['wikitext2_test_ppl']:.2f} |")
     tuned_alone = [r for r in record["rows"] if r["method"] == "adapters+subnet"]
     if tuned_alone:

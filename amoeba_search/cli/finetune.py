@@ -25,7 +25,8 @@ def finetune(
     strategy: Path = StrategyOption,
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Training data, repeatable: JSONL instruction "
                                                                    "records ({instruction, input, output}, Alpaca "
-                                                                   "template), {text} records or plain text. "
+                                                                   "template), {text}, prompt-completion {input, "
+                                                                   "output} records, or plain text. "
                                                                    "Default: the Alpaca seed tasks from --data-dir "
                                                                    "(WikiText-2 stays out: its test split is "
                                                                    "reported)."),
