@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .evaluate import near_chance
+from .evaluate import near_chance, paired_difference_pct
 from .models import LoadedModel
 from .profiling.lut import ESTIMATORS, Setting
 from .subnet import Subnet
@@ -140,11 +140,37 @@ def quality_table(rows: list[dict], title: str, setting: Setting) -> Table:
     return table
 
 
+def paired_lines(rows: list[dict]) -> list[str]:
+    """Each row against each earlier one on the same multiple-choice questions: the paired difference of acc ± its
+    standard error. Why: whether a subnet lost, or adapters gained, more than noise is what a user reads the table
+    for, and two independent ± columns overstate the noise of a difference (evaluate.paired_difference_pct)."""
+    lines = []
+    for index, later in enumerate(rows):
+        for earlier in rows[:index]:
+            for name, result in later["tasks"].items():
+                before = earlier["tasks"].get(name, {}).get("outcomes")
+                if "outcomes" not in result or before is None or len(before) != len(result["outcomes"]):
+                    continue
+                diff, stderr = paired_difference_pct([c == "1" for c in before],
+                                                     [c == "1" for c in result["outcomes"]])
+                verdict = ("the same answers" if stderr == 0 and diff == 0 else
+                           "within noise" if abs(diff) < 2 * stderr else "beyond 2 standard errors")
+                lines.append(f"{later['name']} vs {earlier['name']}: {name} acc {diff:+.1f} ± {stderr:.1f} points "
+                             f"({verdict})")
+    return lines
+
+
 def print_samples(console: Console, rows: list[dict]) -> None:
-    """Warnings, then each prompt's greedy answer per model, side by side: the first thing a user would try."""
+    """Warnings, paired differences, then each prompt's greedy answer per model, side by side: the first thing a
+    user would try."""
     for r in rows:
         for line in r["warnings"]:
             console.print(f"[yellow]warning ({escape(r['name'])}):[/] {escape(line)}")
+    paired = paired_lines(rows)
+    if paired:
+        console.print("on the same questions (paired):")
+        for line in paired:
+            console.print(f"  {escape(line)}", highlight=False)
     console.print(f"greedy answers ({GENERATION_TOKENS} new tokens):")
     for index, sample in enumerate(rows[0]["generation"]):
         console.print(f"  [bold]{escape(sample['prompt'])}[/]")

@@ -115,6 +115,20 @@ def test_retained_ratio_and_its_error_match_resampling():
         retained_ratio([False] * 10, [True] * 10, 25.0)
 
 
+def test_handover_rows_are_compared_on_the_same_questions():
+    from amoeba_search.quality import paired_lines
+
+    full = {"name": "full", "tasks": {"arc_easy": {"outcomes": "1" * 60 + "0" * 40}, "wikitext2": {"ppl": 20.0}}}
+    tuned = {"name": "tuned", "tasks": {"arc_easy": {"outcomes": "1" * 40 + "0" * 60}}}
+    plain = {"name": "plain", "tasks": {"arc_easy": {"outcomes": "1" * 39 + "0" * 61}}}
+    lines = paired_lines([full, tuned, plain])
+    assert len(lines) == 3 and "tuned vs full: arc_easy acc -20.0 ± 4.0 points (beyond 2" in lines[0]
+    assert lines[2].startswith("plain vs tuned: arc_easy acc -1.0 ± 1.0 points (within noise)")
+    assert paired_lines([full, full])[0].endswith("(the same answers)")
+    other = {"name": "other", "tasks": {"arc_easy": {"outcomes": "1" * 50}}}       # other questions: no pairing
+    assert paired_lines([full, other]) == []
+
+
 def test_scores_on_the_adapters_training_data_are_flagged():
     from types import SimpleNamespace
 
