@@ -176,6 +176,15 @@ def mean_stderr_pct(outcomes: Sequence[bool]) -> float:
     return 100.0 * math.sqrt(p * (1 - p) / (n - 1))
 
 
+def encode_outcomes(correct: Sequence[bool]) -> str:
+    """Per-question outcomes as a compact 0/1 string, as evaluation records keep them for paired comparisons."""
+    return "".join("1" if c else "0" for c in correct)
+
+
+def decode_outcomes(text: str) -> list[bool]:
+    return [c == "1" for c in text]
+
+
 def paired_difference_pct(reference: Sequence[bool], other: Sequence[bool]) -> tuple[float, float]:
     """(mean of other - reference, its standard error), in points, over the same questions. Why paired: two models
     answer most questions alike, so the error of their difference is far below the ~sqrt(2) x stderr of two

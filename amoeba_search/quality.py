@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .evaluate import near_chance, paired_difference_pct
+from .evaluate import decode_outcomes, near_chance, paired_difference_pct
 from .models import LoadedModel
 from .profiling.lut import ESTIMATORS, Setting
 from .subnet import Subnet
@@ -151,8 +151,7 @@ def paired_lines(rows: list[dict]) -> list[str]:
                 before = earlier["tasks"].get(name, {}).get("outcomes")
                 if "outcomes" not in result or before is None or len(before) != len(result["outcomes"]):
                     continue
-                diff, stderr = paired_difference_pct([c == "1" for c in before],
-                                                     [c == "1" for c in result["outcomes"]])
+                diff, stderr = paired_difference_pct(decode_outcomes(before), decode_outcomes(result["outcomes"]))
                 verdict = ("the same answers" if stderr == 0 and diff == 0 else
                            "within noise" if abs(diff) < 2 * stderr else "beyond 2 standard errors")
                 lines.append(f"{later['name']} vs {earlier['name']}: {name} acc {diff:+.1f} ± {stderr:.1f} points "

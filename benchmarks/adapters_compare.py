@@ -20,7 +20,7 @@ from recovery import TASK_NAMES, metrics
 
 from amoeba_search.artifacts import environment, write_json_atomic
 from amoeba_search.data import data_root
-from amoeba_search.evaluate import paired_difference_pct
+from amoeba_search.evaluate import decode_outcomes, paired_difference_pct
 from amoeba_search.finetune.checkpoint import load_adapters
 from amoeba_search.models import load_model
 from amoeba_search.quality import quality
@@ -61,7 +61,7 @@ def main() -> None:
                              windows=args.windows)
             row = {"adapters": name, "subnet": key, **metrics(record)}
             for task in TASK_NAMES[:2]:
-                correct[name, key, task] = [c == "1" for c in record["tasks"][task]["outcomes"]]
+                correct[name, key, task] = decode_outcomes(record["tasks"][task]["outcomes"])
                 if name != names[0]:
                     row[f"{task}_acc_diff"], row[f"{task}_acc_diff_stderr"] = (round(v, 2) for v in (
                         paired_difference_pct(correct[names[0], key, task], correct[name, key, task])))

@@ -30,7 +30,7 @@ from _common import RESULTS, setup
 
 from amoeba_search.artifacts import environment, write_json_atomic
 from amoeba_search.data import data_root
-from amoeba_search.evaluate import retained_ratio
+from amoeba_search.evaluate import decode_outcomes, retained_ratio
 from amoeba_search.extract import extract
 from amoeba_search.finetune.checkpoint import load_adapters
 from amoeba_search.models import load_model
@@ -71,8 +71,7 @@ def score(loaded, root: Path, windows: int | None) -> dict:
 def retained(scores: dict, full_scores: dict) -> dict:
     """Retained above-chance ARC-e accuracy, (acc - 25) / (acc_full - 25), and its standard error over the same
     questions (evaluate.retained_ratio)."""
-    ratio, stderr = retained_ratio(*([c == "1" for c in s["arc_easy_correct"]] for s in (full_scores, scores)),
-                                   CHANCE_PCT)
+    ratio, stderr = retained_ratio(*(decode_outcomes(s["arc_easy_correct"]) for s in (full_scores, scores)), CHANCE_PCT)
     return {"arc_easy_retained": round(ratio, 3), "arc_easy_retained_stderr": round(stderr, 3)}
 
 

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..artifacts import SCHEMA_VERSION, environment
 from ..data import MCItem, read_text, require_file
 from ..errors import UserError
-from ..evaluate import multiple_choice, perplexity
+from ..evaluate import encode_outcomes, multiple_choice, perplexity
 from ..models import LoadedModel
 from ..subnet import ModelDims, Subnet
 from . import TASKS
@@ -41,7 +41,7 @@ class Task:
                               progress=progress)
         items = self.read_items(path)[:questions]
         result = multiple_choice(model, tokenizer, items, progress=progress)
-        result["outcomes"] = "".join("1" if c else "0" for c in result["correct"])  # for paired comparisons
+        result["outcomes"] = encode_outcomes(result["correct"])                  # for paired comparisons
         for per_question in ("loglikelihoods", "correct", "correct_norm"):        # reports keep the totals
             result.pop(per_question)
         return result
