@@ -101,6 +101,15 @@ def environment() -> dict[str, Any]:
     }
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags from /proc/cpuinfo (empty where it cannot be read: not Linux)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def cpu_name() -> str:
     """CPU model string from /proc/cpuinfo (falls back to the platform's processor field)."""
     with contextlib.suppress(OSError):

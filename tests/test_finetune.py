@@ -470,3 +470,17 @@ def test_one_subnet_fine_tune_serves_that_subnet_only(world, tmp_path, tiny_dir,
     assert not (tmp_path / "ckpt2").exists()
     result = amoeba("finetune", "--subnet", tmp_path / "missing.json", "--out", tmp_path / "x", *common)
     assert result.returncode == 2 and "--subnet" in result.stderr and "no such file" in result.stderr
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned(monkeypatch):
+    from amoeba_search import artifacts
+    from amoeba_search.finetune.recipe import slow_precision_warning
+
+    monkeypatch.setattr(artifacts, "cpu_flags", lambda: {"avx2", "fma"})
+    assert "--mixed-precision no" in slow_precision_warning("bf16", on_cuda=False)
+    assert slow_precision_warning("no", on_cuda=False) is None
+    assert slow_precision_warning("bf16", on_cuda=True) is None
+    monkeypatch.setattr(artifacts, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert slow_precision_warning("bf16", on_cuda=False) is None
+    monkeypatch.setattr(artifacts, "cpu_flags", lambda: set())          # flags unknown: no guess
+    assert slow_precision_warning("bf16", on_cuda=False) is None

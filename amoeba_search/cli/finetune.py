@@ -92,7 +92,7 @@ def finetune(
     the one you deploy); merge one with `amoeba extract --adapters`."""
     setup(threads)
     from ..data import data_root, read_training_texts
-    from ..finetune.recipe import TrainConfig, Trainer
+    from ..finetune.recipe import TrainConfig, Trainer, slow_precision_warning
     from ..finetune.smol import AdapterConfig
     from ..selection.strategy import Strategy
 
@@ -119,6 +119,10 @@ def finetune(
                          max_grad_norm=max_grad_norm, seed=seed, checkpoint_every=checkpoint_every,
                          gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision)
     adapter = AdapterConfig(experts=experts, top_k=top_k if experts > 1 else 1, rank=rank, alpha=alpha)
+    import torch
+
+    if warning := slow_precision_warning(mixed_precision, torch.cuda.is_available()):
+        console.print(f"[yellow]warning:[/] {warning}")
     root = data_root(data_dir)
     files = list(data or default_training_files(root))
     corpus_path = None if corpus == "none" else (out / "corpus.jsonl" if corpus == "auto" else Path(corpus))
