@@ -101,22 +101,23 @@ def environment() -> dict[str, Any]:
     }
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's instruction-set flags from /proc/cpuinfo (empty where it cannot be read: not Linux)."""
+def _cpuinfo(field: str) -> str | None:
+    """The first value of a /proc/cpuinfo field; None where it cannot be read (not Linux)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (empty where /proc/cpuinfo cannot be read)."""
+    return set((_cpuinfo("flags") or "").split())
 
 
 def cpu_name() -> str:
     """CPU model string from /proc/cpuinfo (falls back to the platform's processor field)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def read_json(path: str | os.PathLike, what: str, how_to_make: str) -> Any:
